@@ -1,0 +1,107 @@
+"""CPU seconds and memory of a process tree, read from /proc (Linux only)."""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _ppids() -> dict[int, int]:
+    out: dict[int, int] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2 :].split()
+        out[int(name)] = int(fields[1])
+    return out
+
+
+def tree(root: int) -> list[int]:
+    """root and all its live descendants."""
+    ppids = _ppids()
+    pids = [root]
+    i = 0
+    while i < len(pids):
+        pids.extend(p for p, pp in ppids.items() if pp == pids[i])
+        i += 1
+    return [p for p in pids if p in ppids]
+
+
+def cpu_seconds(root: int) -> float:
+    """utime+stime of every live process of the tree, plus what reaped children used."""
+    total = 0
+    for pid in tree(root):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2 :].split()
+        # fields[11..14] = utime, stime, cutime, cstime (stat fields 14..17)
+        total += sum(int(x) for x in fields[11:15])
+    return total / CLK_TCK
+
+
+@dataclass
+class Memory:
+    rss: int  # bytes, summed over the tree
+    pss: int  # bytes, summed over the tree (shared pages split between sharers)
+    per_process_rss: list[int]
+
+
+def memory(root: int) -> Memory:
+    rss = pss = 0
+    per: list[int] = []
+    for pid in tree(root):
+        vals = {"Rss:": 0, "Pss:": 0}
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                for line in f:
+                    parts = line.split()
+                    if parts and parts[0] in vals:
+                        vals[parts[0]] = int(parts[1]) * 1024
+        except OSError:
+            continue
+        rss += vals["Rss:"]
+        pss += vals["Pss:"]
+        per.append(vals["Rss:"])
+    return Memory(rss, pss, per)
+
+
+class PeakSampler:
+    """Samples the tree's RSS/PSS in a thread until stopped; keeps the maxima."""
+
+    def __init__(self, root: int, interval: float = 0.5) -> None:
+        self.root = root
+        self.interval = interval
+        self.peak_rss = 0
+        self.peak_pss = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self.interval)
+
+    def sample(self) -> None:
+        m = memory(self.root)
+        self.peak_rss = max(self.peak_rss, m.rss)
+        self.peak_pss = max(self.peak_pss, m.pss)
+
+    def __enter__(self) -> PeakSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sample()

@@ -1,0 +1,424 @@
+"""Write manifests/grafana/sniffer.json, sniffer's Grafana dashboard.
+
+The dashboard is plain data; this script exists so that it is reviewed as a short list of
+panels and PromQL queries rather than as 1,500 lines of JSON, and so that every panel gets
+the same datasource, layout and legend settings. Run it after editing a panel:
+
+    python manifests/grafana/generate_dashboard.py
+
+tests/deploy/test_dashboard.py fails when sniffer.json differs from what this prints, and
+checks every query against sniffer's metric names; tests/deploy/test_dashboard_prometheus.py
+runs every query against a real Prometheus scraping a real sniffer.
+
+Standard library only: no Grafana SDK needed to regenerate it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+OUT = Path(__file__).with_name("sniffer.json")
+DS = {"type": "prometheus", "uid": "${datasource}"}
+TENANT = 'tenant=~"$tenant"'
+RI = "$__rate_interval"
+
+
+@dataclass(frozen=True)
+class Query:
+    expr: str
+    legend: str
+
+
+@dataclass(frozen=True)
+class Panel:
+    title: str
+    description: str
+    unit: str
+    queries: tuple[Query, ...]
+    kind: str = "timeseries"
+    width: int = 12
+    height: int = 8
+    options: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Row:
+    title: str
+
+
+def q(expr: str, legend: str) -> Query:
+    return Query(" ".join(expr.split()), legend)
+
+
+def quantiles(metric: str, by: str, selector: str = "") -> tuple[Query, ...]:
+    """p50 and p99 of a histogram, one series per `by` label set."""
+    sel = "{" + selector + "}" if selector else ""
+    legend = " ".join("{{" + label.strip() + "}}" for label in by.split(",")) if by else ""
+    out = []
+    for quantile, name in ((0.5, "p50"), (0.99, "p99")):
+        group = f"sum by ({by + ', ' if by else ''}le)"
+        out.append(
+            q(
+                f"histogram_quantile({quantile}, {group} (rate({metric}_bucket{sel}[{RI}])))",
+                f"{name} {legend}".strip(),
+            )
+        )
+    return tuple(out)
+
+
+LAYOUT: tuple[Row | Panel, ...] = (
+    Row("Tenants"),
+    Panel(
+        "Active connections per tenant",
+        "Connections open right now through sniffer, summed over every sniffer pod.",
+        "short",
+        (q(f"sum by (tenant) (sniffer_connections_active{{{TENANT}}})", "{{tenant}}"),),
+        options={"stack": True},
+    ),
+    Panel(
+        "New connections/s per tenant and backend",
+        "Connections routed to a backend per second (after sniffing and routing).",
+        "cps",
+        (
+            q(
+                f"sum by (tenant, backend) "
+                f"(rate(sniffer_connections_total{{{TENANT}}}[{RI}]))",
+                "{{tenant}}/{{backend}}",
+            ),
+        ),
+    ),
+    Panel(
+        "Bytes/s client → backend",
+        "Bytes relayed from clients to each tenant's routers (request direction).",
+        "Bps",
+        (
+            q(
+                f"sum by (tenant) (rate(sniffer_bytes_total"
+                f'{{{TENANT}, direction="client_to_backend"}}[{RI}]))',
+                "{{tenant}}",
+            ),
+        ),
+    ),
+    Panel(
+        "Bytes/s backend → client",
+        "Bytes relayed from each tenant's routers back to clients (response direction).",
+        "Bps",
+        (
+            q(
+                f"sum by (tenant) (rate(sniffer_bytes_total"
+                f'{{{TENANT}, direction="backend_to_client"}}[{RI}]))',
+                "{{tenant}}",
+            ),
+        ),
+    ),
+    Panel(
+        "Connection duration p50 / p99",
+        "How long relayed connections lived, from accept to the close of both directions.",
+        "s",
+        quantiles("sniffer_connection_duration_seconds", "tenant", TENANT),
+    ),
+    Panel(
+        "Ready endpoints per routed backend",
+        "Ready endpoints sniffer can dial for each backend a route points at. "
+        "0 means the hostnames routed there are refused (alert SnifferRoutedHostNoEndpoints).",
+        "short",
+        (
+            q(
+                f"max by (tenant, backend) (sniffer_backend_endpoints{{{TENANT}}})",
+                "{{tenant}}/{{backend}}",
+            ),
+        ),
+    ),
+    Row("Backends"),
+    Panel(
+        "Backend connect errors/s by reason",
+        "Failed dials to tenant routers: timeout, refused, unreachable, error.",
+        "cps",
+        (
+            q(
+                f"sum by (tenant, backend, reason) "
+                f"(rate(sniffer_backend_connect_errors_total{{{TENANT}}}[{RI}]))",
+                "{{tenant}}/{{backend}} {{reason}}",
+            ),
+        ),
+    ),
+    Panel(
+        "Backend connect latency p50 / p99",
+        "Time to establish the TCP connection to a tenant router endpoint.",
+        "s",
+        quantiles("sniffer_backend_connect_duration_seconds", "tenant", TENANT),
+    ),
+    Row("Listeners"),
+    Panel(
+        "Accepted connections/s by listener",
+        "Every TCP connection accepted, routed or not.",
+        "cps",
+        (
+            q(
+                f"sum by (listener) (rate(sniffer_accepted_connections_total[{RI}]))",
+                "{{listener}}",
+            ),
+        ),
+    ),
+    Panel(
+        "Refusals/s by reason",
+        "Connections sniffer refused, by listener and reason (unknown_name, no_sni, "
+        "bad_hello, hello_timeout, no_endpoints, ...). Not per tenant: a refused "
+        "connection never reached one.",
+        "cps",
+        (
+            q(
+                f"sum by (listener, reason) (rate(sniffer_refused_connections_total[{RI}]))",
+                "{{listener}} {{reason}}",
+            ),
+        ),
+    ),
+    Panel(
+        "Sniff duration p50 / p99",
+        "Accept to hostname known: how long sniffer waited for the ClientHello or Host header.",
+        "s",
+        quantiles("sniffer_sniff_duration_seconds", "listener"),
+    ),
+    Row("Control plane"),
+    Panel(
+        "Route update lag p50 / p99",
+        "Kubernetes event received to new route table live in every worker (Kubernetes "
+        "source only). Alert SnifferRouteUpdateLagHigh fires above 10 s.",
+        "s",
+        quantiles("sniffer_route_update_lag_seconds", ""),
+    ),
+    Panel(
+        "Route table size",
+        "Routes, backends and hostname conflicts in the live table (max over pods).",
+        "short",
+        (
+            q("max(sniffer_route_table_routes)", "routes"),
+            q("max(sniffer_route_table_backends)", "backends"),
+            q("max(sniffer_route_table_conflicts)", "conflicts"),
+        ),
+    ),
+    Panel(
+        "Route table rebuilds and reloads",
+        "Rebuilds/s (one per debounced burst of events) and routes-file reloads by result.",
+        "ops",
+        (
+            q(f"sum(rate(sniffer_route_table_rebuilds_total[{RI}]))", "rebuilds"),
+            q(
+                f"sum by (result) (rate(sniffer_route_table_reloads_total[{RI}]))",
+                "reload {{result}}",
+            ),
+        ),
+    ),
+    Panel(
+        "Route table rebuild duration p50 / p99",
+        "Time to compile a new route table from the cached objects.",
+        "s",
+        quantiles("sniffer_route_table_rebuild_duration_seconds", ""),
+    ),
+    Panel(
+        "Time since last route table load",
+        "Seconds since the newest route table went live, per pod.",
+        "s",
+        (
+            q(
+                "time() - max by (instance) "
+                "(sniffer_route_table_last_reload_timestamp_seconds)",
+                "{{instance}}",
+            ),
+        ),
+    ),
+    Panel(
+        "Watch health",
+        "1 when the watch stream of a kind is healthy, lowest over pods "
+        "(Kubernetes source only; alert SnifferWatchDown).",
+        "short",
+        (q("min by (kind) (sniffer_watch_up)", "{{kind}}"),),
+        options={"max": 1, "min": 0},
+    ),
+    Panel(
+        "Watch events, relists and errors/s",
+        "Watch events by kind and type, re-lists (410 Gone, timeouts) and errors.",
+        "ops",
+        (
+            q(f"sum by (kind, type) (rate(sniffer_watch_events_total[{RI}]))", "{{kind}} {{type}}"),
+            q(
+                f"sum by (kind, reason) (rate(sniffer_watch_relists_total[{RI}]))",
+                "relist {{kind}} {{reason}}",
+            ),
+            q(f"sum by (kind) (rate(sniffer_watch_errors_total[{RI}]))", "error {{kind}}"),
+        ),
+    ),
+    Panel(
+        "Objects cached by kind",
+        "Objects held in sniffer's informer caches (trimmed to the fields routing needs).",
+        "short",
+        (q("max by (kind) (sniffer_objects_cached)", "{{kind}}"),),
+    ),
+    Row("Processes"),
+    Panel(
+        "Workers alive",
+        "Data-plane worker processes alive per pod (--workers).",
+        "short",
+        (q('sum by (instance) (sniffer_workers{state="alive"})', "{{instance}}"),),
+    ),
+    Panel(
+        "Worker restarts",
+        "Worker processes restarted in the interval (alert SnifferWorkerRestarts).",
+        "short",
+        (
+            q(
+                f"sum by (instance) (increase(sniffer_worker_restarts_total[{RI}]))",
+                "{{instance}}",
+            ),
+        ),
+    ),
+    Panel(
+        "Versions running",
+        "sniffer pods per version.",
+        "short",
+        (q("count by (version) (sniffer_build_info)", "{{version}}"),),
+        kind="stat",
+        width=24,
+        height=4,
+    ),
+)
+
+
+def _panel_json(panel: Panel, pid: int, x: int, y: int) -> dict[str, object]:
+    targets = [
+        {
+            "datasource": DS,
+            "editorMode": "code",
+            "expr": query.expr,
+            "legendFormat": query.legend,
+            "range": True,
+            "refId": chr(ord("A") + i),
+        }
+        for i, query in enumerate(panel.queries)
+    ]
+    defaults: dict[str, object] = {"unit": panel.unit}
+    if "min" in panel.options:
+        defaults["min"] = panel.options["min"]
+    if "max" in panel.options:
+        defaults["max"] = panel.options["max"]
+    if panel.kind == "timeseries":
+        defaults["custom"] = {
+            "drawStyle": "line",
+            "fillOpacity": 10,
+            "lineWidth": 1,
+            "showPoints": "never",
+            "spanNulls": False,
+            "stacking": {"mode": "normal" if panel.options.get("stack") else "none"},
+        }
+        options: dict[str, object] = {
+            "legend": {"calcs": ["lastNotNull", "max"], "displayMode": "table",
+                       "placement": "bottom", "showLegend": True},
+            "tooltip": {"mode": "multi", "sort": "desc"},
+        }
+    else:
+        options = {
+            "colorMode": "value",
+            "graphMode": "none",
+            "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+            "textMode": "value_and_name",
+        }
+    return {
+        "id": pid,
+        "type": panel.kind,
+        "title": panel.title,
+        "description": panel.description,
+        "datasource": DS,
+        "gridPos": {"h": panel.height, "w": panel.width, "x": x, "y": y},
+        "fieldConfig": {"defaults": defaults, "overrides": []},
+        "options": options,
+        "targets": targets,
+    }
+
+
+def build() -> dict[str, object]:
+    panels: list[dict[str, object]] = []
+    pid, x, y, row_h = 1, 0, 0, 0
+    for item in LAYOUT:
+        if isinstance(item, Row):
+            y += row_h
+            x, row_h = 0, 0
+            panels.append({
+                "id": pid, "type": "row", "title": item.title, "collapsed": False,
+                "gridPos": {"h": 1, "w": 24, "x": 0, "y": y}, "panels": [],
+            })
+            y += 1
+        else:
+            if x + item.width > 24:
+                y += row_h
+                x, row_h = 0, 0
+            panels.append(_panel_json(item, pid, x, y))
+            x += item.width
+            row_h = max(row_h, item.height)
+        pid += 1
+    return {
+        "annotations": {"list": []},
+        "description": "sniffer edge router: per-tenant connections, bytes, backends, "
+                       "refusals and the route control plane.",
+        "editable": True,
+        "graphTooltip": 1,
+        "links": [],
+        "panels": panels,
+        "refresh": "30s",
+        "schemaVersion": 39,
+        "tags": ["sniffer", "edge", "kubernetes"],
+        "templating": {"list": [
+            {
+                "name": "datasource",
+                "label": "Data source",
+                "type": "datasource",
+                "query": "prometheus",
+                "current": {},
+                "hide": 0,
+                "refresh": 1,
+                "regex": "",
+            },
+            {
+                "name": "tenant",
+                "label": "Tenant",
+                "type": "query",
+                "datasource": DS,
+                "definition": "label_values(sniffer_connections_active, tenant)",
+                "query": {
+                    "qryType": 1,
+                    "query": "label_values(sniffer_connections_active, tenant)",
+                    "refId": "PrometheusVariableQueryEditor-VariableQuery",
+                },
+                "current": {},
+                "includeAll": True,
+                "allValue": ".*",
+                "multi": True,
+                "refresh": 2,
+                "sort": 1,
+                "hide": 0,
+                "regex": "",
+            },
+        ]},
+        "time": {"from": "now-1h", "to": "now"},
+        "timepicker": {},
+        "timezone": "browser",
+        "title": "sniffer",
+        "uid": "sniffer-edge",
+        "version": 1,
+    }
+
+
+def render() -> str:
+    return json.dumps(build(), indent=2, ensure_ascii=False) + "\n"
+
+
+def main() -> int:
+    OUT.write_text(render(), encoding="utf-8")
+    print(f"wrote {OUT}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

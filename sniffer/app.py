@@ -1,0 +1,125 @@
+"""`sniffer serve`: wire sources, controller, data plane(s) and admin endpoint together.
+
+With `workers == 0` everything runs in this one process (laptops, tests). With
+`workers >= 1` this process is the control process (sources, admin, supervisor) and
+the relaying happens in worker processes. SIGTERM/SIGINT drain, then exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from sniffer import __version__
+from sniffer.observe import metrics
+from sniffer.observe.accesslog import AccessLog
+from sniffer.observe.admin import AdminServer
+from sniffer.observe.metrics import DataPlaneCollector
+from sniffer.proxy.server import DataPlane, ProxySettings
+from sniffer.routing.controller import RouteController
+from sniffer.routing.sources import RouteSource
+from sniffer.routing.table import RouteTable
+
+log = logging.getLogger("sniffer")
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    proxy: ProxySettings = field(default_factory=ProxySettings)
+    admin: tuple[str, int] | None = ("127.0.0.1", 9190)
+    workers: int = 0
+    access_log: bool = True
+    log_level: str = "info"
+
+
+class StartupError(RuntimeError):
+    pass
+
+
+async def serve(sources: list[RouteSource], opts: ServeOptions) -> int:
+    loop = asyncio.get_running_loop()
+    controller = RouteController(sources)
+    metrics.BUILD_INFO.labels(__version__).set(1)
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    plane: DataPlane | None = None
+    supervisor: Any = None
+    if opts.workers == 0:
+        plane = DataPlane(opts.proxy, access_log=AccessLog() if opts.access_log else None)
+        local = plane
+        collector = DataPlaneCollector(lambda: [local.stats.snapshot()])
+        tables: asyncio.Queue[RouteTable] = asyncio.Queue()
+        controller.subscribe(tables.put_nowait)
+
+        async def install_loop() -> None:
+            while True:
+                table = await tables.get()
+                while not tables.empty():  # only the newest matters
+                    table = tables.get_nowait()
+                await local.install(table)
+
+        installer = loop.create_task(install_loop())
+    else:
+        from sniffer.proxy.workers import Supervisor
+
+        supervisor = Supervisor(
+            opts.workers,
+            {
+                "proxy": {**asdict(opts.proxy), "reuse_port": True},
+                "access_log": opts.access_log,
+                "log_level": opts.log_level,
+            },
+        )
+        sup = supervisor
+        collector = DataPlaneCollector(sup.snapshots)
+        await supervisor.start()
+        controller.subscribe(supervisor.install)
+        installer = None
+    metrics.REGISTRY.register(collector)
+
+    def readiness() -> tuple[bool, dict[str, Any]]:
+        detail = controller.health()
+        errors = plane.listen_errors if plane is not None else {}
+        if supervisor is not None:
+            errors = {k: v for w in supervisor.workers for k, v in w.listen_errors.items()}
+        detail["listen_errors"] = errors
+        if plane is not None:
+            detail["listening"] = plane.bound_ports()
+        if opts.workers:
+            detail["workers"] = [
+                {"index": w.index, "pid": w.process.pid if w.process else None}
+                for w in supervisor.workers
+            ]
+        return controller.ready and not errors, detail
+
+    admin = AdminServer(metrics.REGISTRY, readiness, lambda: controller.table.to_dict())
+    try:
+        if opts.admin is not None:
+            port = await admin.start(*opts.admin)
+            log.info("admin endpoint on http://%s:%d/", opts.admin[0], port)
+        runner = loop.create_task(controller.run())
+        stop_task = loop.create_task(stop.wait())
+        await asyncio.wait({runner, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+        if runner.done() and not stop.is_set():
+            runner.result()  # a source crashed outside its retry loop: surface it
+        log.info("shutting down: draining for up to %.0fs", opts.proxy.drain_grace)
+        runner.cancel()
+        if plane is not None:
+            dropped = await plane.drain()
+            if dropped:
+                log.warning("dropped %d connections still open after the grace", dropped)
+            if plane.access_log is not None and isinstance(plane.access_log, AccessLog):
+                plane.access_log.flush()
+        if supervisor is not None:
+            await supervisor.drain(opts.proxy.drain_grace)
+        if installer is not None:
+            installer.cancel()
+    finally:
+        await admin.close()
+        metrics.REGISTRY.unregister(collector)
+    return 0

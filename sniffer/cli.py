@@ -1,0 +1,345 @@
+"""The `sniffer` command line: serve, route-table, check.
+
+Parses flags into settings objects and hands them to `sniffer.app`; prints tables.
+Heavy imports (Kubernetes client, uvloop) happen inside the commands that need them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+import urllib.request
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+
+from sniffer import __version__
+from sniffer.routing.sources.file import EXAMPLE, RoutesFileError, load_routes, override_listeners
+from sniffer.routing.table import Listener, MatchKind, RouteTable, split_host_port
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Route TCP connections by TLS SNI or HTTP Host to tenant backends, bytes untouched.",
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"sniffer {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print version.")
+    ] = False,
+) -> None:
+    """sniffer: the SNI edge router for multi-tenant Kubernetes."""
+
+
+def parse_listen(values: list[str]) -> tuple[Listener, ...]:
+    """`tls:0.0.0.0:443` / `http:[::]:80` -> Listener(name="tls-443", ...)."""
+    out: list[Listener] = []
+    for v in values:
+        proto, sep, addr = v.partition(":")
+        if not sep or proto not in ("tls", "http"):
+            raise typer.BadParameter(f"{v!r}: expected tls:HOST:PORT or http:HOST:PORT")
+        try:
+            host, port = split_host_port(addr)
+        except ValueError as exc:
+            raise typer.BadParameter(f"{v!r}: {exc}") from None
+        name = f"{proto}-{port}"
+        if any(lis.name == name for lis in out):
+            name = f"{proto}-{host}-{port}"
+        out.append(Listener(name, host, port, "tls" if proto == "tls" else "http"))
+    return tuple(out)
+
+
+def _kube_settings(**kw: Any) -> Any:
+    from sniffer.routing.sources.kubernetes import KubernetesSettings
+
+    return KubernetesSettings(**{k: v for k, v in kw.items() if v is not None})
+
+
+@app.command()
+def serve(
+    routes: Annotated[
+        Path | None, typer.Option(help="Routes file (default: the bundled example).")
+    ] = None,
+    kubernetes: Annotated[bool, typer.Option(help="Build routes from the Kubernetes API.")] = False,
+    kubeconfig: Annotated[
+        Path | None, typer.Option(help="Kubeconfig (default: in-cluster service account).")
+    ] = None,
+    ingress_class: Annotated[str, typer.Option(help="IngressClass name to serve.")] = "sniffer",
+    gateway_class: Annotated[str, typer.Option(help="GatewayClass name to serve.")] = "sniffer",
+    backend_mode: Annotated[
+        str, typer.Option(help="endpoints (EndpointSlice addresses) or clusterip.")
+    ] = "endpoints",
+    listen: Annotated[
+        list[str] | None,
+        typer.Option(help="PROTO:HOST:PORT, repeatable; overrides the file's listeners."),
+    ] = None,
+    admin: Annotated[str, typer.Option(help="Admin HTTP HOST:PORT ('' disables).")] = (
+        "127.0.0.1:9190"
+    ),
+    workers: Annotated[
+        int | None,
+        typer.Option(help="Data-plane processes (default: usable CPUs; 0 = in-process)."),
+    ] = None,
+    drain_grace: Annotated[float, typer.Option(help="Seconds to drain on SIGTERM.")] = 30.0,
+    hello_timeout: Annotated[float, typer.Option(help="Seconds to receive a hello.")] = 5.0,
+    idle_timeout: Annotated[float, typer.Option(help="Seconds of silence before close.")] = 3600.0,
+    connect_timeout: Annotated[float, typer.Option(help="Seconds per backend dial.")] = 5.0,
+    max_hello_bytes: Annotated[int, typer.Option(help="ClientHello cap (<= 65536).")] = 16384,
+    access_log: Annotated[bool, typer.Option(help="JSON access log on stdout.")] = True,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
+) -> None:
+    """Run the router."""
+    from sniffer.app import ServeOptions
+    from sniffer.app import serve as run_serve
+    from sniffer.proxy.server import ProxySettings
+    from sniffer.routing.sources import RouteSource
+    from sniffer.routing.sources.file import FileSource
+
+    logging.basicConfig(
+        level=log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if not 0 < max_hello_bytes <= 65536:
+        raise typer.BadParameter("--max-hello-bytes must be 1..65536")
+    listeners = parse_listen(listen or [])
+    sources: list[RouteSource] = []
+    if kubernetes:
+        from sniffer.routing.sources.kubernetes import KubernetesSource
+
+        if not listeners:
+            listeners = parse_listen(["tls:0.0.0.0:443", "http:0.0.0.0:80"])
+        settings = _kube_settings(
+            kubeconfig=str(kubeconfig) if kubeconfig else None,
+            ingress_class=ingress_class,
+            gateway_class=gateway_class,
+            backend_mode=backend_mode,
+        )
+        sources.append(KubernetesSource(settings, listeners))
+    if routes is not None or not kubernetes:
+        path = routes if routes is not None else EXAMPLE
+        try:
+            load_routes(path)  # fail fast at start-up; later bad edits keep the old table
+        except RoutesFileError as exc:
+            typer.echo(str(exc), err=True)
+            raise typer.Exit(2) from None
+        sources.append(FileSource(path, listeners or None))
+    if workers is None:
+        workers = len(os.sched_getaffinity(0))
+    admin_addr = split_host_port(admin) if admin else None
+    opts = ServeOptions(
+        proxy=ProxySettings(
+            hello_timeout=hello_timeout,
+            idle_timeout=idle_timeout,
+            connect_timeout=connect_timeout,
+            max_hello_bytes=max_hello_bytes,
+            drain_grace=drain_grace,
+        ),
+        admin=admin_addr,
+        workers=workers,
+        access_log=access_log,
+        log_level=log_level,
+    )
+    import uvloop
+
+    code = uvloop.run(run_serve(sources, opts))
+    raise typer.Exit(code)
+
+
+@app.command()
+def check(file: Annotated[Path, typer.Argument(help="Routes file to validate.")]) -> None:
+    """Validate a routes file; every problem is named by path and line."""
+    try:
+        spec = load_routes(file)
+    except RoutesFileError as exc:
+        typer.echo(str(exc), err=True)
+        typer.echo(f"{len(exc.problems)} problem(s) in {file}", err=True)
+        raise typer.Exit(1) from None
+    table = RouteTable.build(spec)
+    typer.echo(
+        f"{file}: ok ({len(spec.listeners)} listeners, {len(spec.backends)} backends, "
+        f"{len(spec.routes)} routes, {len(table.conflicts)} conflicts)"
+    )
+    for c in table.conflicts:
+        typer.echo(f"conflict: {c.host} on {c.listener}: {c.winner} wins over {c.loser}")
+
+
+@app.command("route-table")
+def route_table(
+    routes: Annotated[Path | None, typer.Option(help="Compute from a routes file.")] = None,
+    from_: Annotated[
+        str | None, typer.Option("--from", help="Fetch from a running sniffer's admin URL.")
+    ] = None,
+    kubeconfig: Annotated[
+        Path | None, typer.Option(help="Compute what this cluster implies.")
+    ] = None,
+    all_namespaces: Annotated[bool, typer.Option("-A", "--all-namespaces")] = False,
+    namespace: Annotated[list[str] | None, typer.Option("-n", "--namespace")] = None,
+    ingress_class: Annotated[str, typer.Option()] = "sniffer",
+    gateway_class: Annotated[str, typer.Option()] = "sniffer",
+    listen: Annotated[list[str] | None, typer.Option(help="PROTO:HOST:PORT listeners.")] = None,
+    host: Annotated[str | None, typer.Option(help="Explain which route NAME hits.")] = None,
+    listener: Annotated[
+        str | None, typer.Option(help="Listener for --host (default: each).")
+    ] = None,
+    output: Annotated[str, typer.Option("-o", "--output", help="table, json or yaml.")] = "table",
+) -> None:
+    """Print a route table: from a file, a running instance, or a cluster."""
+    if output not in ("table", "json", "yaml"):
+        raise typer.BadParameter("--output must be table, json or yaml")
+    problems: list[str] = []
+    listeners = parse_listen(listen or [])
+    if from_:
+        url = from_.rstrip("/") + "/routes"
+        if not url.startswith(("http://", "https://")):
+            url = "http://" + url
+        try:
+            with urllib.request.urlopen(url, timeout=10) as resp:
+                table = RouteTable.from_dict(json.load(resp))
+        except OSError as exc:
+            typer.echo(f"cannot fetch {url}: {exc}", err=True)
+            raise typer.Exit(1) from None
+    elif kubeconfig is not None:
+        from sniffer.routing.sources.kubernetes import compute_spec
+
+        if not listeners:
+            listeners = parse_listen(["tls:0.0.0.0:443", "http:0.0.0.0:80"])
+        namespaces = None if all_namespaces or not namespace else tuple(namespace)
+        settings = _kube_settings(
+            kubeconfig=str(kubeconfig),
+            ingress_class=ingress_class,
+            gateway_class=gateway_class,
+            namespaces=namespaces,
+            write_status=False,
+        )
+        spec, problems = asyncio.run(compute_spec(settings, listeners))
+        table = RouteTable.build(spec)
+    else:
+        path = routes if routes is not None else EXAMPLE
+        try:
+            spec = load_routes(path)
+        except RoutesFileError as exc:
+            typer.echo(str(exc), err=True)
+            raise typer.Exit(1) from None
+        if listeners:
+            spec = override_listeners(spec, listeners)
+        table = RouteTable.build(spec)
+
+    if host is not None:
+        _explain(table, host, listener, output)
+        return
+    data = table.to_dict()
+    if problems:
+        data["problems"] = problems
+    if output == "json":
+        typer.echo(json.dumps(data, indent=2))
+    elif output == "yaml":
+        typer.echo(yaml.safe_dump(data, sort_keys=False))
+    else:
+        typer.echo(_render_table(table))
+        for p in problems:
+            typer.echo(f"problem: {p}")
+
+
+def _explain(table: RouteTable, host: str, listener: str | None, output: str) -> None:
+    from sniffer.wire.errors import WireError
+    from sniffer.wire.hostname import normalize_hostname
+
+    try:
+        name: str | None = normalize_hostname(host)
+    except WireError as exc:
+        typer.echo(f"{host!r} is not a routable name: {exc}", err=True)
+        raise typer.Exit(1) from None
+    names = [listener] if listener else [lis.name for lis in table.listeners]
+    results: list[dict[str, Any]] = []
+    for lname in names:
+        m = table.lookup(lname, name)
+        results.append(
+            {
+                "host": name,
+                "listener": lname,
+                "match": m.kind.value,
+                "route": m.route.host if m.route else None,
+                "source": m.route.source if m.route else None,
+                "backends": [
+                    {
+                        "name": w.backend,
+                        "weight": w.weight,
+                        "endpoints": [str(e) for e in table.backends[w.backend].endpoints]
+                        if w.backend in table.backends
+                        else [],
+                    }
+                    for w in m.backends
+                ],
+                "why": m.reason,
+            }
+        )
+    if output == "json":
+        typer.echo(json.dumps(results, indent=2))
+    elif output == "yaml":
+        typer.echo(yaml.safe_dump(results, sort_keys=False))
+    else:
+        for r in results:
+            targets = ", ".join(
+                f"{b['name']} ({', '.join(b['endpoints']) or 'no endpoints'})"
+                for b in r["backends"]
+            )
+            typer.echo(f"{r['listener']}: {r['host']} -> {r['match']}: {targets or 'refused'}")
+            typer.echo(f"  why: {r['why']}" + (f" [{r['source']}]" if r["source"] else ""))
+    if all(r["match"] == MatchKind.NONE.value for r in results):
+        raise typer.Exit(3)
+
+
+def _render_table(table: RouteTable) -> str:
+    rows = [("HOST", "MATCH", "LISTENERS", "BACKEND", "ENDPOINTS", "SOURCE")]
+    for r in sorted(table.routes, key=lambda r: (r.host.lstrip("*."), r.host)):
+        for w in r.backends:
+            b = table.backends.get(w.backend)
+            eps = ",".join(str(e) for e in b.endpoints) if b else "(unknown backend)"
+            weight = f" w={w.weight}" if len(r.backends) > 1 else ""
+            kind = "exact"
+            if r.is_wildcard:
+                kind = "wildcard+" if r.multi_label else "wildcard1"
+            rows.append(
+                (
+                    r.host,
+                    kind,
+                    ",".join(sorted(r.listeners)) if r.listeners is not None else "*",
+                    w.backend + weight,
+                    eps or "(none ready)",
+                    r.source,
+                )
+            )
+    for lis in table.listeners:
+        if lis.default_backend:
+            b = table.backends.get(lis.default_backend)
+            eps = ",".join(str(e) for e in b.endpoints) if b else "(unknown backend)"
+            rows.append(("(default)", "default", lis.name, lis.default_backend, eps, ""))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+             for row in rows]
+    lines.append("")
+    lines.append(
+        "listeners: "
+        + ", ".join(f"{lis.name} ({lis.protocol} {lis.address})" for lis in table.listeners)
+    )
+    for c in table.conflicts:
+        lines.append(f"conflict: {c.host} on {c.listener}: {c.winner} wins over {c.loser}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    app()

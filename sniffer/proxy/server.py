@@ -1,0 +1,196 @@
+"""The data plane of one process: listening sockets, live connections, table swaps, drain.
+
+`DataPlane` holds the shared server state every `ClientConnection` sees (settings, the
+current `RouteTable`, stats, the set of open connections). Installing a new table is a
+reference swap plus opening/closing listeners whose set changed: connections already
+open keep the backend they were given. It never reads route sources itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sniffer.observe.metrics import DataPlaneStats
+from sniffer.proxy.connection import RELAYING, SNIFFING, ClientConnection
+from sniffer.routing.table import Listener, RouteTable
+
+log = logging.getLogger("sniffer.proxy")
+
+
+@dataclass(frozen=True, slots=True)
+class ProxySettings:
+    hello_timeout: float = 5.0
+    """Seconds a client has to send its ClientHello / request head (slowloris bound)."""
+    idle_timeout: float = 3600.0
+    """Seconds without a byte either way before a relayed connection is closed."""
+    connect_timeout: float = 5.0
+    """Seconds to connect to one backend endpoint before trying the next."""
+    max_hello_bytes: int = 16384
+    """Cap on buffered ClientHello bytes (as Envoy); bounds memory per sniffing client."""
+    max_http_head_bytes: int = 8192
+    """Cap on a plaintext request head."""
+    write_buffer_high: int = 256 * 1024
+    """Bytes queued towards one peer before the other side stops reading."""
+    drain_grace: float = 30.0
+    """Seconds open connections get to finish after SIGTERM."""
+    reuse_port: bool = False
+    """Bind listeners with SO_REUSEPORT (one socket per worker process)."""
+
+
+AccessLog = Callable[[ClientConnection, float], None]
+
+
+class DataPlane:
+    def __init__(
+        self,
+        settings: ProxySettings,
+        access_log: AccessLog | None = None,
+        stats: DataPlaneStats | None = None,
+    ) -> None:
+        # settings
+        self.settings = settings
+        self.access_log = access_log
+        # shared server state
+        self.loop = asyncio.get_running_loop()
+        self.table = RouteTable.empty()
+        self.stats = stats if stats is not None else DataPlaneStats()
+        self.connections: set[ClientConnection] = set()
+        self.draining = False
+        self.drained = asyncio.Event()
+        """Set when draining and the last connection has closed."""
+        self._rr: dict[str, int] = {}
+        self._servers: dict[tuple[str, str, int, str, bool], asyncio.Server] = {}
+        self._sweeper: asyncio.Task[None] | None = None
+        self.listen_errors: dict[str, str] = {}
+
+    # -- routing state -----------------------------------------------------------------
+
+    def next_index(self, backend: str, n: int) -> int:
+        """Round-robin start for a backend's endpoints (state outside the immutable table)."""
+        i = self._rr.get(backend, -1) + 1
+        if i >= n:
+            i = 0
+        self._rr[backend] = i
+        return i
+
+    async def install(self, table: RouteTable) -> None:
+        """Swap in a new table; open listeners it adds and close those it drops."""
+        self.table = table
+        if self.draining:
+            return
+        wanted = {_listener_key(lis): lis for lis in table.listeners}
+        for key in list(self._servers):
+            if key not in wanted:
+                server = self._servers.pop(key)
+                server.close()
+                log.info("closed listener %s on %s:%s", key[0], key[2], key[3])
+        for key, lis in wanted.items():
+            if key in self._servers:
+                continue
+            try:
+                self._servers[key] = await self._listen(lis)
+                self.listen_errors.pop(lis.name, None)
+                log.info("listening: %s %s on %s", lis.name, lis.protocol, lis.address)
+            except OSError as exc:
+                self.listen_errors[lis.name] = f"{lis.address}: {exc.strerror or exc}"
+                log.error("cannot listen for %s on %s: %s", lis.name, lis.address, exc)
+        if self._sweeper is None:
+            self._sweeper = self.loop.create_task(self._sweep_idle())
+
+    async def _listen(self, lis: Listener) -> asyncio.Server:
+        family = socket.AF_INET6 if ":" in lis.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if self.settings.reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6 and lis.host in ("::", ""):
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            sock.bind((lis.host, lis.port))
+            sock.listen(4096)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        return await self.loop.create_server(
+            lambda: ClientConnection(self, lis), sock=sock, backlog=4096
+        )
+
+    def bound_ports(self) -> dict[str, int]:
+        """Listener name -> the port actually bound (useful with port 0 in tests)."""
+        out: dict[str, int] = {}
+        for key, server in self._servers.items():
+            for s in server.sockets:
+                out[key[0]] = s.getsockname()[1]
+        return out
+
+    # -- timeouts and shutdown ---------------------------------------------------------
+
+    async def _sweep_idle(self) -> None:
+        """Close relayed connections with no traffic for idle_timeout.
+
+        A sweep compares each connection's byte count with the previous sweep's, so
+        the hot path pays nothing for idle tracking; precision is one sweep interval.
+        """
+        timeout = self.settings.idle_timeout
+        interval = min(max(timeout / 8, 0.05), 30.0)
+        ticks_needed = max(1, round(timeout / interval))
+        idle_ticks: dict[ClientConnection, int] = {}
+        while True:
+            await asyncio.sleep(interval)
+            for conn in list(self.connections):
+                if conn.state != RELAYING:
+                    continue
+                mark = conn.bytes_up + conn.bytes_down
+                if mark != conn.idle_mark:
+                    conn.idle_mark = mark
+                    idle_ticks.pop(conn, None)
+                    continue
+                n = idle_ticks.get(conn, 0) + 1
+                if n >= ticks_needed:
+                    idle_ticks.pop(conn, None)
+                    conn.outcome = "idle_timeout"
+                    conn.abort()
+                else:
+                    idle_ticks[conn] = n
+            for conn in [c for c in idle_ticks if c.state > RELAYING]:
+                del idle_ticks[conn]
+
+    def stop_accepting(self) -> None:
+        self.draining = True
+        for server in self._servers.values():
+            server.close()
+        self._servers.clear()
+        # Clients that have not been routed yet would otherwise wait out the grace.
+        for conn in list(self.connections):
+            if conn.state == SNIFFING:
+                conn.outcome = "draining"
+                conn.abort()
+
+    async def drain(self, grace: float | None = None) -> int:
+        """Stop accepting, wait for open connections up to `grace`, then drop the rest.
+
+        Returns how many connections had to be dropped.
+        """
+        self.stop_accepting()
+        grace = self.settings.drain_grace if grace is None else grace
+        if self.connections:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace):
+                    await self.drained.wait()
+        dropped = len(self.connections)
+        for conn in list(self.connections):
+            conn.outcome = "drain_timeout"
+            conn.abort()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        return dropped
+
+
+def _listener_key(lis: Listener) -> tuple[str, str, int, str, bool]:
+    return (lis.name, lis.host, lis.port, lis.protocol, lis.proxy_protocol_in)

@@ -1,0 +1,259 @@
+"""Data-plane worker processes and the control-side supervisor that feeds them.
+
+The control process runs the route sources once per pod and ships every compiled
+`RouteTable` to each worker over a socketpair (length-prefixed pickles). Workers bind
+their own listening sockets with SO_REUSEPORT, relay, and send their stats snapshot
+back every second; the control process serves the merged `/metrics`. A worker that dies
+is restarted: its open connections are lost, nobody else's. Its counters are kept (they
+only grow), its gauges dropped, so no series is left behind by a dead worker.
+
+Workers are started as `python -m sniffer.proxy.workers` so they import only the data
+plane (no Kubernetes client, no CLI framework): their memory is the relay's, not ours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import pickle
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from sniffer.observe import metrics
+from sniffer.observe.metrics import DataPlaneStats, Snapshot
+from sniffer.routing.table import RouteTable
+
+log = logging.getLogger("sniffer.workers")
+
+_HEADER = struct.Struct("!I")
+# A table for thousands of tenants pickles to a few MB; refuse absurd frames outright.
+_MAX_FRAME = 512 * 1024 * 1024
+STATS_INTERVAL = 1.0
+"""Seconds between a worker's stats snapshots (the staleness bound of /metrics)."""
+
+
+async def send(writer: asyncio.StreamWriter, message: tuple[str, Any]) -> None:
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    writer.write(_HEADER.pack(len(data)) + data)
+    await writer.drain()
+
+
+async def receive(reader: asyncio.StreamReader) -> tuple[str, Any]:
+    (n,) = _HEADER.unpack(await reader.readexactly(_HEADER.size))
+    if n > _MAX_FRAME:
+        raise ValueError(f"frame of {n} bytes")
+    message: tuple[str, Any] = pickle.loads(await reader.readexactly(n))
+    return message
+
+
+# -- control side ------------------------------------------------------------------------
+
+
+@dataclass
+class _Worker:
+    index: int
+    process: subprocess.Popen[bytes] | None = None
+    writer: asyncio.StreamWriter | None = None
+    snapshot: Snapshot = field(default_factory=Snapshot)
+    installed: asyncio.Event = field(default_factory=asyncio.Event)
+    listen_errors: dict[str, str] = field(default_factory=dict)
+    started: float = 0.0
+
+
+class Supervisor:
+    def __init__(self, count: int, settings: dict[str, Any]) -> None:
+        self.count = count
+        self.settings = settings
+        self.table = RouteTable.empty()
+        self.workers = [_Worker(i) for i in range(count)]
+        self.retired = Snapshot()
+        """Counters and histograms of workers that died: kept so totals never go down."""
+        self.stopping = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def snapshots(self) -> list[Snapshot]:
+        return [self.retired, *(w.snapshot for w in self.workers)]
+
+    async def start(self) -> None:
+        for w in self.workers:
+            await self._spawn(w)
+        metrics.WORKERS.labels("alive").set(self.count)
+
+    async def wait_installed(self, timeout: float) -> dict[str, str]:
+        """Wait until every worker has the current table; return listen errors."""
+        async with asyncio.timeout(timeout):
+            for w in self.workers:
+                await w.installed.wait()
+        errors: dict[str, str] = {}
+        for w in self.workers:
+            errors.update(w.listen_errors)
+        return errors
+
+    def install(self, table: RouteTable) -> None:
+        self.table = table
+        for w in self.workers:
+            if w.writer is not None:
+                w.installed.clear()
+                self._spawn_task(self._send(w, ("table", table)))
+
+    def _spawn_task(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, w: _Worker, message: tuple[str, Any]) -> None:
+        if w.writer is None:
+            return
+        # A dead worker's reader task sees it exit and restarts it.
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await send(w.writer, message)
+
+    async def _spawn(self, w: _Worker) -> None:
+        parent, child = socket.socketpair()
+        env = dict(os.environ, SNIFFER_WORKER_FD=str(child.fileno()))
+        # fork+exec takes about a millisecond; not worth an executor round trip.
+        w.process = subprocess.Popen(  # noqa: ASYNC220
+            [sys.executable, "-m", "sniffer.proxy.workers"],
+            pass_fds=(child.fileno(),),
+            env=env,
+            start_new_session=False,
+        )
+        child.close()
+        w.started = time.monotonic()
+        w.snapshot = Snapshot()
+        w.installed.clear()
+        reader, writer = await asyncio.open_connection(sock=parent)
+        w.writer = writer
+        await self._send(w, ("settings", {**self.settings, "index": w.index}))
+        await self._send(w, ("table", self.table))
+        self._spawn_task(self._read(w, reader))
+
+    async def _read(self, w: _Worker, reader: asyncio.StreamReader) -> None:
+        try:
+            while True:
+                kind, payload = await receive(reader)
+                if kind == "stats":
+                    w.snapshot = payload
+                elif kind == "installed":
+                    w.listen_errors = payload
+                    w.installed.set()
+        except (asyncio.IncompleteReadError, ConnectionError, ValueError, pickle.PickleError):
+            pass
+        proc = w.process
+        assert proc is not None
+        loop = asyncio.get_running_loop()
+        code = await loop.run_in_executor(None, proc.wait)
+        if w.writer is not None:
+            w.writer.close()
+            w.writer = None
+        self._retire(w)
+        if self.stopping:
+            return
+        metrics.WORKER_RESTARTS.inc()
+        log.error("worker %d (pid %d) exited with %s; restarting", w.index, proc.pid, code)
+        if time.monotonic() - w.started < 1.0:
+            await asyncio.sleep(1.0)  # a worker dying at start-up must not spin the CPU
+        if not self.stopping:
+            await self._spawn(w)
+
+    def _retire(self, w: _Worker) -> None:
+        dead = w.snapshot
+        self.retired = metrics.merge([self.retired, Snapshot(dead.counters, {}, dead.hists)])
+        w.snapshot = Snapshot()
+
+    async def drain(self, grace: float) -> None:
+        """Tell every worker to drain, then wait for them (killing any past grace + 5 s)."""
+        self.stopping = True
+        for w in self.workers:
+            await self._send(w, ("drain", grace))
+        loop = asyncio.get_running_loop()
+        deadline = time.monotonic() + grace + 5.0
+        for w in self.workers:
+            proc = w.process
+            if proc is None:
+                continue
+            remaining = max(0.1, deadline - time.monotonic())
+            try:
+                await asyncio.wait_for(loop.run_in_executor(None, proc.wait), remaining)
+            except TimeoutError:
+                log.error("worker %d did not drain in time; killing it", w.index)
+                proc.kill()
+        metrics.WORKERS.labels("alive").set(0)
+
+
+# -- worker side -------------------------------------------------------------------------
+
+
+async def _worker_main(fd: int) -> int:
+    from sniffer.observe.accesslog import AccessLog
+    from sniffer.proxy.server import DataPlane, ProxySettings
+
+    sock = socket.socket(fileno=fd)
+    reader, writer = await asyncio.open_connection(sock=sock)
+    kind, cfg = await receive(reader)
+    assert kind == "settings"
+    logging.basicConfig(
+        level=cfg.get("log_level", "INFO").upper(),
+        format=f"%(asctime)s %(levelname)s worker-{cfg['index']} %(name)s: %(message)s",
+    )
+    access = AccessLog() if cfg.get("access_log", True) else None
+    stats = DataPlaneStats()
+    plane = DataPlane(ProxySettings(**cfg["proxy"]), access_log=access, stats=stats)
+    stop = asyncio.Event()
+    drain_grace: list[float] = [plane.settings.drain_grace]
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the group; control decides
+
+    async def pump_stats() -> None:
+        while True:
+            await asyncio.sleep(STATS_INTERVAL)
+            await send(writer, ("stats", stats.snapshot()))
+
+    async def listen() -> None:
+        try:
+            while True:
+                kind, payload = await receive(reader)
+                if kind == "table":
+                    await plane.install(payload)
+                    await send(writer, ("installed", dict(plane.listen_errors)))
+                elif kind == "drain":
+                    drain_grace[0] = float(payload)
+                    stop.set()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            stop.set()  # the control process is gone: drain and exit
+
+    tasks = [loop.create_task(pump_stats()), loop.create_task(listen())]
+    await stop.wait()
+    await plane.drain(drain_grace[0])
+    if access is not None:
+        access.flush()
+    for t in tasks:
+        t.cancel()
+    with contextlib.suppress(ConnectionError, RuntimeError):
+        await send(writer, ("stats", stats.snapshot()))
+    writer.close()
+    return 0
+
+
+def main() -> None:
+    fd = int(os.environ.pop("SNIFFER_WORKER_FD"))
+    try:
+        import uvloop
+
+        runner: Any = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is a dependency; stay runnable anyway
+        runner = asyncio.run
+    sys.exit(runner(_worker_main(fd)))
+
+
+if __name__ == "__main__":
+    main()

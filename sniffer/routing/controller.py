@@ -1,0 +1,114 @@
+"""The route controller: merge every source's latest spec into one live `RouteTable`.
+
+Sources publish already-debounced specs; the controller compiles the table and hands it
+to its subscribers (the in-process data plane, the worker supervisor). It owns the
+table-level metrics. It never does network I/O of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from sniffer.observe import metrics
+from sniffer.routing.sources import RouteSource, Update
+from sniffer.routing.table import RouteTable, TableSpec, routed_backends
+
+log = logging.getLogger("sniffer.routes")
+
+Subscriber = Callable[[RouteTable], None]
+
+
+class RouteController:
+    def __init__(self, sources: Sequence[RouteSource]) -> None:
+        self.sources = tuple(sources)
+        self.table = RouteTable.empty()
+        self._specs: dict[str, TableSpec] = {}
+        self._subscribers: list[Subscriber] = []
+        self._version = 0
+        self._gauged: set[tuple[str, str]] = set()
+        self.changed = asyncio.Event()
+        """Set each time a new table goes live (tests and the CLI wait on it)."""
+
+    @property
+    def ready(self) -> bool:
+        return all(s.synced for s in self.sources)
+
+    def subscribe(self, fn: Subscriber) -> None:
+        self._subscribers.append(fn)
+        fn(self.table)
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "ready": self.ready,
+            "table_version": self.table.version,
+            "sources": {s.name: s.health() for s in self.sources},
+        }
+
+    def _publisher(self, source: RouteSource) -> Callable[[Update], None]:
+        def publish(update: Update) -> None:
+            self._specs[source.name] = update.spec
+            self._rebuild(update.oldest_event)
+
+        return publish
+
+    def _rebuild(self, oldest_event: float | None) -> None:
+        started = time.perf_counter()
+        spec = TableSpec()
+        for src in self.sources:
+            part = self._specs.get(src.name)
+            if part is not None:
+                spec = spec.merged(part)
+        self._version += 1
+        table = RouteTable.build(spec, version=self._version)
+        metrics.REBUILD_SECONDS.observe(time.perf_counter() - started)
+        metrics.REBUILDS.inc()
+        self.table = table
+        for fn in self._subscribers:
+            fn(table)
+        if oldest_event is not None:
+            metrics.UPDATE_LAG.observe(max(0.0, time.monotonic() - oldest_event))
+        self._export(table)
+        for c in table.conflicts:
+            log.warning(
+                "route conflict on %s (listener %s): %s wins over %s",
+                c.host, c.listener, c.winner, c.loser,
+            )
+        self.changed.set()
+
+    def _export(self, table: RouteTable) -> None:
+        metrics.ROUTES.set(len(table.routes))
+        metrics.BACKENDS.set(len(table.backends))
+        metrics.CONFLICTS.set(len(table.conflicts))
+        metrics.LAST_RELOAD.set(table.built_at)
+        seen: set[tuple[str, str]] = set()
+        for b in routed_backends(table):
+            key = (b.name, b.tenant)
+            seen.add(key)
+            metrics.BACKEND_ENDPOINTS.labels(*key).set(len(b.endpoints))
+        for key in self._gauged - seen:
+            metrics.BACKEND_ENDPOINTS.remove(*key)
+        self._gauged = seen
+
+    async def run(self) -> None:
+        """Run every source until cancelled; a source that crashes is logged and restarted."""
+        async with asyncio.TaskGroup() as tg:
+            for src in self.sources:
+                tg.create_task(self._run_source(src))
+
+    async def _run_source(self, src: RouteSource) -> None:
+        publish = self._publisher(src)
+        delay = 1.0
+        while True:
+            try:
+                await src.run(publish)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("route source %s failed; restarting in %.0fs", src.name, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)

@@ -1,0 +1,308 @@
+"""One informer: list a kind (paginated), then watch it from the list's resourceVersion.
+
+The informer owns the cache of one kind's records (namespace -> name -> record) and the
+list/watch life cycle: bookmarks advance the resourceVersion, a 410 Gone (as an HTTP
+status or an ERROR event) clears nothing but re-lists and diffs, an inactivity timeout
+re-armed on every event reopens a silently dead stream, and errors back off with jitter
+while the cache keeps serving. It reports what changed as "namespace N is dirty" and never
+translates records to routes, builds tables or holds raw objects past one event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from sniffer.observe import metrics
+from sniffer.routing.sources.kubernetes.api import ApiError, Gone, KubeApi
+from sniffer.routing.sources.kubernetes.kinds import JSON, Kind, MalformedObject, Record
+from sniffer.routing.sources.kubernetes.settings import KubernetesSettings
+
+log = logging.getLogger("sniffer.kubernetes")
+
+OnChange = Callable[[Kind, str, float], None]
+"""Called with (kind, namespace, monotonic time of the event) when a record changed."""
+
+Store = dict[str, dict[str, Record]]
+
+
+class Backoff:
+    """Exponential backoff with full jitter (AWS style): concurrent retries spread out."""
+
+    def __init__(self, initial: float, cap: float) -> None:
+        self.initial = initial
+        self.cap = cap
+        self.attempt = 0
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+    def next_delay(self) -> float:
+        ceiling = min(self.cap, self.initial * (2**self.attempt))
+        self.attempt = min(self.attempt + 1, 30)
+        return random.uniform(ceiling / 2, ceiling)
+
+
+class Informer:
+    """List+watch of one kind (optionally one namespace) into a record cache."""
+
+    def __init__(
+        self,
+        api: KubeApi,
+        kind: Kind,
+        version: str,
+        parse: Callable[[JSON], Record],
+        settings: KubernetesSettings,
+        on_change: OnChange,
+        namespace: str | None = None,
+    ) -> None:
+        # what to watch
+        self.api = api
+        self.kind = kind
+        self.version = version
+        self.namespace = namespace
+        self.path = kind.path(version, namespace)
+        self._parse = parse
+        self._settings = settings
+        self._on_change = on_change
+        # the cache and where the stream stands
+        self.store: Store = {}
+        self.count = 0
+        self.resource_version = ""
+        self.synced = asyncio.Event()
+        self.problems: dict[tuple[str, str], str] = {}
+        # health, for /readyz detail and metrics
+        self.state = "starting"
+        self.up = False
+        self.last_error: str | None = None
+        self.last_error_at: float | None = None
+        self.last_event_at: float | None = None
+        self.relists = 0
+        self.errors = 0
+        self._event_counters: dict[str, Any] = {}
+        self._backoff = Backoff(settings.backoff_initial, settings.backoff_max)
+
+    # -- reading the cache -------------------------------------------------------------
+
+    def get(self, namespace: str, name: str) -> Record | None:
+        bucket = self.store.get(namespace)
+        return None if bucket is None else bucket.get(name)
+
+    def in_namespace(self, namespace: str) -> Mapping[str, Record]:
+        return self.store.get(namespace) or {}
+
+    def health(self) -> dict[str, object]:
+        return {
+            "state": self.state,
+            "up": self.up,
+            "synced": self.synced.is_set(),
+            "version": self.version,
+            "resource_version": self.resource_version,
+            "objects": self.count,
+            "relists": self.relists,
+            "errors": self.errors,
+            "last_error": self.last_error,
+            "last_error_age_seconds": (
+                None if self.last_error_at is None else round(time.monotonic() - self.last_error_at, 3)
+            ),
+            "last_event_age_seconds": (
+                None if self.last_event_at is None else round(time.monotonic() - self.last_event_at, 3)
+            ),
+        }
+
+    # -- life cycle ----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """List, then watch forever; only cancellation ends it."""
+        need_list, reason = True, "initial"
+        try:
+            while True:
+                try:
+                    if need_list:
+                        await self._list(reason)
+                        need_list = False
+                    started = time.monotonic()
+                    events = await self._watch()
+                    if events:
+                        self._backoff.reset()
+                    elif time.monotonic() - started < 1.0:
+                        # A server that closes every stream at once must not become a
+                        # hot loop of reconnects.
+                        await self._sleep_backoff()
+                except Gone as exc:
+                    log.info("%s: %s; re-listing", self.kind.name, exc.message or "410 Gone")
+                    need_list, reason = True, "gone"
+                except TimeoutError:
+                    self._error("no event or bookmark within the inactivity timeout")
+                    log.warning(
+                        "%s: watch silent for %.0fs; reopening from resourceVersion %s",
+                        self.kind.name,
+                        self._settings.inactivity_timeout,
+                        self.resource_version,
+                    )
+                except ApiError as exc:
+                    self._error(str(exc))
+                    log.warning("%s: %s (%s); backing off", self.kind.name, exc, self.state)
+                    if not self.resource_version:
+                        need_list, reason = True, "error"
+                    await self._sleep_backoff()
+        finally:
+            self._set_up(False)
+            self.state = "stopped"
+
+    def _error(self, message: str) -> None:
+        self.errors += 1
+        self.last_error = message
+        self.last_error_at = time.monotonic()
+        metrics.WATCH_ERRORS.labels(self.kind.name).inc()
+        self._set_up(False)
+
+    def _set_up(self, up: bool) -> None:
+        self.up = up
+        metrics.WATCH_UP.labels(self.kind.name).set(1 if up else 0)
+
+    async def _sleep_backoff(self) -> None:
+        self.state = "backoff"
+        await asyncio.sleep(self._backoff.next_delay())
+
+    async def _list(self, reason: str) -> None:
+        self.state = "listing"
+        self.relists += 1
+        metrics.WATCH_RELISTS.labels(self.kind.name, reason).inc()
+        new: Store = {}
+        problems: dict[tuple[str, str], str] = {}
+        count = 0
+        continue_: str | None = None
+        rv = ""
+        while True:
+            page = await self.api.list_page(self.path, self._settings.page_size, continue_)
+            meta = page.get("metadata") or {}
+            for obj in page.get("items") or ():
+                rec = self._record(obj, problems)
+                if rec is None:
+                    continue
+                ns, name = _key(rec)
+                bucket = new.get(ns)
+                if bucket is None:
+                    bucket = new[ns] = {}
+                if name not in bucket:
+                    count += 1
+                bucket[name] = rec
+            rv = str(meta.get("resourceVersion") or rv)
+            continue_ = meta.get("continue") or None
+            del page
+            if not continue_:
+                break
+        old = self.store
+        self.store = new
+        self.problems = problems
+        metrics.OBJECTS_CACHED.labels(self.kind.name).inc(count - self.count)
+        self.count = count
+        self.resource_version = rv
+        now = time.monotonic()
+        if self.synced.is_set():
+            for ns in old.keys() | new.keys():
+                if old.get(ns) != new.get(ns):
+                    self._on_change(self.kind, ns, now)
+        self.synced.set()
+        self._backoff.reset()
+
+    async def _watch(self) -> int:
+        self.state = "watching"
+        events = 0
+        stream = self.api.watch(
+            self.path, self.resource_version, self._settings.inactivity_timeout
+        )
+        first = True
+        async for event in stream:
+            if first:
+                first = False
+            events += 1
+            self._set_up(True)
+            self._apply(event)
+        if first:
+            # The stream opened (no error) but closed with nothing in it.
+            self._set_up(True)
+        return events
+
+    def _apply(self, event: Mapping[str, Any]) -> None:
+        now = time.monotonic()
+        self.last_event_at = now
+        etype = str(event.get("type") or "")
+        counter = self._event_counters.get(etype)
+        if counter is None:
+            counter = self._event_counters[etype] = metrics.WATCH_EVENTS.labels(
+                self.kind.name, etype
+            )
+        counter.inc()
+        obj = event.get("object")
+        if not isinstance(obj, Mapping):
+            raise ApiError(0, "BadEvent", f"{etype} event without an object")
+        if etype == "ERROR":
+            from sniffer.routing.sources.kubernetes.api import error_from
+
+            raise error_from(int(obj.get("code") or 500), obj)
+        meta = obj.get("metadata") or {}
+        rv = meta.get("resourceVersion")
+        if etype == "BOOKMARK":
+            if rv:
+                self.resource_version = str(rv)
+            return
+        ns = str(meta.get("namespace") or "")
+        name = str(meta.get("name") or "")
+        if etype in ("ADDED", "MODIFIED"):
+            rec = self._record(obj, self.problems)
+            if rec is None:
+                self._remove(ns, name, now)
+            else:
+                self.problems.pop((ns, name), None)
+                self._put(rec, now)
+        elif etype == "DELETED":
+            self.problems.pop((ns, name), None)
+            self._remove(ns, name, now)
+        if rv:
+            self.resource_version = str(rv)
+
+    def _record(self, obj: JSON, problems: dict[tuple[str, str], str]) -> Record | None:
+        try:
+            return self._parse(obj)
+        except (MalformedObject, ValueError, TypeError, KeyError, AttributeError) as exc:
+            meta = obj.get("metadata") if isinstance(obj, Mapping) else None
+            meta = meta if isinstance(meta, Mapping) else {}
+            ns, name = str(meta.get("namespace") or ""), str(meta.get("name") or "?")
+            message = f"{self.kind.name} {ns + '/' if ns else ''}{name}: {exc}; ignored"
+            problems[(ns, name)] = message
+            log.warning("%s", message)
+            return None
+
+    def _put(self, rec: Record, now: float) -> None:
+        ns, name = _key(rec)
+        bucket = self.store.get(ns)
+        if bucket is None:
+            bucket = self.store[ns] = {}
+        old = bucket.get(name)
+        bucket[name] = rec
+        if old is None:
+            self.count += 1
+            metrics.OBJECTS_CACHED.labels(self.kind.name).inc()
+        if old != rec:
+            self._on_change(self.kind, ns, now)
+
+    def _remove(self, ns: str, name: str, now: float) -> None:
+        bucket = self.store.get(ns)
+        if bucket is None or name not in bucket:
+            return
+        del bucket[name]
+        if not bucket:
+            del self.store[ns]
+        self.count -= 1
+        metrics.OBJECTS_CACHED.labels(self.kind.name).dec()
+        self._on_change(self.kind, ns, now)
+
+
+def _key(rec: Record) -> tuple[str, str]:
+    return getattr(rec, "namespace", ""), rec.name

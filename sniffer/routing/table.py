@@ -1,0 +1,373 @@
+"""The route model and the immutable `RouteTable` snapshot.
+
+A table is built once from what a source produced (`TableSpec`) and never mutated:
+the data plane holds a reference to the current one and a route change swaps it, so a
+connection already routed keeps the backend it got. Tables pickle, so the control
+process can ship them to worker processes. This module must never do I/O.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Literal
+
+ProxyProtocol = Literal["none", "v1", "v2"]
+Protocol = Literal["tls", "http"]
+
+
+class MatchKind(StrEnum):
+    EXACT = "exact"
+    WILDCARD = "wildcard"
+    DEFAULT = "default"
+    NONE = "none"
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Backend:
+    name: str
+    """Unique key: the file's backend name, or `namespace/service:port` from Kubernetes."""
+    tenant: str
+    """Metric label: the Service's namespace, or the file's `tenant:` (default: the name)."""
+    endpoints: tuple[Endpoint, ...]
+    """Ready endpoints in dial order; empty means the route exists but cannot be served."""
+    proxy_protocol: ProxyProtocol = "none"
+    """PROXY header sent to the backend before the client's bytes."""
+    source: str = ""
+    """Where it came from, for `route-table` (file:line or Kind ns/name)."""
+
+
+@dataclass(frozen=True, slots=True)
+class WeightedBackend:
+    backend: str
+    weight: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    name: str
+    host: str
+    port: int
+    protocol: Protocol
+    default_backend: str | None = None
+    proxy_protocol_in: bool = False
+
+    @property
+    def address(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    host: str
+    """Normalised hostname; a wildcard starts with `*.`."""
+    backends: tuple[WeightedBackend, ...]
+    listeners: frozenset[str] | None = None
+    """Listener names the route serves; None means every listener."""
+    multi_label: bool = True
+    """Wildcard reach: True matches one or more labels (Gateway API), False one (Ingress)."""
+    source: str = ""
+    precedence: tuple[float, str] = (0.0, "")
+    """Conflict order: (creation time, namespace/name); the smallest wins."""
+
+    @property
+    def is_wildcard(self) -> bool:
+        return self.host.startswith("*.")
+
+
+@dataclass(frozen=True, slots=True)
+class Conflict:
+    host: str
+    listener: str
+    winner: str
+    loser: str
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    kind: MatchKind
+    route: Route | None
+    backends: tuple[WeightedBackend, ...]
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class TableSpec:
+    """What a source produces; `RouteTable.build` compiles it."""
+
+    listeners: tuple[Listener, ...] = ()
+    backends: tuple[Backend, ...] = ()
+    routes: tuple[Route, ...] = ()
+
+    def merged(self, other: TableSpec) -> TableSpec:
+        """Combine two sources; on a name clash for listeners/backends the first wins."""
+        names = {lis.name for lis in self.listeners}
+        bnames = {b.name for b in self.backends}
+        return TableSpec(
+            listeners=self.listeners + tuple(x for x in other.listeners if x.name not in names),
+            backends=self.backends + tuple(b for b in other.backends if b.name not in bnames),
+            routes=self.routes + other.routes,
+        )
+
+
+@dataclass(slots=True)
+class _ListenerIndex:
+    exact: dict[str, Route] = field(default_factory=dict)
+    wildcard: dict[str, Route] = field(default_factory=dict)
+    """Keyed by the suffix after `*.`."""
+
+
+class RouteTable:
+    """An immutable snapshot: listeners, backends, routes and their per-listener indices."""
+
+    __slots__ = ("_index", "backends", "built_at", "conflicts", "listeners", "routes", "version")
+
+    def __init__(
+        self,
+        listeners: tuple[Listener, ...],
+        backends: Mapping[str, Backend],
+        routes: tuple[Route, ...],
+        conflicts: tuple[Conflict, ...],
+        index: dict[str, _ListenerIndex],
+        version: int,
+        built_at: float,
+    ) -> None:
+        self.listeners = listeners
+        self.backends = dict(backends)
+        self.routes = routes
+        self.conflicts = conflicts
+        self._index = index
+        self.version = version
+        self.built_at = built_at
+
+    @classmethod
+    def empty(cls) -> RouteTable:
+        return cls.build(TableSpec(), version=0)
+
+    @classmethod
+    def build(cls, spec: TableSpec, version: int = 1) -> RouteTable:
+        """Index routes per listener; on a duplicate hostname the lowest precedence wins."""
+        listener_names = [lis.name for lis in spec.listeners]
+        index = {name: _ListenerIndex() for name in listener_names}
+        conflicts: list[Conflict] = []
+        for route in sorted(spec.routes, key=lambda r: r.precedence):
+            targets = listener_names if route.listeners is None else route.listeners
+            for name in targets:
+                idx = index.get(name)
+                if idx is None:
+                    continue
+                if route.is_wildcard:
+                    bucket, key = idx.wildcard, route.host[2:]
+                else:
+                    bucket, key = idx.exact, route.host
+                held = bucket.get(key)
+                if held is None:
+                    bucket[key] = route
+                elif held.backends != route.backends or held.multi_label != route.multi_label:
+                    conflicts.append(Conflict(route.host, name, held.source, route.source))
+        backends = {b.name: b for b in spec.backends}
+        return cls(
+            listeners=spec.listeners,
+            backends=backends,
+            routes=tuple(spec.routes),
+            conflicts=tuple(conflicts),
+            index=index,
+            version=version,
+            built_at=time.time(),
+        )
+
+    def listener(self, name: str) -> Listener | None:
+        for lis in self.listeners:
+            if lis.name == name:
+                return lis
+        return None
+
+    def lookup(self, listener: str, host: str | None) -> Match:
+        """Resolve a normalised hostname on a listener: exact, wildcard, default, none.
+
+        O(labels): one dict probe per suffix of the name, longest first.
+        """
+        idx = self._index.get(listener)
+        if idx is None:
+            return Match(MatchKind.NONE, None, (), f"no listener {listener!r}")
+        if host:
+            route = idx.exact.get(host)
+            if route is not None:
+                return Match(MatchKind.EXACT, route, route.backends, f"exact route {host}")
+            if idx.wildcard:
+                dot = host.find(".")
+                first = True
+                while dot != -1:
+                    route = idx.wildcard.get(host[dot + 1 :])
+                    if route is not None and (first or route.multi_label):
+                        return Match(
+                            MatchKind.WILDCARD,
+                            route,
+                            route.backends,
+                            f"wildcard {route.host} matches {host}",
+                        )
+                    first = False
+                    dot = host.find(".", dot + 1)
+        for lis in self.listeners:
+            if lis.name == listener and lis.default_backend:
+                why = "no route for " + (repr(host) if host else "a connection without a name")
+                return Match(
+                    MatchKind.DEFAULT,
+                    None,
+                    (WeightedBackend(lis.default_backend),),
+                    f"{why}; listener default backend",
+                )
+        return Match(
+            MatchKind.NONE,
+            None,
+            (),
+            f"no route for {host!r} and listener {listener!r} has no default backend"
+            if host
+            else f"no name sent and listener {listener!r} has no default backend",
+        )
+
+    # -- views for route-table, /routes and the admin endpoint ---------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "built_at": self.built_at,
+            "listeners": [
+                {
+                    "name": lis.name,
+                    "address": lis.address,
+                    "protocol": lis.protocol,
+                    "default_backend": lis.default_backend,
+                    "proxy_protocol_in": lis.proxy_protocol_in,
+                }
+                for lis in self.listeners
+            ],
+            "backends": [
+                {
+                    "name": b.name,
+                    "tenant": b.tenant,
+                    "endpoints": [str(e) for e in b.endpoints],
+                    "proxy_protocol": b.proxy_protocol,
+                    "source": b.source,
+                }
+                for b in self.backends.values()
+            ],
+            "routes": [
+                {
+                    "host": r.host,
+                    "match": "wildcard" if r.is_wildcard else "exact",
+                    "wildcard_reach": (
+                        ("one_or_more_labels" if r.multi_label else "one_label")
+                        if r.is_wildcard
+                        else None
+                    ),
+                    "backends": [{"name": w.backend, "weight": w.weight} for w in r.backends],
+                    "listeners": sorted(r.listeners) if r.listeners is not None else None,
+                    "source": r.source,
+                    "precedence": list(r.precedence),
+                }
+                for r in self.routes
+            ],
+            "conflicts": [
+                {"host": c.host, "listener": c.listener, "winner": c.winner, "loser": c.loser}
+                for c in self.conflicts
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RouteTable:
+        """Rebuild a table from `to_dict()` output (e.g. fetched from `/routes`)."""
+        listeners = []
+        for lis in data.get("listeners", []):
+            host, port = split_host_port(lis["address"])
+            listeners.append(
+                Listener(
+                    name=lis["name"],
+                    host=host,
+                    port=port,
+                    protocol=lis["protocol"],
+                    default_backend=lis.get("default_backend"),
+                    proxy_protocol_in=bool(lis.get("proxy_protocol_in")),
+                )
+            )
+        backends = []
+        for b in data.get("backends", []):
+            eps = tuple(Endpoint(*split_host_port(e)) for e in b.get("endpoints", []))
+            backends.append(
+                Backend(
+                    name=b["name"],
+                    tenant=b.get("tenant", b["name"]),
+                    endpoints=eps,
+                    proxy_protocol=b.get("proxy_protocol", "none"),
+                    source=b.get("source", ""),
+                )
+            )
+        routes = []
+        for r in data.get("routes", []):
+            lis_names = r.get("listeners")
+            prec = r.get("precedence") or [0.0, ""]
+            routes.append(
+                Route(
+                    host=r["host"],
+                    backends=tuple(
+                        WeightedBackend(w["name"], int(w.get("weight", 1)))
+                        for w in r.get("backends", [])
+                    ),
+                    listeners=frozenset(lis_names) if lis_names is not None else None,
+                    multi_label=r.get("wildcard_reach") != "one_label",
+                    source=r.get("source", ""),
+                    precedence=(float(prec[0]), str(prec[1])),
+                )
+            )
+        table = cls.build(
+            TableSpec(tuple(listeners), tuple(backends), tuple(routes)),
+            version=int(data.get("version", 0)),
+        )
+        table.built_at = float(data.get("built_at", table.built_at))
+        return table
+
+    def summary(self) -> dict[str, int]:
+        return {
+            "routes": len(self.routes),
+            "backends": len(self.backends),
+            "conflicts": len(self.conflicts),
+        }
+
+
+def split_host_port(address: str) -> tuple[str, int]:
+    """`host:port` or `[v6]:port` to (host, port); raises ValueError."""
+    address = address.strip()
+    if address.startswith("["):
+        end = address.find("]")
+        if end == -1 or address[end + 1 : end + 2] != ":":
+            raise ValueError(f"bad address {address!r}: expected [IPv6]:port")
+        host, port_s = address[1:end], address[end + 2 :]
+    else:
+        host, sep, port_s = address.rpartition(":")
+        if not sep or not host:
+            raise ValueError(f"bad address {address!r}: expected host:port")
+        if ":" in host:
+            raise ValueError(f"bad address {address!r}: write IPv6 as [addr]:port")
+    if not port_s.isdigit() or not 0 < int(port_s) < 65536:
+        raise ValueError(f"bad address {address!r}: port must be 1-65535")
+    return host, int(port_s)
+
+
+def routed_backends(table: RouteTable) -> Iterable[Backend]:
+    """Backends that some route or default points at (for per-backend gauges)."""
+    names: set[str] = set()
+    for r in table.routes:
+        names.update(w.backend for w in r.backends)
+    names.update(lis.default_backend for lis in table.listeners if lis.default_backend)
+    return [table.backends[n] for n in sorted(names) if n in table.backends]

@@ -1,0 +1,54 @@
+"""Bytes to facts: the sans-I/O readers that sniff a connection's first bytes.
+
+Everything here is pure: bytes in, a result, ``NEED_DATA``, "not this protocol" or a
+``WireError`` out. Nothing in this package may import asyncio, socket or ssl, or any
+other sniffer package; the data plane (``sniffer.proxy``) and the route table
+(``sniffer.routing``) build on it, never the other way round.
+"""
+
+from sniffer.wire.errors import (
+    BadHttpHead,
+    BadProxyHeader,
+    HelloRejected,
+    InvalidHostname,
+    WireError,
+)
+from sniffer.wire.hostname import is_ip_literal, normalize_hostname, normalize_route_host
+from sniffer.wire.http import HttpHeadReader, HttpRequestHead
+from sniffer.wire.proxy_protocol import (
+    ProxyHeader,
+    ProxyHeaderReader,
+    encode_v1,
+    encode_v1_unknown,
+    encode_v2,
+    encode_v2_local,
+)
+from sniffer.wire.sentinels import NEED_DATA, NOT_HTTP, NOT_TLS, NeedData, NotHTTP, NotTLS
+from sniffer.wire.tls import ClientHello, ClientHelloReader
+
+__all__ = [
+    "NEED_DATA",
+    "NOT_HTTP",
+    "NOT_TLS",
+    "BadHttpHead",
+    "BadProxyHeader",
+    "ClientHello",
+    "ClientHelloReader",
+    "HelloRejected",
+    "HttpHeadReader",
+    "HttpRequestHead",
+    "InvalidHostname",
+    "NeedData",
+    "NotHTTP",
+    "NotTLS",
+    "ProxyHeader",
+    "ProxyHeaderReader",
+    "WireError",
+    "encode_v1",
+    "encode_v1_unknown",
+    "encode_v2",
+    "encode_v2_local",
+    "is_ip_literal",
+    "normalize_hostname",
+    "normalize_route_host",
+]

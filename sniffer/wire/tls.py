@@ -1,0 +1,450 @@
+"""Read the TLS ClientHello at the start of a connection: SNI, ALPN and a few log facts.
+
+This module owns the TLS record layer and ClientHello decoding up to the end of the
+ClientHello handshake message, and nothing past it. It must never do I/O (no asyncio,
+socket or ssl), never alter or consume bytes on the caller's behalf (the caller keeps
+every byte it fed and replays them to the backend), and never let anything but its four
+outcomes out of ``feed``: a ``ClientHello``, ``NEED_DATA``, ``NOT_TLS`` or a raised
+``HelloRejected``.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from itertools import filterfalse
+from typing import TypeVar
+
+from sniffer.wire.errors import (
+    ALERT_DECODE_ERROR,
+    ALERT_ILLEGAL_PARAMETER,
+    ALERT_PROTOCOL_VERSION,
+    ALERT_RECORD_OVERFLOW,
+    ALERT_UNEXPECTED_MESSAGE,
+    ALERT_UNRECOGNIZED_NAME,
+    HelloRejected,
+    InvalidHostname,
+)
+from sniffer.wire.hostname import normalize_hostname
+from sniffer.wire.sentinels import NEED_DATA, NOT_TLS, NeedData, NotTLS
+
+__all__ = [
+    "DEFAULT_MAX_HELLO_BYTES",
+    "MAX_HELLO_BYTES_LIMIT",
+    "NEED_DATA",
+    "NOT_TLS",
+    "ClientHello",
+    "ClientHelloReader",
+    "NeedData",
+    "NotTLS",
+]
+
+# 16 KiB, as Envoy's tls_inspector: a post-quantum hello is 1.2-2 KB, padded ones a
+# little more. The cap bounds what one connection can make the proxy buffer before it
+# has even picked a backend, which is what an attacker would aim at.
+DEFAULT_MAX_HELLO_BYTES = 16384
+# A handshake message over 64 KiB is not a ClientHello any client sends.
+MAX_HELLO_BYTES_LIMIT = 65536
+_MIN_HELLO_BYTES_LIMIT = 64
+
+_CONTENT_HANDSHAKE = 22
+_HANDSHAKE_CLIENT_HELLO = 1
+_MAX_PLAINTEXT = 1 << 14  # RFC 8446 §5.1: TLSPlaintext.length MUST NOT exceed 2^14
+
+_EXT_SERVER_NAME = 0
+_EXT_ALPN = 16
+_EXT_SUPPORTED_VERSIONS = 43
+_EXT_ECH = 0xFE0D  # draft-ietf-tls-esni; real or GREASE ECH look the same on the wire
+_NAME_TYPE_HOST_NAME = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ClientHello:
+    """What sniffer learns from a ClientHello. Names follow RFC 8446 / RFC 6066."""
+
+    sni: str | None
+    """server_name host_name, normalised (lower case, no trailing dot); None if absent."""
+    alpn: tuple[str, ...] = ()
+    """application_layer_protocol_negotiation protocol names, in client order (latin-1)."""
+    legacy_version: int = 0x0303
+    """ClientHello.legacy_version (0x0303 for TLS 1.2 and 1.3 clients)."""
+    supported_versions: tuple[int, ...] = ()
+    """supported_versions extension without GREASE values; empty if absent (TLS <= 1.2)."""
+    has_ech: bool = False
+    """An encrypted_client_hello extension is present (real or GREASE; SNI is the outer)."""
+
+    @property
+    def offers_tls13(self) -> bool:
+        return 0x0304 in self.supported_versions
+
+
+def _decode_error(what: str) -> HelloRejected:
+    return HelloRejected(
+        f"malformed ClientHello: {what}", reason="bad_hello", alert=ALERT_DECODE_ERROR
+    )
+
+
+# RFC 8701 GREASE values, 0x0A0A, 0x1A1A, ..., 0xFAFA: clients sprinkle them in every
+# list precisely so that parsers like this one learn to ignore them.
+_GREASE = frozenset(0x0A0A + 0x1010 * i for i in range(16))
+
+_T = TypeVar("_T")
+_unpack_u16_pair = struct.Struct(">HH").unpack_from
+
+
+# Decoded ALPN and supported_versions lists by their exact encoding: real clients send
+# a handful of distinct ones, so nearly every connection costs one dict hit instead of a
+# parse. Bounded in entries and key size so hostile hellos cannot grow it.
+_MEMO_MAX_ENTRIES = 512
+_MEMO_MAX_KEY = 64
+_alpn_memo: dict[bytes, tuple[str, ...]] = {}
+_versions_memo: dict[bytes, tuple[int, ...]] = {}
+
+
+def _remember(memo: dict[bytes, _T], key: bytes, value: _T) -> _T:
+    if len(key) <= _MEMO_MAX_KEY:
+        if len(memo) >= _MEMO_MAX_ENTRIES:
+            memo.clear()
+        memo[key] = value
+    return value
+
+
+def _parse_server_name(buf: bytes | bytearray, pos: int, end: int) -> str | None:
+    # RFC 6066 §3: ServerNameList server_name_list<1..2^16-1>, each entry a NameType byte
+    # then (for host_name) HostName<1..2^16-1>. Unknown name types are skipped as Go's
+    # crypto/tls does; none has ever been defined, so no client sends them.
+    size = end - pos
+    if (
+        size > 5
+        and buf[pos + 2] == _NAME_TYPE_HOST_NAME
+        and (buf[pos] << 8 | buf[pos + 1]) == size - 2
+        and (buf[pos + 3] << 8 | buf[pos + 4]) == size - 5
+    ):
+        # What every client sends: a list of exactly one non-empty host_name.
+        host: bytes | None = bytes(buf[pos + 5 : end])
+    else:
+        host = _parse_server_name_list(buf, pos, end)
+    if host is None:
+        return None
+    try:
+        return normalize_hostname(host)
+    except InvalidHostname as exc:
+        raise HelloRejected(
+            f"ClientHello SNI refused: {exc.message}",
+            reason=f"sni_{exc.problem}",
+            alert=ALERT_UNRECOGNIZED_NAME,
+        ) from None
+
+
+def _parse_server_name_list(buf: bytes | bytearray, pos: int, end: int) -> bytes | None:
+    if end - pos < 3 or (buf[pos] << 8 | buf[pos + 1]) != end - pos - 2:
+        raise _decode_error("server_name list length")
+    pos += 2
+    host: bytes | None = None
+    while pos < end:
+        if end - pos < 3:
+            raise _decode_error("server_name entry truncated")
+        name_type = buf[pos]
+        name_end = pos + 3 + (buf[pos + 1] << 8 | buf[pos + 2])
+        if name_end > end:
+            raise _decode_error("server_name entry length")
+        if name_type == _NAME_TYPE_HOST_NAME:
+            if host is not None:
+                # RFC 6066 §3: MUST NOT contain more than one name of the same name_type.
+                # Two names could mean one thing to sniffer and another to the backend.
+                raise HelloRejected(
+                    "ClientHello server_name has more than one host_name",
+                    reason="sni_multiple",
+                    alert=ALERT_ILLEGAL_PARAMETER,
+                )
+            if name_end == pos + 3:
+                raise HelloRejected(
+                    "ClientHello server_name host_name is empty",
+                    reason="sni_empty",
+                    alert=ALERT_DECODE_ERROR,
+                )
+            host = bytes(buf[pos + 3 : name_end])
+        pos = name_end
+    return host
+
+
+def _parse_alpn(buf: bytes | bytearray, pos: int, end: int) -> tuple[str, ...]:
+    # RFC 7301 §3.1: ProtocolName protocol_name_list<2..2^16-1>, names <1..2^8-1>.
+    raw = bytes(buf[pos:end])
+    known = _alpn_memo.get(raw)
+    if known is not None:
+        return known
+    if end - pos < 4 or (buf[pos] << 8 | buf[pos + 1]) != end - pos - 2:
+        raise _decode_error("ALPN list length")
+    pos += 2
+    names: list[str] = []
+    while pos < end:
+        name_end = pos + 1 + buf[pos]
+        if name_end == pos + 1 or name_end > end:
+            raise _decode_error("ALPN protocol name length")
+        names.append(str(buf[pos + 1 : name_end], "latin-1"))
+        pos = name_end
+    return _remember(_alpn_memo, raw, tuple(names))
+
+
+def _parse_supported_versions(buf: bytes | bytearray, pos: int, end: int) -> tuple[int, ...]:
+    # RFC 8446 §4.2.1: ProtocolVersion versions<2..254> in a ClientHello.
+    raw = bytes(buf[pos:end])
+    known = _versions_memo.get(raw)
+    if known is not None:
+        return known
+    length = end - pos - 1
+    if length < 2 or length & 1 or buf[pos] != length:
+        raise _decode_error("supported_versions length")
+    versions = struct.unpack_from(f">{length >> 1}H", buf, pos + 1)
+    return _remember(_versions_memo, raw, tuple(filterfalse(_GREASE.__contains__, versions)))
+
+
+_INTERESTING = frozenset((_EXT_SERVER_NAME, _EXT_ALPN, _EXT_SUPPORTED_VERSIONS, _EXT_ECH))
+
+
+def parse_client_hello_body(buf: bytes | bytearray, pos: int, end: int) -> ClientHello:
+    """Decode the ClientHello body in ``buf[pos:end]`` (after the 4-byte handshake header).
+
+    Walks the structure by offsets: nothing is copied but the few fields it returns.
+    Raises ``HelloRejected`` (alert decode_error unless said otherwise) when malformed.
+    """
+    # legacy_version(2) random(32) legacy_session_id<0..32>
+    if end - pos < 35:
+        raise _decode_error("truncated before legacy_session_id")
+    legacy_version = buf[pos] << 8 | buf[pos + 1]
+    pos += 34
+    session_id_len = buf[pos]
+    if session_id_len > 32:
+        raise _decode_error("legacy_session_id longer than 32")
+    pos += 1 + session_id_len
+    # cipher_suites<2..2^16-2>
+    if end - pos < 2:
+        raise _decode_error("truncated before cipher_suites")
+    suites_len = buf[pos] << 8 | buf[pos + 1]
+    if suites_len < 2 or suites_len & 1:
+        raise _decode_error("cipher_suites length")
+    pos += 2 + suites_len
+    # legacy_compression_methods<1..2^8-1>
+    if end - pos < 1:
+        raise _decode_error("truncated before legacy_compression_methods")
+    methods_len = buf[pos]
+    if methods_len < 1:
+        raise _decode_error("empty legacy_compression_methods")
+    pos += 1 + methods_len
+    if pos == end:
+        # No extensions block at all: a pre-TLS 1.2 style hello, legal, without SNI.
+        return ClientHello(sni=None, legacy_version=legacy_version)
+    if end - pos < 2 or (buf[pos] << 8 | buf[pos + 1]) != end - pos - 2:
+        raise _decode_error("extensions length")
+    pos += 2
+
+    # Walk extensions by offset. Their bodies are only looked at for the four types
+    # sniffer reports; the rest (key_share with its 1216-byte ML-KEM key, padding,
+    # GREASE) is skipped by length.
+    sni: str | None = None
+    alpn: tuple[str, ...] = ()
+    versions: tuple[int, ...] = ()
+    has_ech = False
+    seen: set[int] = set()
+    add_seen = seen.add
+    count = 0
+    unpack = _unpack_u16_pair
+    while pos < end:
+        if end - pos < 4:
+            raise _decode_error("extension header truncated")
+        ext_type, ext_len = unpack(buf, pos)
+        ext_start = pos + 4
+        pos = ext_start + ext_len
+        if pos > end:
+            raise _decode_error(f"extension {ext_type} length")
+        add_seen(ext_type)
+        count += 1
+        if ext_type in _INTERESTING:
+            if ext_type == _EXT_SERVER_NAME:
+                sni = _parse_server_name(buf, ext_start, pos)
+            elif ext_type == _EXT_ALPN:
+                alpn = _parse_alpn(buf, ext_start, pos)
+            elif ext_type == _EXT_SUPPORTED_VERSIONS:
+                versions = _parse_supported_versions(buf, ext_start, pos)
+            else:
+                has_ech = True
+    if len(seen) != count:
+        # RFC 8446 §4.2: there MUST NOT be more than one extension of the same type.
+        # Refusing closes the door on "first SNI for sniffer, second for the backend".
+        raise _decode_error("an extension type appears more than once")
+    return ClientHello(
+        sni=sni,
+        alpn=alpn,
+        legacy_version=legacy_version,
+        supported_versions=versions,
+        has_ech=has_ech,
+    )
+
+
+class ClientHelloReader:
+    """Incremental, sans-I/O reader of the first ClientHello on a connection.
+
+    ``feed`` each chunk read from the socket; it returns ``NEED_DATA`` until the
+    ClientHello handshake message is complete, then the ``ClientHello``. Records are
+    reassembled across any number of reads and TLS records (RFC 8446 §5.1), each byte is
+    looked at once (1-byte reads stay linear), and bytes after the end of the handshake
+    message are never looked at. Once an outcome is reached it is returned (or raised)
+    again on every later ``feed``.
+    """
+
+    __slots__ = (
+        "_error",
+        "_header",
+        "_hs",
+        "_hs_total",
+        "_record_left",
+        "_result",
+        "_wire",
+        "max_bytes",
+    )
+
+    def __init__(self, max_bytes: int = DEFAULT_MAX_HELLO_BYTES) -> None:
+        if not _MIN_HELLO_BYTES_LIMIT <= max_bytes <= MAX_HELLO_BYTES_LIMIT:
+            raise ValueError(
+                f"max_bytes must be in [{_MIN_HELLO_BYTES_LIMIT}, {MAX_HELLO_BYTES_LIMIT}],"
+                f" got {max_bytes}"
+            )
+        self.max_bytes = max_bytes
+        self._header = bytearray()  # a record header split across reads (< 5 bytes)
+        self._record_left = 0  # payload bytes of the current record not yet taken
+        self._hs = bytearray()  # handshake bytes reassembled from record payloads
+        self._hs_total = -1  # 4 + handshake body length, once the header is in
+        self._wire = 0  # bytes consumed from the stream: what the caller holds for us
+        self._result: ClientHello | NotTLS | None = None
+        self._error: HelloRejected | None = None
+
+    @property
+    def consumed(self) -> int:
+        """Stream bytes looked at so far: the whole hello on the wire once it is returned."""
+        return self._wire
+
+    def feed(self, data: bytes | bytearray | memoryview) -> ClientHello | NeedData | NotTLS:
+        """Take the next bytes of the stream; see the class docstring for the outcomes."""
+        if self._result is not None:
+            return self._result
+        if self._error is not None:
+            raise self._error.with_traceback(None)
+        if not data:
+            return NEED_DATA
+        try:
+            result: ClientHello | NeedData | NotTLS | None = None
+            if self._wire == 0 and not self._header:
+                # The first byte decides: anything but a handshake record is not TLS.
+                result = NOT_TLS if data[0] != _CONTENT_HANDSHAKE else self._feed_whole(data)
+            if result is None:
+                result = self._feed_incremental(data)
+        except HelloRejected as exc:
+            self._error = exc
+            self._hs = bytearray()
+            raise
+        if result is not NEED_DATA:
+            self._result = result
+            self._hs = bytearray()
+        return result
+
+    def _feed_whole(self, data: bytes | bytearray | memoryview) -> ClientHello | None:
+        """The common case: one read holding one record holding the whole hello.
+
+        Parses in place with no copy. Returns None to hand anything else (a split,
+        a multi-record hello or an error to report) to the incremental path.
+        """
+        if len(data) < 9 or data[1] != 3 or data[2] > 4:
+            return None
+        record_len = data[3] << 8 | data[4]
+        if record_len > _MAX_PLAINTEXT or data[5] != _HANDSHAKE_CLIENT_HELLO:
+            return None
+        end = 9 + (data[6] << 16 | data[7] << 8 | data[8])
+        if end - 5 > record_len or end > len(data) or end > self.max_bytes:
+            return None
+        buf = data if isinstance(data, bytes | bytearray) else data.tobytes()[:end]
+        hello = parse_client_hello_body(buf, 9, end)
+        self._wire = end
+        return hello
+
+    def _feed_incremental(self, data: bytes | bytearray | memoryview) -> ClientHello | NeedData:
+        view = memoryview(data)
+        size = len(view)
+        i = 0
+        while i < size:
+            if self._record_left == 0:
+                header = self._header
+                take = min(5 - len(header), size - i)
+                header += view[i : i + take]
+                i += take
+                self._wire += take
+                if len(header) < 5:
+                    break
+                self._start_record(header)
+                header.clear()
+                continue
+            hs = self._hs
+            missing = (4 if self._hs_total < 0 else self._hs_total) - len(hs)
+            take = min(self._record_left, size - i, missing)
+            hs += view[i : i + take]
+            i += take
+            self._wire += take
+            self._record_left -= take
+            if self._hs_total < 0:
+                if hs[0] != _HANDSHAKE_CLIENT_HELLO:
+                    raise HelloRejected(
+                        f"first handshake message is type {hs[0]}, not client_hello",
+                        reason="bad_hello",
+                        alert=ALERT_UNEXPECTED_MESSAGE,
+                    )
+                if len(hs) < 4:
+                    continue
+                self._hs_total = 4 + (hs[1] << 16 | hs[2] << 8 | hs[3])
+                self._check_cap()
+            if len(hs) == self._hs_total:
+                return parse_client_hello_body(hs, 4, self._hs_total)
+        return NEED_DATA
+
+    def _start_record(self, header: bytearray) -> None:
+        if header[0] != _CONTENT_HANDSHAKE:
+            # RFC 8446 §5.1: handshake messages MUST NOT be interleaved with other
+            # record types; nothing but handshake may precede the ClientHello's end.
+            raise HelloRejected(
+                f"record of content type {header[0]} inside the ClientHello",
+                reason="bad_record",
+                alert=ALERT_UNEXPECTED_MESSAGE,
+            )
+        if header[1] != 3 or header[2] > 4:
+            raise HelloRejected(
+                f"record version {header[1]}.{header[2]} is not TLS",
+                reason="bad_record",
+                alert=ALERT_PROTOCOL_VERSION,
+            )
+        length = header[3] << 8 | header[4]
+        if length == 0:
+            # RFC 8446 §5.1: zero-length handshake fragments MUST NOT be sent; allowing
+            # them would let a client hold a connection with an endless trickle of headers.
+            raise HelloRejected(
+                "zero-length handshake record", reason="bad_record", alert=ALERT_DECODE_ERROR
+            )
+        if length > _MAX_PLAINTEXT:
+            raise HelloRejected(
+                f"record of {length} bytes exceeds 2^14",
+                reason="bad_record",
+                alert=ALERT_RECORD_OVERFLOW,
+            )
+        self._record_left = length
+        self._check_cap()
+
+    def _check_cap(self) -> None:
+        # Count what the stream must still deliver at the least, so an announced
+        # oversize hello is refused at its header instead of after buffering 16 KiB.
+        missing = (4 if self._hs_total < 0 else self._hs_total) - len(self._hs)
+        if self._wire + missing > self.max_bytes:
+            total = self._hs_total if self._hs_total >= 0 else len(self._hs)
+            raise HelloRejected(
+                f"ClientHello ({total} byte handshake message, {self._wire} bytes read)"
+                f" exceeds the {self.max_bytes} byte limit",
+                reason="hello_too_large",
+                alert=ALERT_DECODE_ERROR,
+            )

@@ -1,0 +1,94 @@
+"""The ClusterRole grants exactly what sniffer's Kubernetes source uses, and nothing more.
+
+Compared as (api_group, resource, verbs) triples, one per resource, with the constant
+RBAC_RULES that sniffer/routing/sources/kubernetes/kinds.py exports next to the code
+that makes the calls; and with the brief's contract (contract.EXPECTED_RBAC), so the
+manifest is pinned even before that module exists.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterable
+from typing import Any
+
+import pytest
+
+from tests.deploy.contract import EXPECTED_RBAC
+from tests.deploy.support import find, render
+
+Triple = tuple[str, str, frozenset[str]]
+
+
+def _expand(rules: Iterable[dict[str, Any]]) -> set[Triple]:
+    out: set[Triple] = set()
+    for rule in rules:
+        assert set(rule) <= {"apiGroups", "resources", "verbs"}, f"unexpected keys in {rule}"
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                out.add((group, resource, frozenset(rule["verbs"])))
+    return out
+
+
+def _normalise(rules: Iterable[tuple[str, str, Iterable[str]]]) -> set[Triple]:
+    out: set[Triple] = set()
+    for group, resource, verbs in rules:
+        out.add((group, resource, frozenset(verbs)))
+    return out
+
+
+def _manifest_rules() -> set[Triple]:
+    role = find(render("base"), "ClusterRole", "sniffer")
+    triples = _expand(role["rules"])
+    keys = [(g, r) for g, r, _ in triples]
+    assert len(keys) == len(set(keys)), "a resource appears in two rules: merge them"
+    return triples
+
+
+def test_cluster_role_matches_code() -> None:
+    try:
+        kinds = importlib.import_module("sniffer.routing.sources.kubernetes.kinds")
+    except ModuleNotFoundError as exc:
+        pytest.skip(
+            f"sniffer.routing.sources.kubernetes.kinds not importable yet ({exc}); the "
+            "manifest is still checked against the brief's contract by the test below"
+        )
+    rules = getattr(kinds, "RBAC_RULES", None)
+    assert rules is not None, "kinds.py exists but exports no RBAC_RULES"
+    in_code = _normalise(rules)
+    in_manifest = _manifest_rules()
+    assert in_manifest == in_code, (
+        f"only in manifest: {sorted(in_manifest - in_code)}; "
+        f"only in code: {sorted(in_code - in_manifest)}"
+    )
+
+
+def test_cluster_role_matches_contract() -> None:
+    assert _manifest_rules() == _normalise(EXPECTED_RBAC)
+
+
+def test_cluster_role_is_read_only_except_status() -> None:
+    for group, resource, verbs in _manifest_rules():
+        assert "*" not in (group, resource) and "*" not in verbs, "no wildcards"
+        assert resource != "secrets", "sniffer never terminates TLS: no Secrets"
+        writes = verbs - {"get", "list", "watch"}
+        if writes:
+            assert resource.endswith("/status"), f"write verbs {writes} on {resource}"
+            assert writes <= {"update", "patch"}
+
+
+def test_binding_grants_the_role_to_the_daemonsets_account() -> None:
+    objs = render("base")
+    binding = find(objs, "ClusterRoleBinding", "sniffer")
+    sa = find(objs, "ServiceAccount", "sniffer")
+    ds = find(objs, "DaemonSet", "sniffer")
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "sniffer"
+    }
+    assert binding["subjects"] == [{
+        "kind": "ServiceAccount",
+        "name": sa["metadata"]["name"],
+        "namespace": sa["metadata"]["namespace"],
+    }]
+    assert ds["spec"]["template"]["spec"]["serviceAccountName"] == sa["metadata"]["name"]
+    assert ds["metadata"]["namespace"] == sa["metadata"]["namespace"]
