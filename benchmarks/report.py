@@ -339,6 +339,7 @@ def make_plots(results: dict[str, Any], out: Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import ScalarFormatter
 
     summ = results["summary"]
     live = [r for r, meta in results["rows"].items() if not meta["skipped"]]
@@ -379,6 +380,7 @@ def make_plots(results: dict[str, Any], out: Path) -> list[Path]:
                     [v for _, v in pts], [p for p, _ in pts], marker=".", label=r, color=colors[r]
                 )
             ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(ScalarFormatter())
             ax.set_xlabel("latency ms (log)")
             ax.set_ylabel("percentile")
             ax.set_title("TTFB of hello" if w == "hello-heavy" else f"{w} request latency")

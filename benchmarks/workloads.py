@@ -297,10 +297,12 @@ def idle_conns(ctx: Context, row: Row) -> dict[str, float]:
 
 
 WORKLOADS: dict[str, Callable[[Context, Row], dict[str, float]]] = {
+    # idle-conns first: later workloads leave freed memory that a Python row reuses, which
+    # would hide part of the per-connection growth
+    "idle-conns": idle_conns,
     "hello-heavy": hello_heavy,
     "new-conn": new_conn,
     "keep-alive": keep_alive,
     "concurrent-streams": concurrent_streams,
     "large-stream": large_stream,
-    "idle-conns": idle_conns,
 }

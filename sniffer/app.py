@@ -95,7 +95,8 @@ async def serve(sources: list[RouteSource], opts: ServeOptions) -> int:
                 {"index": w.index, "pid": w.process.pid if w.process else None}
                 for w in supervisor.workers
             ]
-        return controller.ready and not errors, detail
+        workers_ready = supervisor.ready if supervisor is not None else True
+        return controller.ready and workers_ready and not errors, detail
 
     admin = AdminServer(metrics.REGISTRY, readiness, lambda: controller.table.to_dict())
     try:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
+import uvloop
 
 from sniffer.observe.metrics import DataPlaneStats
 from sniffer.proxy.server import DataPlane, ProxySettings
@@ -25,6 +27,13 @@ def require_binary(name: str) -> str:
             pytest.fail(f"{name} is required under CI (.ci/run installs it)")
         pytest.skip(f"{name} not installed (apt-get install it to run this test)")
     return path
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Tests run on uvloop, like `sniffer serve` does."""
+    return {"uvloop": uvloop.new_event_loop}
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,7 @@ import logging
 import random
 import socket
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from sniffer.routing.table import Backend, Endpoint, Listener, MatchKind, WeightedBackend
 from sniffer.wire.errors import WireError
@@ -139,7 +139,8 @@ class ClientConnection(asyncio.Protocol):
     # -- asyncio callbacks -----------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # uvloop's transports are not asyncio.Transport subclasses, only duck-alike.
+        transport = cast(asyncio.Transport, transport)
         self.transport = transport
         shared = self.state_shared
         if shared.draining:
@@ -463,7 +464,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)
         self.transport = transport
         transport.set_write_buffer_limits(self.client.state_shared.settings.write_buffer_high)
         sock = transport.get_extra_info("socket")

@@ -79,6 +79,11 @@ class Supervisor:
         self.stopping = False
         self._tasks: set[asyncio.Task[None]] = set()
 
+    @property
+    def ready(self) -> bool:
+        """Every worker is running and listening with the newest table."""
+        return all(w.writer is not None and w.installed.is_set() for w in self.workers)
+
     def snapshots(self) -> list[Snapshot]:
         return [self.retired, *(w.snapshot for w in self.workers)]
 

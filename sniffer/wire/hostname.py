@@ -129,7 +129,7 @@ def _check(raw: bytes) -> str:
             f"hostname {raw!r} has a label longer than {MAX_LABEL_LENGTH}",
             problem="label_too_long",
         )
-    if name[-1] in _DIGITS and _last_label_is_numeric(name):
+    if _last_label_is_numeric(name):
         raise InvalidHostname(f"IP literal {raw!r} is not a hostname", problem="ip_literal")
     return name.decode("ascii")
 

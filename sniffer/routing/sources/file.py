@@ -141,6 +141,7 @@ def parse_routes(text: str, filename: str = "<routes>") -> TableSpec:
     top = chk.mapping("", root, _TOP)
 
     listeners: list[Listener] = []
+    defaults: list[tuple[str, yaml.Node, str]] = []
     for i, node in enumerate(chk.sequence("listeners", top.get("listeners"))):
         p = f"listeners[{i}]"
         m = chk.mapping(p, node, _LISTENER_KEYS)
@@ -161,6 +162,9 @@ def parse_routes(text: str, filename: str = "<routes>") -> TableSpec:
                 chk.fail(f"{p}.address", m["address"], str(exc))
         if name and name in {lis.name for lis in listeners}:
             chk.fail(f"{p}.name", m["name"], f"duplicate listener name {name!r}")
+        default = chk.string(f"{p}.default_backend", m.get("default_backend"))
+        if default is not None:
+            defaults.append((f"{p}.default_backend", m["default_backend"], default))
         if name and host_port and proto:
             listeners.append(
                 Listener(
@@ -168,7 +172,7 @@ def parse_routes(text: str, filename: str = "<routes>") -> TableSpec:
                     host=host_port[0],
                     port=host_port[1],
                     protocol="tls" if proto == "tls" else "http",
-                    default_backend=chk.string(f"{p}.default_backend", m.get("default_backend")),
+                    default_backend=default,
                     proxy_protocol_in=chk.boolean(
                         f"{p}.proxy_protocol_in", m.get("proxy_protocol_in")
                     ),
@@ -212,12 +216,9 @@ def parse_routes(text: str, filename: str = "<routes>") -> TableSpec:
             source=f"file {filename}:{node.start_mark.line + 1}",
         )
 
-    for i, lis in enumerate(listeners):
-        if lis.default_backend and lis.default_backend not in backends:
-            lnode = top.get("listeners")
-            item = lnode.value[i] if isinstance(lnode, yaml.SequenceNode) else None
-            chk.fail(f"listeners[{i}].default_backend", item,
-                     f"unknown backend {lis.default_backend!r}")
+    for path, dnode, default in defaults:
+        if default not in backends:
+            chk.fail(path, dnode, f"unknown backend {default!r}")
 
     routes: list[Route] = []
     listener_names = {lis.name for lis in listeners}
@@ -278,7 +279,7 @@ def parse_routes(text: str, filename: str = "<routes>") -> TableSpec:
                 )
             )
     if chk.problems:
-        raise RoutesFileError(filename, chk.problems)
+        raise RoutesFileError(filename, sorted(chk.problems, key=lambda p: p.line or 0))
     return TableSpec(tuple(listeners), tuple(backends.values()), tuple(routes))
 
 

@@ -93,7 +93,7 @@ class KubeApi:
                 config_file=settings.kubeconfig, client_configuration=cfg, persist_config=False
             )
         else:
-            config.load_incluster_config(client_configuration=cfg)
+            config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
         return cls(ApiClient(configuration=cfg), settings)
 
     async def close(self) -> None:
@@ -165,9 +165,7 @@ class KubeApi:
     async def get(self, path: str) -> dict[str, Any]:
         return await self.request_json("GET", path)
 
-    async def list_page(
-        self, path: str, limit: int, continue_: str | None
-    ) -> dict[str, Any]:
+    async def list_page(self, path: str, limit: int, continue_: str | None) -> dict[str, Any]:
         query = [("limit", str(limit))]
         if continue_:
             query.append(("continue", continue_))

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from sniffer.observe import metrics
-from sniffer.routing.sources.kubernetes.api import ApiError, Gone, KubeApi
+from sniffer.routing.sources.kubernetes.api import ApiError, Gone, KubeApi, error_from
 from sniffer.routing.sources.kubernetes.kinds import JSON, Kind, MalformedObject, Record
 from sniffer.routing.sources.kubernetes.settings import KubernetesSettings
 
@@ -107,10 +107,14 @@ class Informer:
             "errors": self.errors,
             "last_error": self.last_error,
             "last_error_age_seconds": (
-                None if self.last_error_at is None else round(time.monotonic() - self.last_error_at, 3)
+                None
+                if self.last_error_at is None
+                else round(time.monotonic() - self.last_error_at, 3)
             ),
             "last_event_age_seconds": (
-                None if self.last_event_at is None else round(time.monotonic() - self.last_event_at, 3)
+                None
+                if self.last_event_at is None
+                else round(time.monotonic() - self.last_event_at, 3)
             ),
         }
 
@@ -123,7 +127,7 @@ class Informer:
             while True:
                 try:
                     if need_list:
-                        await self._list(reason)
+                        await self.list_all(reason)
                         need_list = False
                     started = time.monotonic()
                     events = await self._watch()
@@ -169,7 +173,8 @@ class Informer:
         self.state = "backoff"
         await asyncio.sleep(self._backoff.next_delay())
 
-    async def _list(self, reason: str) -> None:
+    async def list_all(self, reason: str) -> None:
+        """List every page, swap the cache in, report namespaces that differ."""
         self.state = "listing"
         self.relists += 1
         metrics.WATCH_RELISTS.labels(self.kind.name, reason).inc()
@@ -214,9 +219,7 @@ class Informer:
     async def _watch(self) -> int:
         self.state = "watching"
         events = 0
-        stream = self.api.watch(
-            self.path, self.resource_version, self._settings.inactivity_timeout
-        )
+        stream = self.api.watch(self.path, self.resource_version, self._settings.inactivity_timeout)
         first = True
         async for event in stream:
             if first:
@@ -243,8 +246,6 @@ class Informer:
         if not isinstance(obj, Mapping):
             raise ApiError(0, "BadEvent", f"{etype} event without an object")
         if etype == "ERROR":
-            from sniffer.routing.sources.kubernetes.api import error_from
-
             raise error_from(int(obj.get("code") or 500), obj)
         meta = obj.get("metadata") or {}
         rv = meta.get("resourceVersion")

@@ -369,7 +369,9 @@ def parse_ingress(obj: JSON) -> IngressRec:
             service, port, unsupported = _ingress_backend(p.get("backend"))
         if not root_seen:
             unsupported = (
-                "no backend for path '/' (TCP routing has no paths)" if paths else "rule has no http"
+                "no backend for path '/' (TCP routing has no paths)"
+                if paths
+                else "rule has no http"
             )
         rules.append(IngressRule(host, service, port, tuple(ignored), unsupported))
     ann = _annotations(meta)
@@ -400,7 +402,9 @@ def parse_service(obj: JSON, http_port_annotation: str) -> ServiceRec:
             raise MalformedObject("spec.ports[].port is not a number")
         target = p.get("targetPort")
         ports.append(
-            ServicePort(_s(p.get("name") or ""), number, number if target is None else _port_ref(target))
+            ServicePort(
+                _s(p.get("name") or ""), number, number if target is None else _port_ref(target)
+            )
         )
     http = _annotations(meta).get(http_port_annotation)
     return ServiceRec(
@@ -433,7 +437,10 @@ def parse_endpoint_slice(obj: JSON) -> EndpointSliceRec:
         if addrs and isinstance(addrs[0], str):
             addresses.append(addrs[0])
     return EndpointSliceRec(
-        ns, name, _s(svc) if isinstance(svc, str) else None, tuple(sorted(ports)),
+        ns,
+        name,
+        _s(svc) if isinstance(svc, str) else None,
+        tuple(sorted(ports)),
         tuple(sorted(addresses)),
     )
 
@@ -489,9 +496,7 @@ def gateway_status_sig(status: JSON) -> int:
                 _conditions_sig(_list(lis.get("conditions"), "conditions")),
             )
         )
-    return hash(
-        (_conditions_sig(_list(status.get("conditions"), "conditions")), tuple(listeners))
-    )
+    return hash((_conditions_sig(_list(status.get("conditions"), "conditions")), tuple(listeners)))
 
 
 def parse_gateway(obj: JSON) -> GatewayRec:

@@ -20,14 +20,14 @@ from typing import Any
 
 from sniffer.routing.sources.kubernetes.api import ApiError, Conflict, KubeApi, NotFound
 from sniffer.routing.sources.kubernetes.kinds import (
+    GATEWAY,
     GATEWAY_CLASS,
     GATEWAY_GROUP,
     TLS_ROUTE,
-    GATEWAY,
     Kind,
+    _conditions_sig,
     gateway_status_sig,
     route_parents_sig,
-    _conditions_sig,
 )
 from sniffer.routing.sources.kubernetes.settings import KubernetesSettings
 from sniffer.routing.sources.kubernetes.translate import (
@@ -90,12 +90,16 @@ def desired_route_parents(
                 detail = ", ".join(f"{h} (held by {lost_hosts[h]})" for h in gone)
                 if len(gone) == len(o.hosts):
                     accepted = Condition(
-                        "Accepted", False, "HostnameConflict",
+                        "Accepted",
+                        False,
+                        "HostnameConflict",
                         f"every hostname is held by an older route: {detail}",
                     )
                 else:
                     accepted = Condition(
-                        "Accepted", True, "Accepted",
+                        "Accepted",
+                        True,
+                        "Accepted",
                         f"Route is accepted; hostnames held by older routes: {detail}",
                     )
         entries.append(
@@ -129,13 +133,24 @@ def desired_gateway_status(
     for lis in gw.listeners:
         problem = listener_problem(lis, tls_ports)
         ok = problem is None
+        reason, message = problem or ("Accepted", "Listener is served by sniffer")
         programmed_any = programmed_any or ok
-        bad_kinds = [k for g, k in lis.allowed_kinds if not (g == GATEWAY_GROUP and k == "TLSRoute")]
+        bad_kinds = [
+            k for g, k in lis.allowed_kinds if not (g == GATEWAY_GROUP and k == "TLSRoute")
+        ]
         conds = [
-            Condition("Accepted", ok, "Accepted" if ok else problem[0],  # type: ignore[index]
-                      "Listener is served by sniffer" if ok else problem[1]),  # type: ignore[index]
-            Condition("Programmed", ok, "Programmed" if ok else "Invalid",
-                      "Listener is live" if ok else "Listener is not served"),
+            Condition(
+                "Accepted",
+                ok,
+                reason,
+                message,
+            ),
+            Condition(
+                "Programmed",
+                ok,
+                "Programmed" if ok else "Invalid",
+                "Listener is live" if ok else "Listener is not served",
+            ),
             Condition(
                 "ResolvedRefs",
                 not bad_kinds,
@@ -226,7 +241,11 @@ class StatusWriter:
             self._written.pop(key, None)
             return True
         held = self._written.get(key)
-        return held is not None and held[0] == sig and time.monotonic() - held[1] < _WRITE_MEMORY_SECONDS
+        return (
+            held is not None
+            and held[0] == sig
+            and time.monotonic() - held[1] < _WRITE_MEMORY_SECONDS
+        )
 
     async def _sync(
         self, view: ClusterView, results: Mapping[str, NamespaceResult], spec: TableSpec
@@ -272,9 +291,9 @@ class StatusWriter:
 
         # TLSRoutes: every route in the cache, so parents we no longer serve are cleared.
         for ns in sorted(view.namespaces()):
-            res = results.get(ns)
+            ns_res = results.get(ns)
             for rt in view.tls_routes(ns).values():
-                outcomes = res.route_status.get(rt.name, ()) if res is not None else ()
+                outcomes = ns_res.route_status.get(rt.name, ()) if ns_res is not None else ()
                 entries = desired_route_parents(
                     outcomes,
                     lost.get(f"TLSRoute {ns}/{rt.name}", []),

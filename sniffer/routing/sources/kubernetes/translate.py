@@ -340,8 +340,10 @@ def translate_namespace(
             if outcome is not None:
                 outcomes.append(outcome)
                 if not outcome.accepted.status:
-                    problems.append(f"{source}: parent {parent.namespace}/{parent.name}: "
-                                    f"{outcome.accepted.reason}: {outcome.accepted.message}")
+                    problems.append(
+                        f"{source}: parent {parent.namespace}/{parent.name}: "
+                        f"{outcome.accepted.reason}: {outcome.accepted.message}"
+                    )
         if not resolved.status:
             problems.append(f"{source}: {resolved.reason}: {resolved.message}")
         if outcomes:
@@ -380,7 +382,10 @@ def _tls_backends(
     for ref in rt.backends:
         where = f"{ref.namespace}/{ref.name}"
         if ref.group not in ("", "core") or ref.kind != "Service":
-            fail("InvalidKind", f"backendRef {ref.group or 'core'}/{ref.kind} {where} is not a Service")
+            fail(
+                "InvalidKind",
+                f"backendRef {ref.group or 'core'}/{ref.kind} {where} is not a Service",
+            )
             # The invalid ref keeps its share of connections, which are refused (spec).
             weighted.append(
                 WeightedBackend(
@@ -391,7 +396,10 @@ def _tls_backends(
         if ref.namespace != rt.namespace:
             deps.add(ref.namespace)
             if not _granted(view, rt, ref):
-                fail("RefNotPermitted", f"no ReferenceGrant in {ref.namespace} allows Service {where}")
+                fail(
+                    "RefNotPermitted",
+                    f"no ReferenceGrant in {ref.namespace} allows Service {where}",
+                )
                 weighted.append(
                     WeightedBackend(
                         backends.empty(f"forbidden:{where}", rt.namespace, source), ref.weight
@@ -421,7 +429,9 @@ def _granted(view: ClusterView, rt: TLSRouteRec, ref: BackendRef) -> bool:
             g == GATEWAY_GROUP and k == "TLSRoute" and n == rt.namespace for g, k, n in grant.from_
         ):
             continue
-        if any(g in ("", "core") and k == "Service" and n in (None, ref.name) for g, k, n in grant.to):
+        if any(
+            g in ("", "core") and k == "Service" and n in (None, ref.name) for g, k, n in grant.to
+        ):
             return True
     return False
 
@@ -435,7 +445,9 @@ def gateway_is_ours(view: ClusterView, settings: KubernetesSettings, gw: Gateway
     )
 
 
-def listener_problem(lis: GatewayListenerRec, tls_ports: Mapping[int, object]) -> tuple[str, str] | None:
+def listener_problem(
+    lis: GatewayListenerRec, tls_ports: Mapping[int, object]
+) -> tuple[str, str] | None:
     """Why sniffer cannot serve a Gateway listener: (reason, message), or None."""
     if lis.protocol != "TLS":
         return "UnsupportedProtocol", f"protocol {lis.protocol} is not served; use TLS"
@@ -548,9 +560,7 @@ def _attach(
 # -- assembly -----------------------------------------------------------------------------
 
 
-def assemble(
-    listeners: tuple[Listener, ...], results: Mapping[str, NamespaceResult]
-) -> TableSpec:
+def assemble(listeners: tuple[Listener, ...], results: Mapping[str, NamespaceResult]) -> TableSpec:
     """Concatenate the namespaces' results into one spec; oldest Ingress default wins."""
     routes: list[Route] = []
     backends: dict[str, Backend] = {}

@@ -1,0 +1,419 @@
+"""The Kubernetes route source: informers in, debounced incremental `TableSpec`s out.
+
+This module owns the source's life cycle: discovery (which TLSRoute version the cluster
+serves), one informer per kind (one watch set per process), the dirty-namespace
+bookkeeping (an event dirties its namespace and the namespaces that read it; cluster-wide
+kinds dirty all), the debouncer (quiet period, maximum delay), the per-namespace result
+cache that makes a rebuild touch only what changed, publishing, health, and the one-shot
+`compute_spec`. It must never build a `RouteTable` for the data plane, touch the
+controller's metrics (rebuilds, lag), or drop its last view because the API went away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping
+
+from sniffer.routing.sources import Publish, Update
+from sniffer.routing.sources.kubernetes.api import ApiError, KubeApi, NotFound
+from sniffer.routing.sources.kubernetes.informer import Backoff, Informer
+from sniffer.routing.sources.kubernetes.kinds import (
+    ALL_KINDS,
+    ENDPOINT_SLICE,
+    GATEWAY,
+    GATEWAY_CLASS,
+    GATEWAY_GROUP,
+    INGRESS,
+    INGRESS_CLASS,
+    JSON,
+    REFERENCE_GRANT,
+    SERVICE,
+    TLS_ROUTE,
+    Kind,
+    Record,
+    parse_endpoint_slice,
+    parse_gateway,
+    parse_gateway_class,
+    parse_ingress,
+    parse_ingress_class,
+    parse_reference_grant,
+    parse_service,
+    parse_tls_route,
+)
+from sniffer.routing.sources.kubernetes.settings import KubernetesSettings
+from sniffer.routing.sources.kubernetes.status import StatusWriter
+from sniffer.routing.sources.kubernetes.translate import (
+    ClusterView,
+    NamespaceResult,
+    assemble,
+    translate_namespace,
+)
+from sniffer.routing.table import Listener, TableSpec
+
+log = logging.getLogger("sniffer.kubernetes")
+
+# Kinds whose change can affect any namespace's routes: they dirty everything (rare).
+_GLOBAL_KINDS = frozenset({INGRESS_CLASS.name, GATEWAY_CLASS.name, GATEWAY.name})
+
+
+class Debouncer:
+    """Coalesces pokes: fires after `quiet` s without one, or `max_delay` s after the first."""
+
+    def __init__(self, quiet: float, max_delay: float) -> None:
+        self.quiet = quiet
+        self.max_delay = max_delay
+        self._first: float | None = None
+        self._last = 0.0
+        self._poked = asyncio.Event()
+
+    def poke(self, at: float) -> None:
+        if self._first is None or at < self._first:
+            self._first = at
+        self._last = max(self._last, at)
+        self._poked.set()
+
+    async def wait(self) -> float:
+        """Wait for a poke, then for the burst to settle; return the oldest poke's time."""
+        await self._poked.wait()
+        while True:
+            assert self._first is not None
+            deadline = min(self._last + self.quiet, self._first + self.max_delay)
+            delay = deadline - time.monotonic()
+            if delay <= 0:
+                break
+            # A timer, not a stand-in for synchronisation: the quiet period is the point.
+            await asyncio.sleep(delay)
+        first, self._first = self._first, None
+        self._poked.clear()
+        return first
+
+
+class _KindStore(Mapping[str, Mapping[str, Record]]):
+    """One kind's caches as a single namespace -> name -> record mapping."""
+
+    def __init__(self, informers: list[Informer]) -> None:
+        self._informers = informers
+
+    def __getitem__(self, ns: str) -> Mapping[str, Record]:
+        for inf in self._informers:
+            bucket = inf.store.get(ns)
+            if bucket is not None:
+                return bucket
+        raise KeyError(ns)
+
+    def __iter__(self) -> Iterator[str]:
+        for inf in self._informers:
+            yield from inf.store
+
+    def __len__(self) -> int:
+        return sum(len(inf.store) for inf in self._informers)
+
+
+async def discover(api: KubeApi) -> tuple[dict[str, str | None], list[str]]:
+    """The version to use of each kind (None: not served) and what is missing, in words."""
+    versions: dict[str, str | None] = {}
+    problems: list[str] = []
+    served: dict[str, set[str]] = {}
+    try:
+        group = await api.get(f"/apis/{GATEWAY_GROUP}")
+        for v in group.get("versions") or ():
+            version = str(v.get("version") or "")
+            try:
+                res = await api.get(f"/apis/{GATEWAY_GROUP}/{version}")
+            except NotFound:
+                continue
+            served[version] = {
+                str(r.get("name"))
+                for r in res.get("resources") or ()
+                if "/" not in str(r.get("name"))
+            }
+    except NotFound:
+        problems.append(
+            f"API group {GATEWAY_GROUP} is not served (Gateway API CRDs not installed): "
+            "TLSRoutes are not watched"
+        )
+    for kind in ALL_KINDS:
+        if kind.group != GATEWAY_GROUP:
+            versions[kind.name] = kind.versions[0]
+            continue
+        versions[kind.name] = next(
+            (v for v in kind.versions if kind.plural in served.get(v, ())), None
+        )
+        if versions[kind.name] is None and served:
+            problems.append(
+                f"{kind.name} is not served in any of {', '.join(kind.versions)}: not watched"
+            )
+    return versions, problems
+
+
+def _parsers(settings: KubernetesSettings) -> dict[str, Callable[[JSON], Record]]:
+    annotation = settings.http_port_annotation
+    controller = settings.controller_name
+    return {
+        INGRESS_CLASS.name: parse_ingress_class,
+        INGRESS.name: parse_ingress,
+        SERVICE.name: lambda o: parse_service(o, annotation),
+        ENDPOINT_SLICE.name: parse_endpoint_slice,
+        GATEWAY_CLASS.name: parse_gateway_class,
+        GATEWAY.name: parse_gateway,
+        TLS_ROUTE.name: lambda o: parse_tls_route(o, controller),
+        REFERENCE_GRANT.name: parse_reference_grant,
+    }
+
+
+def _make_informers(
+    api: KubeApi,
+    settings: KubernetesSettings,
+    versions: Mapping[str, str | None],
+    on_change: Callable[[Kind, str, float], None],
+) -> dict[str, list[Informer]]:
+    parsers = _parsers(settings)
+    out: dict[str, list[Informer]] = {}
+    for kind in ALL_KINDS:
+        version = versions.get(kind.name)
+        if version is None:
+            continue
+        scopes: tuple[str | None, ...] = (
+            settings.namespaces if kind.namespaced and settings.namespaces is not None else (None,)
+        )
+        out[kind.name] = [
+            Informer(api, kind, version, parsers[kind.name], settings, on_change, ns)
+            for ns in scopes
+        ]
+    return out
+
+
+class KubernetesSource:
+    """Routes from Ingresses and TLSRoutes of sniffer's classes (see the package docs)."""
+
+    name = "kubernetes"
+
+    def __init__(
+        self,
+        settings: KubernetesSettings,
+        listeners: tuple[Listener, ...],
+        *,
+        api: KubeApi | None = None,
+    ) -> None:
+        # configuration
+        self.settings = settings
+        self.listeners = listeners
+        self._api = api
+        # informers and the view over them
+        self._informers: dict[str, list[Informer]] = {}
+        self._versions: dict[str, str | None] = {}
+        self._discovery_problems: list[str] = []
+        self.view = ClusterView({})
+        # incremental rebuild state
+        self._results: dict[str, NamespaceResult] = {}
+        self._readers: dict[str, set[str]] = {}
+        self._dirty: set[str] = set()
+        self._all_dirty = True
+        self._debouncer = Debouncer(settings.debounce_quiet, settings.debounce_max_delay)
+        self._status: StatusWriter | None = None
+        # what tests, benchmarks and /readyz look at
+        self._synced = False
+        self.spec = TableSpec(listeners=listeners)
+        self.publishes = 0
+        self.rebuilds = 0
+        self.namespaces_translated = 0
+        self.published = asyncio.Condition()
+        self._phase = "starting"
+        self._last_error: str | None = None
+
+    # -- RouteSource ----------------------------------------------------------------------
+
+    @property
+    def synced(self) -> bool:
+        return self._synced
+
+    def health(self) -> dict[str, object]:
+        kinds: dict[str, object] = {}
+        up = True
+        for name, infs in self._informers.items():
+            detail = [inf.health() for inf in infs]
+            kinds[name] = detail[0] if len(detail) == 1 else {"namespaces": detail}
+            up = up and all(inf.up for inf in infs)
+        out: dict[str, object] = {
+            "synced": self._synced,
+            "phase": self._phase,
+            "api_up": up and bool(self._informers),
+            "kinds": kinds,
+            "versions": dict(self._versions),
+            "namespaces_with_routes": len(self._results),
+            "routes": len(self.spec.routes),
+            "publishes": self.publishes,
+            "problems": len(self.problems()),
+            "last_error": self._last_error,
+        }
+        if self._discovery_problems:
+            out["discovery"] = list(self._discovery_problems)
+        if self._status is not None:
+            out["status_writes"] = self._status.health()
+        return out
+
+    def problems(self) -> list[str]:
+        out = list(self._discovery_problems)
+        for infs in self._informers.values():
+            for inf in infs:
+                out.extend(inf.problems.values())
+        for ns in sorted(self._results):
+            out.extend(self._results[ns].problems)
+        return out
+
+    async def run(self, publish: Publish) -> None:
+        api = self._api or await KubeApi.connect(self.settings)
+        own_api = self._api is None
+        try:
+            await self._run(api, publish)
+        finally:
+            if own_api:
+                await api.close()
+
+    async def _run(self, api: KubeApi, publish: Publish) -> None:
+        backoff = Backoff(self.settings.backoff_initial, self.settings.backoff_max)
+        self._phase = "discovery"
+        while True:
+            try:
+                self._versions, self._discovery_problems = await discover(api)
+                break
+            except ApiError as exc:
+                self._last_error = f"discovery: {exc}"
+                log.warning("API discovery failed: %s; retrying", exc)
+                await asyncio.sleep(backoff.next_delay())
+        for p in self._discovery_problems:
+            log.warning("%s", p)
+        self._informers = _make_informers(api, self.settings, self._versions, self._on_change)
+        self.view = ClusterView({name: _KindStore(infs) for name, infs in self._informers.items()})
+        async with asyncio.TaskGroup() as tg:
+            for infs in self._informers.values():
+                for inf in infs:
+                    tg.create_task(inf.run(), name=f"informer-{inf.kind.name}")
+            if self.settings.write_status and self._versions.get(TLS_ROUTE.name):
+                versions = {k: v for k, v in self._versions.items() if v is not None}
+                self._status = StatusWriter(api, self.settings, versions, self.listeners)
+                tg.create_task(self._status.run(), name="status-writer")
+            self._phase = "initial-list"
+            for infs in self._informers.values():
+                for inf in infs:
+                    await inf.synced.wait()
+            self._phase = "watching"
+            self._all_dirty = True
+            self._rebuild()
+            await self._publish(publish, None)
+            self._synced = True
+            log.info(
+                "kubernetes: synced %d routes from %d namespaces",
+                len(self.spec.routes),
+                len(self._results),
+            )
+            while True:
+                oldest = await self._debouncer.wait()
+                if self._rebuild():
+                    await self._publish(publish, oldest)
+
+    # -- incremental rebuild -------------------------------------------------------------
+
+    def _on_change(self, kind: Kind, namespace: str, at: float) -> None:
+        if kind.name in _GLOBAL_KINDS:
+            self._all_dirty = True
+        else:
+            self._dirty.add(namespace)
+            readers = self._readers.get(namespace)
+            if readers:
+                self._dirty.update(readers)
+        self._debouncer.poke(at)
+
+    def _rebuild(self) -> bool:
+        """Re-translate dirty namespaces; True when the routing view changed."""
+        self.rebuilds += 1
+        targets = (
+            self.view.namespaces() | set(self._results) if self._all_dirty else self._dirty
+        )
+        self._all_dirty = False
+        self._dirty = set()
+        changed = False
+        status_changed = False
+        for ns in targets:
+            new = translate_namespace(self.view, self.settings, self.listeners, ns)
+            self.namespaces_translated += 1
+            old = self._results.get(ns)
+            old_deps = old.deps if old is not None else frozenset()
+            for dep in old_deps - new.deps:
+                readers = self._readers.get(dep)
+                if readers is not None:
+                    readers.discard(ns)
+                    if not readers:
+                        del self._readers[dep]
+            for dep in new.deps - old_deps:
+                self._readers.setdefault(dep, set()).add(ns)
+            empty = not (
+                new.routes
+                or new.backends
+                or new.defaults
+                or new.problems
+                or new.route_status
+                or new.attachments
+            )
+            if empty:
+                if old is not None:
+                    del self._results[ns]
+                    changed = True
+                    status_changed = True
+                continue
+            self._results[ns] = new
+            if old is None or not new.same_routing(old):
+                changed = True
+            if (
+                old is None
+                or old.route_status != new.route_status
+                or old.attachments != new.attachments
+            ):
+                status_changed = True
+        if not changed and status_changed:
+            self._submit_status()
+        return changed
+
+    async def _publish(self, publish: Publish, oldest: float | None) -> None:
+        self.spec = assemble(self.listeners, self._results)
+        publish(Update(self.spec, oldest_event=oldest))
+        self.publishes += 1
+        self._submit_status()
+        async with self.published:
+            self.published.notify_all()
+
+    def _submit_status(self) -> None:
+        if self._status is not None:
+            self._status.submit(self.view, dict(self._results), self.spec)
+
+    async def status_idle(self) -> None:
+        """Wait until every wished-for status has been written (for tests)."""
+        if self._status is not None:
+            await self._status.idle.wait()
+
+
+async def compute_spec(
+    settings: KubernetesSettings, listeners: tuple[Listener, ...], *, api: KubeApi | None = None
+) -> tuple[TableSpec, list[str]]:
+    """List everything once (no watch) and return the spec it implies plus problems."""
+    own = api is None
+    client = api or await KubeApi.connect(settings)
+    try:
+        versions, problems = await discover(client)
+        informers = _make_informers(client, settings, versions, lambda k, ns, t: None)
+        for infs in informers.values():
+            for inf in infs:
+                await inf.list_all("oneshot")
+                problems.extend(inf.problems.values())
+        view = ClusterView({name: _KindStore(infs) for name, infs in informers.items()})
+        results: dict[str, NamespaceResult] = {}
+        for ns in sorted(view.namespaces()):
+            res = translate_namespace(view, settings, listeners, ns)
+            results[ns] = res
+            problems.extend(res.problems)
+        return assemble(listeners, results), problems
+    finally:
+        if own:
+            await client.close()

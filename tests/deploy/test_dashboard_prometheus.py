@@ -1,0 +1,588 @@
+"""Every dashboard query, run by a real Prometheus scraping a real sniffer under real traffic.
+
+The chain a user relies on, end to end on loopback:
+  TLS clients -> sniffer (file routes, one worker) -> two TLS tenant backends
+  Prometheus (scrape_interval 1s) -> sniffer's admin /metrics
+  dashboard queries -> Prometheus HTTP API.
+
+Traffic: tenant-a gets three times tenant-b's connections and larger payloads; a few
+connections carry an unknown SNI (refused: unknown_name); a few go to tenant-c, whose
+only endpoint is a closed port (backend connect errors). Some tenant-a and tenant-b
+connections stay open so that the active-connections gauge has something to show.
+Traffic comes in rounds; after each round the test polls Prometheus until the scrape
+shows it, so rate() windows see increases, with no fixed sleeps.
+
+Then each panel's queries are evaluated at the last scrape, with `$tenant` as a regex
+of the tenants and `$__rate_interval` as 15s, and checked against what the traffic must
+produce. Panels fed only by the Kubernetes source (watch health, watch events, objects
+cached) and by route changes (update lag, rebuild rates) are only checked to be valid
+PromQL here, because the file source emits no such samples (or a single one at start).
+
+Also: the live /metrics page matches the metric contract (names, types, labels), and the
+dashboard preview PNG is drawn from the range data (to docs/dashboard.png when
+SNIFFER_DASHBOARD_PNG=docs/dashboard.png, else to a temporary file).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import importlib.util
+import json
+import math
+import os
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.deploy.contract import METRICS
+from tests.deploy.support import MANIFESTS, REPO, find_tool, missing, require_tool
+
+cryptography = pytest.importorskip("cryptography")
+from cryptography import x509  # noqa: E402
+from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
+from cryptography.x509.oid import NameOID  # noqa: E402
+
+DASHBOARD = MANIFESTS / "grafana" / "sniffer.json"
+TENANTS = "tenant-a|tenant-b|tenant-c"
+RATE_INTERVAL = "15s"
+ROUNDS = 10
+PER_ROUND = {"tenant-a": 6, "tenant-b": 2, "unknown": 2, "tenant-c": 1}
+HELD = {"tenant-a": 3, "tenant-b": 1}
+PAYLOAD = {"tenant-a": (2048, 16384), "tenant-b": (512, 4096)}  # (request, response) bytes
+HOSTS = {"tenant-a": "www.tenant-a.test", "tenant-b": "shop.tenant-b.test",
+         "tenant-c": "api.tenant-c.test", "unknown": "nobody.unrouted.test"}
+# Metrics that only the Kubernetes source produces.
+KUBERNETES_ONLY = {"sniffer_watch_events_total", "sniffer_watch_relists_total",
+                   "sniffer_watch_errors_total", "sniffer_watch_up", "sniffer_objects_cached"}
+DEADLINE = 60.0  # seconds for any one wait; the whole test takes ~30-60 s
+
+
+# -- helpers -----------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout: float = DEADLINE) -> None:
+    """Poll `check` until it is true; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    delay = 0.05
+    while True:
+        with contextlib.suppress(OSError, urllib.error.URLError, ValueError, KeyError):
+            if check():
+                return
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.5)
+
+
+def http_get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+@dataclass
+class Pki:
+    ca_pem: Path
+    certs: dict[str, tuple[Path, Path]]  # tenant -> (cert, key)
+
+
+def make_pki(tmp: Path) -> Pki:
+    """A CA and one server certificate per tenant, so clients verify end to end."""
+    now = dt.datetime.now(dt.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sniffer test CA")])
+    ca = (
+        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    ca_pem = tmp / "ca.pem"
+    ca_pem.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    certs = {}
+    for tenant in ("tenant-a", "tenant-b"):
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, HOSTS[tenant])]))
+            .issuer_name(ca_name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(HOSTS[tenant])]),
+                           critical=False)
+            .sign(ca_key, hashes.SHA256())
+        )
+        cert_path, key_path = tmp / f"{tenant}.crt", tmp / f"{tenant}.key"
+        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        key_path.write_bytes(key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ))
+        certs[tenant] = (cert_path, key_path)
+    return Pki(ca_pem, certs)
+
+
+class TlsBackend:
+    """A tenant router: terminates TLS, reads 'SIZE\\n', answers SIZE bytes, closes."""
+
+    def __init__(self, cert: Path, key: Path) -> None:
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.load_cert_chain(cert, key)
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port: int = self.sock.getsockname()[1]
+        self.stopping = threading.Event()
+        self.handled = 0
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        conn.settimeout(30)
+        with contextlib.suppress(OSError), conn, self.ctx.wrap_socket(
+            conn, server_side=True
+        ) as tls:
+            buf = b""
+            while b"\n" not in buf:
+                chunk = tls.recv(65536)
+                if not chunk:
+                    return
+                buf += chunk
+            size = int(buf.split(b"\n", 1)[0])
+            tls.sendall(b"x" * size)
+            self.handled += 1
+
+    def close(self) -> None:
+        self.stopping.set()
+        self.sock.close()
+        self.thread.join(timeout=5)
+
+
+def client_context(pki: Pki) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(pki.ca_pem))
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
+
+
+def tls_connect(ctx: ssl.SSLContext, port: int, host: str) -> ssl.SSLSocket:
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    try:
+        return ctx.wrap_socket(raw, server_hostname=host)
+    except BaseException:
+        raw.close()
+        raise
+
+
+def exchange(ctx: ssl.SSLContext, port: int, tenant: str) -> int:
+    """One request/response through sniffer; returns the response size received."""
+    request, response = PAYLOAD[tenant]
+    with tls_connect(ctx, port, HOSTS[tenant]) as tls:
+        tls.sendall(f"{response}\n".encode() + b"r" * (request - len(f"{response}\n")))
+        got = 0
+        while chunk := tls.recv(65536):
+            got += len(chunk)
+    return got
+
+
+def expect_refusal(ctx: ssl.SSLContext, port: int, host: str) -> None:
+    """sniffer refuses (TLS alert or close) before any handshake completes."""
+    with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
+        tls = tls_connect(ctx, port, host)
+        try:
+            tls.sendall(b"1\n")
+            if not tls.recv(1):
+                raise ConnectionError("closed by sniffer")
+        finally:
+            tls.close()
+
+
+# -- processes ----------------------------------------------------------------------------
+
+
+@dataclass
+class Stack:
+    tls_port: int
+    admin: str
+    prometheus: str
+    tmp: Path
+    pki: Pki
+
+
+@contextlib.contextmanager
+def running(cmd: list[str], log: Path, **kw: Any) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, **kw)
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
+def alive(proc: subprocess.Popen[bytes], log: Path) -> None:
+    if proc.poll() is not None:
+        pytest.fail(f"{proc.args[0]} exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    prometheus = require_tool("prometheus", Path("/usr/bin/prometheus"))
+    sniffer = find_tool("sniffer")
+    if sniffer is None or subprocess.run([sniffer, "--help"], capture_output=True,
+                                         timeout=60, check=False).returncode != 0:
+        missing("the `sniffer` command is not installed (pip install -e . in the venv)")
+    assert sniffer is not None
+
+    pki = make_pki(tmp_path)
+    backends = {t: TlsBackend(*pki.certs[t]) for t in ("tenant-a", "tenant-b")}
+    dead_port = free_port()  # nothing listens there: tenant-c's dials are refused
+    tls_port, admin_port, prom_port = free_port(), free_port(), free_port()
+    routes = {
+        "listeners": [{"name": "tls", "address": f"127.0.0.1:{tls_port}", "protocol": "tls"}],
+        "backends": [
+            {"name": "router", "tenant": "tenant-a",
+             "endpoints": [f"127.0.0.1:{backends['tenant-a'].port}"]},
+            {"name": "router-b", "tenant": "tenant-b",
+             "endpoints": [f"127.0.0.1:{backends['tenant-b'].port}"]},
+            {"name": "router-c", "tenant": "tenant-c", "endpoints": [f"127.0.0.1:{dead_port}"]},
+        ],
+        "routes": [
+            {"host": HOSTS["tenant-a"], "backend": "router"},
+            {"host": HOSTS["tenant-b"], "backend": "router-b"},
+            {"host": HOSTS["tenant-c"], "backend": "router-c"},
+        ],
+    }
+    routes_file = tmp_path / "routes.yaml"
+    routes_file.write_text(yaml.safe_dump(routes))
+    prom_config = tmp_path / "prometheus.yml"
+    prom_config.write_text(yaml.safe_dump({
+        "global": {"scrape_interval": "1s", "scrape_timeout": "1s",
+                   "evaluation_interval": "1s"},
+        "scrape_configs": [{
+            "job_name": "sniffer",
+            "static_configs": [{"targets": [f"127.0.0.1:{admin_port}"]}],
+        }],
+    }))
+    admin = f"http://127.0.0.1:{admin_port}"
+    prom = f"http://127.0.0.1:{prom_port}"
+    sniffer_log, prom_log = tmp_path / "sniffer.log", tmp_path / "prometheus.log"
+    try:
+        with running(
+            [sniffer, "serve", "--routes", str(routes_file), "--admin",
+             f"127.0.0.1:{admin_port}", "--workers", "1", "--drain-grace", "1"],
+            sniffer_log,
+        ) as sp:
+            wait_for("sniffer /readyz", lambda: alive(sp, sniffer_log) or
+                     http_get(f"{admin}/readyz")[0] == 200)
+            with running(
+                [prometheus, f"--config.file={prom_config}",
+                 f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                 f"--web.listen-address=127.0.0.1:{prom_port}", "--log.level=warn"],
+                prom_log,
+            ) as pp:
+                wait_for("prometheus ready", lambda: alive(pp, prom_log) or
+                         http_get(f"{prom}/-/ready")[0] == 200)
+                yield Stack(tls_port, admin, prom, tmp_path, pki)
+                alive(sp, sniffer_log)
+    finally:
+        for b in backends.values():
+            b.close()
+
+
+# -- Prometheus queries ----------------------------------------------------------------------
+
+
+def query(prom: str, expr: str, at: float | None = None) -> list[dict[str, Any]]:
+    params = {"query": expr}
+    if at is not None:
+        params["time"] = f"{at:.3f}"
+    status, body = http_get(f"{prom}/api/v1/query?{urllib.parse.urlencode(params)}")
+    data = json.loads(body)
+    assert status == 200 and data["status"] == "success", f"{expr}: {body}"
+    result: list[dict[str, Any]] = data["data"]["result"]
+    return result
+
+
+def by(result: list[dict[str, Any]], *labels: str) -> dict[tuple[str, ...], float]:
+    return {tuple(r["metric"].get(lbl, "") for lbl in labels): float(r["value"][1])
+            for r in result}
+
+
+def scalar_sum(prom: str, expr: str) -> float:
+    return sum(float(r["value"][1]) for r in query(prom, expr))
+
+
+# -- the test ------------------------------------------------------------------------------------
+
+
+Check = Callable[[list[list[dict[str, Any]]]], None]
+
+
+def finite(values: list[float]) -> bool:
+    return bool(values) and all(math.isfinite(v) for v in values)
+
+
+def expectations(start: float, end: float) -> dict[str, Check]:
+    """Per panel title: what its queries (A, B, ...) must return for the traffic sent."""
+    a, b = ("tenant-a",), ("tenant-b",)
+
+    def active(r: list[list[dict[str, Any]]]) -> None:
+        got = by(r[0], "tenant")
+        assert got[a] == HELD["tenant-a"] and got[b] == HELD["tenant-b"], got
+
+    def new_conns(r: list[list[dict[str, Any]]]) -> None:
+        got = by(r[0], "tenant", "backend")
+        assert got[("tenant-a", "router")] > got[("tenant-b", "router-b")] > 0, got
+
+    def bytes_panel(r: list[list[dict[str, Any]]]) -> None:
+        got = by(r[0], "tenant")
+        assert got[a] > got[b] > 0, got
+
+    def quantile_by_tenant(r: list[list[dict[str, Any]]]) -> None:
+        for res in r:
+            got = by(res, "tenant")
+            assert finite([got[a], got[b]]) and got[a] > 0, got
+
+    def endpoints(r: list[list[dict[str, Any]]]) -> None:
+        got = by(r[0], "tenant", "backend")
+        assert got == {("tenant-a", "router"): 1, ("tenant-b", "router-b"): 1,
+                       ("tenant-c", "router-c"): 1}, got
+
+    def connect_errors(r: list[list[dict[str, Any]]]) -> None:
+        got = by(r[0], "tenant", "backend", "reason")
+        assert got.get(("tenant-c", "router-c", "refused"), 0) > 0, got
+        assert not [k for k in got if k[0] != "tenant-c" and got[k] > 0], got
+
+    def accepted(r: list[list[dict[str, Any]]]) -> None:
+        assert by(r[0], "listener")[("tls",)] > 0
+
+    def refusals(r: list[list[dict[str, Any]]]) -> None:
+        got = by(r[0], "listener", "reason")
+        assert got.get(("tls", "unknown_name"), 0) > 0, got
+
+    def sniff(r: list[list[dict[str, Any]]]) -> None:
+        for res in r:
+            got = by(res, "listener")
+            assert finite([got[("tls",)]]) and got[("tls",)] > 0, got
+
+    def table_size(r: list[list[dict[str, Any]]]) -> None:
+        routes, backends, conflicts = (float(x[0]["value"][1]) for x in r)
+        assert (routes, backends, conflicts) == (3, 3, 0)
+
+    def rebuilds(r: list[list[dict[str, Any]]]) -> None:
+        # File source: one load at start, nothing since: rates are 0 but the series exist.
+        assert r[0] and float(r[0][0]["value"][1]) == 0
+        assert by(r[1], "result").get(("ok",)) == 0
+
+    def since_load(r: list[list[dict[str, Any]]]) -> None:
+        (value,) = by(r[0], "instance").values()
+        assert 0 <= value <= end - start + 120, value
+
+    def valid_only(r: list[list[dict[str, Any]]]) -> None:
+        """Kubernetes-only or change-driven: the query ran without error; nothing more."""
+
+    def workers(r: list[list[dict[str, Any]]]) -> None:
+        assert list(by(r[0], "instance").values()) == [1]
+
+    def restarts(r: list[list[dict[str, Any]]]) -> None:
+        assert list(by(r[0], "instance").values()) == [0]
+
+    def versions(r: list[list[dict[str, Any]]]) -> None:
+        import sniffer
+
+        assert by(r[0], "version") == {(sniffer.__version__,): 1}
+
+    return {
+        "Active connections per tenant": active,
+        "New connections/s per tenant and backend": new_conns,
+        "Bytes/s client → backend": bytes_panel,
+        "Bytes/s backend → client": bytes_panel,
+        "Connection duration p50 / p99": quantile_by_tenant,
+        "Ready endpoints per routed backend": endpoints,
+        "Backend connect errors/s by reason": connect_errors,
+        "Backend connect latency p50 / p99": quantile_by_tenant,
+        "Accepted connections/s by listener": accepted,
+        "Refusals/s by reason": refusals,
+        "Sniff duration p50 / p99": sniff,
+        "Route update lag p50 / p99": valid_only,  # Kubernetes events only
+        "Route table size": table_size,
+        "Route table rebuilds and reloads": rebuilds,
+        "Route table rebuild duration p50 / p99": valid_only,  # no rebuild in the window
+        "Time since last route table load": since_load,
+        "Watch health": valid_only,  # Kubernetes source only
+        "Watch events, relists and errors/s": valid_only,  # Kubernetes source only
+        "Objects cached by kind": valid_only,  # Kubernetes source only
+        "Workers alive": workers,
+        "Worker restarts": restarts,
+        "Versions running": versions,
+    }
+
+
+def drive_traffic(s: Stack, held: list[ssl.SSLSocket]) -> tuple[float, float]:
+    """Send the rounds of traffic; return (first, last) scrape timestamps that saw it."""
+    ctx = client_context(s.pki)
+    prom = s.prometheus
+    accepted = 0
+    first = 0.0
+    for rnd in range(ROUNDS):
+        for tenant in ("tenant-a", "tenant-b"):
+            for _ in range(PER_ROUND[tenant]):
+                assert exchange(ctx, s.tls_port, tenant) == PAYLOAD[tenant][1]
+        for _ in range(PER_ROUND["unknown"]):
+            expect_refusal(ctx, s.tls_port, HOSTS["unknown"])
+        for _ in range(PER_ROUND["tenant-c"]):
+            expect_refusal(ctx, s.tls_port, HOSTS["tenant-c"])
+        if rnd == ROUNDS // 2:
+            for tenant, n in HELD.items():
+                for _ in range(n):
+                    tls = tls_connect(ctx, s.tls_port, HOSTS[tenant])
+                    held.append(tls)
+        accepted += sum(PER_ROUND.values()) + (sum(HELD.values()) if rnd == ROUNDS // 2 else 0)
+
+        def scraped(total: int = accepted) -> bool:
+            return scalar_sum(prom, "sum(sniffer_accepted_connections_total)") >= total
+
+        wait_for(f"Prometheus to scrape round {rnd}", scraped)
+        if not first:
+            first = float(query(prom, "sniffer_build_info")[0]["value"][0])
+
+    def settled() -> bool:
+        got = by(query(prom, "sum by (tenant) (sniffer_connections_active)"), "tenant")
+        return got.get(("tenant-a",)) == HELD["tenant-a"] and got.get(
+            ("tenant-b",)) == HELD["tenant-b"]
+
+    wait_for("active connections to reach Prometheus", settled)
+    last = float(query(prom, "sniffer_build_info")[0]["value"][0])
+    return first, last
+
+
+def test_metrics_page_matches_the_contract(stack: Stack) -> None:
+    """Names, types and label sets sniffer exposes are the ones the artefacts use."""
+    held: list[ssl.SSLSocket] = []
+    try:
+        ctx = client_context(stack.pki)
+        exchange(ctx, stack.tls_port, "tenant-a")
+        expect_refusal(ctx, stack.tls_port, HOSTS["unknown"])
+        expect_refusal(ctx, stack.tls_port, HOSTS["tenant-c"])
+
+        def page_has_data_plane() -> bool:
+            return "sniffer_connections_total{" in http_get(f"{stack.admin}/metrics")[1]
+
+        wait_for("data-plane metrics on /metrics", page_has_data_plane)
+    finally:
+        for tls in held:
+            tls.close()
+    from prometheus_client.parser import text_string_to_metric_families
+
+    exposed: dict[str, tuple[str, set[frozenset[str]]]] = {}
+    for family in text_string_to_metric_families(http_get(f"{stack.admin}/metrics")[1]):
+        # The text parser reports prometheus_client's `_created` samples as families.
+        if not family.name.startswith("sniffer_") or family.name.endswith("_created"):
+            continue
+        name = family.name + ("_total" if family.type == "counter" else "")
+        label_sets = {frozenset(s.labels) - {"le"} for s in family.samples
+                      if not s.name.endswith("_created")}
+        exposed[name] = (family.type, label_sets)
+    unknown = set(exposed) - set(METRICS)
+    assert not unknown, f"exposed but not in the contract (dashboard/alerts): {unknown}"
+    absent = set(METRICS) - set(exposed)
+    assert absent <= KUBERNETES_ONLY, f"contract metrics missing from /metrics: {absent}"
+    for name, (kind, label_sets) in exposed.items():
+        want_kind, want_labels = METRICS[name]
+        assert kind == want_kind, f"{name}: {kind}, contract says {want_kind}"
+        for labels in label_sets:
+            assert labels == want_labels, f"{name}: labels {sorted(labels)} != {want_labels}"
+
+
+def test_every_dashboard_query_against_live_prometheus(stack: Stack) -> None:
+    dash = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    panels = [p for p in dash["panels"] if p["type"] != "row"]
+    held: list[ssl.SSLSocket] = []
+    try:
+        first, last = drive_traffic(stack, held)
+        checks = expectations(first, last)
+        assert {p["title"] for p in panels} == set(checks), "a panel has no expectation"
+        problems = []
+        for panel in panels:
+            results = []
+            for target in panel["targets"]:
+                expr = target["expr"].replace("$tenant", TENANTS).replace(
+                    "$__rate_interval", RATE_INTERVAL)
+                results.append(query(stack.prometheus, expr, at=last))
+            try:
+                checks[panel["title"]](results)
+            except (AssertionError, KeyError, IndexError, ValueError) as exc:
+                problems.append(f"{panel['title']}: {exc!r}\n    results: {results}")
+        assert not problems, "\n".join(problems)
+
+        # The tenant variable's own query lists the tenants with traffic.
+        status, body = http_get(
+            f"{stack.prometheus}/api/v1/label/tenant/values?"
+            + urllib.parse.urlencode({"match[]": "sniffer_connections_active"}))
+        assert status == 200
+        assert {"tenant-a", "tenant-b"} <= set(json.loads(body)["data"])
+
+        _render_preview(stack, first, last)
+    finally:
+        for tls in held:
+            tls.close()
+
+
+def _render_preview(stack: Stack, first: float, last: float) -> None:
+    if importlib.util.find_spec("matplotlib") is None:
+        missing("matplotlib not installed: cannot draw the dashboard preview")
+    spec = importlib.util.spec_from_file_location(
+        "render_preview", MANIFESTS / "grafana" / "render_preview.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    try:
+        spec.loader.exec_module(module)
+        target = os.environ.get("SNIFFER_DASHBOARD_PNG")
+        out = (REPO / target) if target else stack.tmp / "dashboard.png"
+        drawn = module.render(stack.prometheus, first - 3, last + 1, out,
+                              tenant=TENANTS, rate_interval="5s", step=0.5)
+    finally:
+        del sys.modules[spec.name]
+    assert drawn >= 20, f"only {drawn} series drawn"
+    assert out.stat().st_size > 20_000

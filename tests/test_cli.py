@@ -1,0 +1,155 @@
+"""`sniffer check`, `sniffer route-table` and `sniffer --version`, run as a user would."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from sniffer import __version__
+from tests.conftest import REPO
+
+GOOD = """\
+listeners:
+  - name: tls
+    address: 127.0.0.1:8443
+    protocol: tls
+    default_backend: fallback
+  - name: web
+    address: "[::1]:8080"
+    protocol: http
+backends:
+  - name: tenant-a
+    tenant: team-a
+    endpoints: ["10.0.0.5:443", "10.0.0.6:443"]
+  - name: ingress-style
+    endpoints: ["10.0.0.7:443"]
+  - name: fallback
+    endpoints: ["127.0.0.1:9443"]
+routes:
+  - host: App.Tenant-A.example.
+    backend: tenant-a
+  - host: "*.tenant-a.example"
+    backend: tenant-a
+    listeners: [tls]
+  - host: "*.deep.tenant-a.example"
+    backend: ingress-style
+"""
+
+BAD = """\
+listeners:
+  - name: tls
+    address: 127.0.0.1:99999
+    protocol: tls
+    default_backend: nowhere
+backends:
+  - name: a
+    endpoints: ["10.0.0.5"]
+    proxy_protocol: v3
+routes:
+  - host: "bad host.example"
+    backend: a
+  - host: ok.example
+    backend: missing
+    listeners: [nope]
+  - host: 10.0.0.1
+    backend: a
+    extra: 1
+"""
+
+
+def run(*args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sniffer", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+        check=check,
+    )
+
+
+def test_version() -> None:
+    out = run("--version", check=True)
+    assert out.stdout.strip() == f"sniffer {__version__}"
+
+
+def test_check_accepts_the_shipped_example_and_a_good_file(tmp_path: Path) -> None:
+    assert run("check", "examples/routes.yaml").returncode == 0
+    good = tmp_path / "good.yaml"
+    good.write_text(GOOD)
+    out = run("check", str(good))
+    assert out.returncode == 0, out.stderr
+    assert "3 routes" in out.stdout
+
+
+def test_check_names_every_error_by_path_and_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(BAD)
+    out = run("check", str(bad))
+    assert out.returncode == 1
+    err = out.stderr
+    expected = [
+        f"{bad}:3: listeners[0].address: bad address '127.0.0.1:99999': port must be 1-65535",
+        f"{bad}:5: listeners[0].default_backend: unknown backend 'nowhere'",
+        f"{bad}:8: backends[0].endpoints[0]: bad address '10.0.0.5': expected host:port",
+        f"{bad}:9: backends[0].proxy_protocol: must be none, v1 or v2",
+        f"{bad}:11: routes[0].host: bad hostname",
+        f"{bad}:14: routes[1].backend: unknown backend 'missing'",
+        f"{bad}:15: routes[1].listeners[0]: unknown listener 'nope'",
+        f"{bad}:16: routes[2].host: bad hostname",
+        f"{bad}:18: routes[2].extra: unknown key",
+    ]
+    for line in expected:
+        assert line in err, f"missing {line!r} in:\n{err}"
+    assert f"9 problem(s) in {bad}" in err
+
+
+def test_check_reports_yaml_syntax_errors_with_line(tmp_path: Path) -> None:
+    bad = tmp_path / "syntax.yaml"
+    bad.write_text("listeners:\n  - name: [unclosed\n")
+    out = run("check", str(bad))
+    assert out.returncode == 1
+    assert f"{bad}:3: not valid YAML" in out.stderr or f"{bad}:2: not valid YAML" in out.stderr
+
+
+def test_route_table_formats(tmp_path: Path) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text(GOOD)
+    table = run("route-table", "--routes", str(good), check=True).stdout
+    assert "app.tenant-a.example" in table  # normalised: lower-case, trailing dot gone
+    assert "10.0.0.5:443,10.0.0.6:443" in table
+    data = json.loads(run("route-table", "--routes", str(good), "-o", "json", check=True).stdout)
+    assert {r["host"] for r in data["routes"]} == {
+        "app.tenant-a.example",
+        "*.tenant-a.example",
+        "*.deep.tenant-a.example",
+    }
+    assert data["backends"][0]["tenant"] == "team-a"
+    as_yaml = yaml.safe_load(run("route-table", "--routes", str(good), "-o", "yaml").stdout)
+    assert as_yaml["routes"] == data["routes"]
+
+
+def test_route_table_explains_a_host(tmp_path: Path) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text(GOOD)
+
+    def explain(name: str, listener: str = "tls") -> dict[str, object]:
+        out = run(
+            "route-table", "--routes", str(good), "--host", name, "--listener", listener,
+            "-o", "json",
+        )
+        result: dict[str, object] = json.loads(out.stdout)[0]
+        return result
+
+    assert explain("APP.tenant-a.example")["match"] == "exact"
+    hit = explain("x.y.deep.tenant-a.example")
+    assert hit["match"] == "wildcard" and hit["route"] == "*.deep.tenant-a.example"
+    assert explain("other.example")["match"] == "default"
+    assert explain("x.tenant-a.example", listener="web")["match"] == "none"  # route is tls-only
+    text = run("route-table", "--routes", str(good), "--host", "x.tenant-a.example").stdout
+    assert "tls: x.tenant-a.example -> wildcard: tenant-a" in text
+    assert "web: x.tenant-a.example -> none: refused" in text
