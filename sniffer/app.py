@@ -65,7 +65,7 @@ async def serve(sources: list[RouteSource], opts: ServeOptions) -> int:
 
         installer = loop.create_task(install_loop())
     else:
-        from sniffer.proxy.workers import Supervisor
+        from sniffer.proxy.supervisor import Supervisor
 
         supervisor = Supervisor(
             opts.workers,

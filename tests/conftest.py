@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import uvloop
 
-from sniffer.observe.metrics import DataPlaneStats
+from sniffer.observe.stats import DataPlaneStats
 from sniffer.proxy.server import DataPlane, ProxySettings
 from sniffer.routing.table import RouteTable, TableSpec
 from tests.support.pki import PKI

@@ -44,6 +44,10 @@ def query_range(prometheus: str, expr: str, start: float, end: float,
     return result
 
 
+UNITS = {"short": "", "cps": "connections/s", "Bps": "bytes/s", "s": "seconds",
+         "ops": "per second"}
+
+
 def legend(fmt: str, labels: dict[str, str]) -> str:
     return re.sub(r"\{\{\s*(\w+)\s*\}\}", lambda m: labels.get(m.group(1), ""), fmt).strip()
 
@@ -68,11 +72,13 @@ def render(prometheus: str, start: float, end: float, out: Path, *, tenant: str 
             for series in query_range(prometheus, expr, start, end, step):
                 xs = [float(t) - start for t, _ in series["values"]]
                 ys = [float(v) for _, v in series["values"]]
+                if all(math.isnan(y) for y in ys):
+                    continue  # e.g. a quantile of a histogram with no observations
                 name = legend(target.get("legendFormat", ""), series["metric"]) or expr[:40]
                 ax.plot(xs, ys, label=name, linewidth=1.4)
                 drawn += 1
         ax.set_title(panel["title"], fontsize=11, loc="left")
-        ax.set_ylabel(unit, fontsize=9)
+        ax.set_ylabel(UNITS.get(unit, unit), fontsize=9)
         ax.set_xlabel("seconds", fontsize=8)
         ax.tick_params(labelsize=8)
         ax.grid(alpha=0.3)

@@ -15,7 +15,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sniffer.observe.metrics import DataPlaneStats
+from sniffer.observe.stats import DataPlaneStats
 from sniffer.proxy.connection import RELAYING, SNIFFING, ClientConnection
 from sniffer.routing.table import Listener, RouteTable
 

@@ -60,8 +60,16 @@ from cryptography.x509.oid import NameOID  # noqa: E402
 DASHBOARD = MANIFESTS / "grafana" / "sniffer.json"
 TENANTS = "tenant-a|tenant-b|tenant-c"
 RATE_INTERVAL = "15s"
-ROUNDS = 10
-PER_ROUND = {"tenant-a": 6, "tenant-b": 2, "unknown": 2, "tenant-c": 1}
+# Rounds of traffic; more make a longer, livelier docs/dashboard.png.
+ROUNDS = int(os.environ.get("SNIFFER_DASHBOARD_ROUNDS", "10"))
+
+
+def per_round(rnd: int) -> dict[str, int]:
+    """Connections per round, varied so the graphs show change; tenant-a always > tenant-b."""
+    return {"tenant-a": 4 + 2 * (rnd % 3), "tenant-b": 1 + rnd % 2,
+            "unknown": 1 + (rnd % 4 == 0), "tenant-c": 1}
+
+
 HELD = {"tenant-a": 3, "tenant-b": 1}
 PAYLOAD = {"tenant-a": (2048, 16384), "tenant-b": (512, 4096)}  # (request, response) bytes
 HOSTS = {"tenant-a": "www.tenant-a.test", "tenant-b": "shop.tenant-b.test",
@@ -465,19 +473,20 @@ def drive_traffic(s: Stack, held: list[ssl.SSLSocket]) -> tuple[float, float]:
     accepted = 0
     first = 0.0
     for rnd in range(ROUNDS):
+        counts = per_round(rnd)
         for tenant in ("tenant-a", "tenant-b"):
-            for _ in range(PER_ROUND[tenant]):
+            for _ in range(counts[tenant]):
                 assert exchange(ctx, s.tls_port, tenant) == PAYLOAD[tenant][1]
-        for _ in range(PER_ROUND["unknown"]):
+        for _ in range(counts["unknown"]):
             expect_refusal(ctx, s.tls_port, HOSTS["unknown"])
-        for _ in range(PER_ROUND["tenant-c"]):
+        for _ in range(counts["tenant-c"]):
             expect_refusal(ctx, s.tls_port, HOSTS["tenant-c"])
         if rnd == ROUNDS // 2:
             for tenant, n in HELD.items():
                 for _ in range(n):
                     tls = tls_connect(ctx, s.tls_port, HOSTS[tenant])
                     held.append(tls)
-        accepted += sum(PER_ROUND.values()) + (sum(HELD.values()) if rnd == ROUNDS // 2 else 0)
+        accepted += sum(counts.values()) + (sum(HELD.values()) if rnd == ROUNDS // 2 else 0)
 
         def scraped(total: int = accepted) -> bool:
             return scalar_sum(prom, "sum(sniffer_accepted_connections_total)") >= total

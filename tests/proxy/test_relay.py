@@ -485,3 +485,65 @@ async def test_open_connection_keeps_backend_across_table_swap(
     with pytest.raises(ssl.SSLError, match="UNRECOGNIZED_NAME"):
         await tls_request(pki, port, "app.a.example")  # new connections see the new table
     writer.close()
+
+
+async def test_connect_timeout_moves_on_to_the_next_endpoint(
+    data_plane: PlaneFactory, pki: PKI, tenants: dict[str, TLSBackend]
+) -> None:
+    # A listener whose accept queue is full drops further SYNs: connecting to it hangs,
+    # which is what a dead host looks like, without leaving loopback.
+    hung = socket.socket()
+    hung.bind(("127.0.0.1", 0))
+    hung.listen(0)
+    fillers = []
+    for _ in range(4):
+        s = socket.socket()
+        s.setblocking(False)
+        s.connect_ex(hung.getsockname())
+        fillers.append(s)
+    plane = await data_plane(
+        tls_spec({"a": [hung.getsockname()[1], tenants["a"].port]}, {"app.a.example": "a"}),
+        connect_timeout=0.3,
+    )
+    port = plane.bound_ports()["main"]
+    assert await tls_request(pki, port, "app.a.example") == b"a\n"  # first try: endpoint 0
+    c = plane.stats.snapshot().counters
+    assert c[("sniffer_backend_connect_errors", ("a", "tenant-a", "timeout"))] == 1
+    for s in [*fillers, hung]:
+        s.close()
+
+
+async def test_ipv6_listener_and_backend(data_plane: PlaneFactory) -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this machine")
+    backend = await asyncio.start_server(lambda r, w: w.write(b"v6 backend"), "::1", 0)
+    b_port = backend.sockets[0].getsockname()[1]
+    spec = TableSpec(
+        listeners=(Listener("v6", "::1", 0, "tls"),),
+        backends=(Backend("b", "t", (Endpoint("::1", b_port),)),),
+        routes=(Route("app.v6.example", (WeightedBackend("b"),)),),
+    )
+    plane = await data_plane(spec)
+    reader, writer = await asyncio.open_connection("::1", plane.bound_ports()["v6"])
+    writer.write(client_hello("app.v6.example"))
+    assert await reader.readexactly(10) == b"v6 backend"
+    writer.close()
+    backend.close()
+
+
+async def test_drain_closes_what_outlives_the_grace(data_plane: PlaneFactory) -> None:
+    raw = await RawBackend().start()
+    plane = await data_plane(tls_spec({"r": [raw.port]}, {"app.r.example": "r"}))
+    port = plane.bound_ports()["main"]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(client_hello("app.r.example"))
+    b_reader, b_writer = await asyncio.wait_for(raw.accepted.get(), 10)
+    dropped = await plane.drain(0.2)
+    assert dropped == 1
+    assert await asyncio.wait_for(reader.read(), 10) == b""
+    assert plane.recorded.records[-1]["outcome"] == "drain_timeout"  # type: ignore[attr-defined]
+    with pytest.raises(ConnectionRefusedError):
+        await asyncio.open_connection("127.0.0.1", port)
+    writer.close()
+    b_writer.close()
+    await raw.close()

@@ -74,10 +74,13 @@ def grease_ech_ext(payload: int = 144) -> bytes:
     """An outer ECH extension as Chrome sends for GREASE ECH (draft-ietf-tls-esni §6.2)."""
     body = (
         u8(0)  # ECHClientHelloType outer
-        + u16(0x0001) + u16(0x0001)  # HpkeSymmetricCipherSuite
+        + u16(0x0001)
+        + u16(0x0001)  # HpkeSymmetricCipherSuite
         + u8(0x2A)  # config_id
-        + u16(32) + os.urandom(32)  # enc
-        + u16(payload) + os.urandom(payload)
+        + u16(32)
+        + os.urandom(32)  # enc
+        + u16(payload)
+        + os.urandom(payload)
     )
     return ext(EXT_ECH, body)
 
@@ -95,9 +98,12 @@ def client_hello_body(
     body = (
         u16(legacy_version)
         + os.urandom(32)
-        + u8(len(session_id)) + session_id
-        + u16(len(suites)) + suites
-        + u8(len(compression_methods)) + compression_methods
+        + u8(len(session_id))
+        + session_id
+        + u16(len(suites))
+        + suites
+        + u8(len(compression_methods))
+        + compression_methods
     )
     if extensions is not None:
         block = b"".join(extensions)

@@ -70,9 +70,18 @@ def test_refused(name: str | bytes, problem: str) -> None:
 
 @pytest.mark.parametrize(
     ("name", "expected"),
-    [("1.2.3.4", True), ("::1", True), ("[fe80::1]", True), ("10.1", True),
-     ("example.com", False), ("1.2.3.com", False), ("", False), ("a:b", False),
-     ("bücher", False), (b"127.0.0.1", True)],
+    [
+        ("1.2.3.4", True),
+        ("::1", True),
+        ("[fe80::1]", True),
+        ("10.1", True),
+        ("example.com", False),
+        ("1.2.3.com", False),
+        ("", False),
+        ("a:b", False),
+        ("bücher", False),
+        (b"127.0.0.1", True),
+    ],
 )
 def test_is_ip_literal(name: str | bytes, expected: bool) -> None:
     assert is_ip_literal(name) is expected
@@ -88,9 +97,15 @@ def test_route_host(name: str, expected: str) -> None:
 
 @pytest.mark.parametrize(
     ("name", "problem"),
-    [("*", "bad_wildcard"), ("*.*.a.com", "bad_wildcard"), ("a.*.com", "bad_wildcard"),
-     ("*a.com", "bad_wildcard"), ("*.", "empty"), ("*.1.2.3.4", "ip_literal"),
-     ("*.a..com", "empty_label")],
+    [
+        ("*", "bad_wildcard"),
+        ("*.*.a.com", "bad_wildcard"),
+        ("a.*.com", "bad_wildcard"),
+        ("*a.com", "bad_wildcard"),
+        ("*.", "empty"),
+        ("*.1.2.3.4", "ip_literal"),
+        ("*.a..com", "empty_label"),
+    ],
 )
 def test_route_host_refused(name: str, problem: str) -> None:
     with pytest.raises(InvalidHostname) as info:

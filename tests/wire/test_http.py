@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -212,7 +214,7 @@ OUTCOMES = (HttpRequestHead,)
 def check_outcome(data: bytes, cuts: list[int]) -> object:
     reader = HttpHeadReader()
     points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
-    for a, b in zip(points, points[1:], strict=False):
+    for a, b in itertools.pairwise(points):
         try:
             result = reader.feed(data[a:b])
         except BadHttpHead as exc:
@@ -233,9 +235,9 @@ def test_arbitrary_bytes_four_outcomes(data: bytes, cuts: list[int]) -> None:
     check_outcome(data, cuts)
 
 
-header_text = st.text(
-    st.characters(codec="latin-1", exclude_characters="\r\n"), max_size=30
-).map(lambda s: s.encode("latin-1"))
+header_text = st.text(st.characters(codec="latin-1", exclude_characters="\r\n"), max_size=30).map(
+    lambda s: s.encode("latin-1")
+)
 
 
 @settings(max_examples=300, deadline=None)

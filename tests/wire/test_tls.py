@@ -385,9 +385,7 @@ SUITES_AT = 2 + 32 + 1 + 32
         pytest.param(_corrupt(BASE_BODY, SUITES_AT, b"\x00\x03"), id="odd-cipher-suites"),
         pytest.param(_corrupt(BASE_BODY, SUITES_AT, b"\x00\x00"), id="no-cipher-suites"),
         pytest.param(_corrupt(BASE_BODY, SUITES_AT, b"\xff\xfe"), id="suites-overrun"),
-        pytest.param(
-            client_hello_body([], compression_methods=b""), id="no-compression-methods"
-        ),
+        pytest.param(client_hello_body([], compression_methods=b""), id="no-compression-methods"),
         pytest.param(BASE_BODY + b"\x00", id="trailing-byte"),
         pytest.param(BASE_BODY[:-1], id="extension-truncated"),
         pytest.param(client_hello_body(None) + b"\x00", id="half-extensions-length"),
@@ -395,9 +393,7 @@ SUITES_AT = 2 + 32 + 1 + 32
         pytest.param(client_hello_body([ext(0, b"")]), id="empty-server-name"),
         pytest.param(client_hello_body([ext(0, b"\x00\x05\x00\x00\x01a")]), id="sni-list-len"),
         pytest.param(client_hello_body([ext(0, b"\x00\x02\x00\x00")]), id="sni-entry-cut"),
-        pytest.param(
-            client_hello_body([ext(0, b"\x00\x04\x00\x00\x05a")]), id="sni-name-overrun"
-        ),
+        pytest.param(client_hello_body([ext(0, b"\x00\x04\x00\x00\x05a")]), id="sni-name-overrun"),
         pytest.param(client_hello_body([ext(16, b"")]), id="empty-alpn"),
         pytest.param(client_hello_body([ext(16, b"\x00\x00")]), id="empty-alpn-list"),
         pytest.param(client_hello_body([ext(16, b"\x00\x01\x00")]), id="empty-alpn-name"),

@@ -3,6 +3,8 @@ and never a hello before its last byte."""
 
 from __future__ import annotations
 
+import itertools
+
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -27,7 +29,7 @@ SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[Heal
 
 def split(data: bytes, cuts: list[int]) -> list[bytes]:
     points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
-    return [data[a:b] for a, b in zip(points, points[1:], strict=False)]
+    return [data[a:b] for a, b in itertools.pairwise(points)]
 
 
 def outcome(data: bytes, cuts: list[int], max_bytes: int = 16384) -> object:
@@ -111,17 +113,17 @@ def test_mutated_real_hellos_four_outcomes(data: bytes, cuts: list[int]) -> None
 
 @SETTINGS
 @given(capture=st.sampled_from(CAPTURES), cut=st.integers(0, 1 << 16), cuts=cut_lists)
-def test_never_a_hello_before_its_last_byte(
-    capture: object, cut: int, cuts: list[int]
-) -> None:
+def test_never_a_hello_before_its_last_byte(capture: object, cut: int, cuts: list[int]) -> None:
     wire = capture.wire  # type: ignore[attr-defined]
     prefix = wire[: cut % len(wire)]
     assert outcome(prefix, cuts) is NEED_DATA
 
 
 label = st.text("abcdefghijklmnopqrstuvwxyz0123456789-_", min_size=1, max_size=20)
-hostnames = st.lists(label, min_size=1, max_size=5).map(".".join).filter(
-    lambda n: not n.split(".")[-1].isdigit()
+hostnames = (
+    st.lists(label, min_size=1, max_size=5)
+    .map(".".join)
+    .filter(lambda n: not n.split(".")[-1].isdigit())
 )
 protocols = st.lists(st.binary(min_size=1, max_size=20), max_size=5)
 

@@ -59,6 +59,7 @@ class Informer:
         settings: KubernetesSettings,
         on_change: OnChange,
         namespace: str | None = None,
+        on_state: Callable[[], None] | None = None,
     ) -> None:
         # what to watch
         self.api = api
@@ -69,6 +70,7 @@ class Informer:
         self._parse = parse
         self._settings = settings
         self._on_change = on_change
+        self._on_state = on_state
         # the cache and where the stream stands
         self.store: Store = {}
         self.count = 0
@@ -166,11 +168,20 @@ class Informer:
         self._set_up(False)
 
     def _set_up(self, up: bool) -> None:
-        self.up = up
-        metrics.WATCH_UP.labels(self.kind.name).set(1 if up else 0)
+        if up != self.up:
+            self.up = up
+            metrics.WATCH_UP.labels(self.kind.name).set(1 if up else 0)
+            self._state()
+        elif not up:
+            self._state()
+
+    def _state(self) -> None:
+        if self._on_state is not None:
+            self._on_state()
 
     async def _sleep_backoff(self) -> None:
         self.state = "backoff"
+        self._state()
         await asyncio.sleep(self._backoff.next_delay())
 
     async def list_all(self, reason: str) -> None:
@@ -215,6 +226,7 @@ class Informer:
                     self._on_change(self.kind, ns, now)
         self.synced.set()
         self._backoff.reset()
+        self._state()
 
     async def _watch(self) -> int:
         self.state = "watching"

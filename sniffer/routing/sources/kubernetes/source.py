@@ -168,6 +168,7 @@ def _make_informers(
     settings: KubernetesSettings,
     versions: Mapping[str, str | None],
     on_change: Callable[[Kind, str, float], None],
+    on_state: Callable[[], None] | None = None,
 ) -> dict[str, list[Informer]]:
     parsers = _parsers(settings)
     out: dict[str, list[Informer]] = {}
@@ -179,7 +180,7 @@ def _make_informers(
             settings.namespaces if kind.namespaced and settings.namespaces is not None else (None,)
         )
         out[kind.name] = [
-            Informer(api, kind, version, parsers[kind.name], settings, on_change, ns)
+            Informer(api, kind, version, parsers[kind.name], settings, on_change, ns, on_state)
             for ns in scopes
         ]
     return out
@@ -219,7 +220,8 @@ class KubernetesSource:
         self.publishes = 0
         self.rebuilds = 0
         self.namespaces_translated = 0
-        self.published = asyncio.Condition()
+        self.changed = asyncio.Event()
+        """Set on every publish and informer state change (tests and benchmarks wait on it)."""
         self._phase = "starting"
         self._last_error: str | None = None
 
@@ -285,7 +287,9 @@ class KubernetesSource:
                 await asyncio.sleep(backoff.next_delay())
         for p in self._discovery_problems:
             log.warning("%s", p)
-        self._informers = _make_informers(api, self.settings, self._versions, self._on_change)
+        self._informers = _make_informers(
+            api, self.settings, self._versions, self._on_change, self._state_changed
+        )
         self.view = ClusterView({name: _KindStore(infs) for name, infs in self._informers.items()})
         async with asyncio.TaskGroup() as tg:
             for infs in self._informers.values():
@@ -302,7 +306,7 @@ class KubernetesSource:
             self._phase = "watching"
             self._all_dirty = True
             self._rebuild()
-            await self._publish(publish, None)
+            self._publish(publish, None)
             self._synced = True
             log.info(
                 "kubernetes: synced %d routes from %d namespaces",
@@ -312,7 +316,7 @@ class KubernetesSource:
             while True:
                 oldest = await self._debouncer.wait()
                 if self._rebuild():
-                    await self._publish(publish, oldest)
+                    self._publish(publish, oldest)
 
     # -- incremental rebuild -------------------------------------------------------------
 
@@ -376,13 +380,15 @@ class KubernetesSource:
             self._submit_status()
         return changed
 
-    async def _publish(self, publish: Publish, oldest: float | None) -> None:
+    def _publish(self, publish: Publish, oldest: float | None) -> None:
         self.spec = assemble(self.listeners, self._results)
         publish(Update(self.spec, oldest_event=oldest))
         self.publishes += 1
         self._submit_status()
-        async with self.published:
-            self.published.notify_all()
+        self.changed.set()
+
+    def _state_changed(self) -> None:
+        self.changed.set()
 
     def _submit_status(self) -> None:
         if self._status is not None:

@@ -1,14 +1,9 @@
-"""Data-plane worker processes and the control-side supervisor that feeds them.
+"""The control-side supervisor of the data-plane worker processes.
 
 The control process runs the route sources once per pod and ships every compiled
-`RouteTable` to each worker over a socketpair (length-prefixed pickles). Workers bind
-their own listening sockets with SO_REUSEPORT, relay, and send their stats snapshot
-back every second; the control process serves the merged `/metrics`. A worker that dies
-is restarted: its open connections are lost, nobody else's. Its counters are kept (they
-only grow), its gauges dropped, so no series is left behind by a dead worker.
-
-Workers are started as `python -m sniffer.proxy.workers` so they import only the data
-plane (no Kubernetes client, no CLI framework): their memory is the relay's, not ours.
+`RouteTable` to each worker. A worker that dies is restarted: its open connections are
+lost, nobody else's. Its counters are kept (they only grow), its gauges dropped, so no
+series is left behind by a dead worker.
 """
 
 from __future__ import annotations
@@ -18,9 +13,7 @@ import contextlib
 import logging
 import os
 import pickle
-import signal
 import socket
-import struct
 import subprocess
 import sys
 import time
@@ -28,33 +21,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sniffer.observe import metrics
-from sniffer.observe.metrics import DataPlaneStats, Snapshot
+from sniffer.observe.stats import Snapshot, merge
+from sniffer.proxy.worker import receive, send
 from sniffer.routing.table import RouteTable
 
 log = logging.getLogger("sniffer.workers")
-
-_HEADER = struct.Struct("!I")
-# A table for thousands of tenants pickles to a few MB; refuse absurd frames outright.
-_MAX_FRAME = 512 * 1024 * 1024
-STATS_INTERVAL = 1.0
-"""Seconds between a worker's stats snapshots (the staleness bound of /metrics)."""
-
-
-async def send(writer: asyncio.StreamWriter, message: tuple[str, Any]) -> None:
-    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    writer.write(_HEADER.pack(len(data)) + data)
-    await writer.drain()
-
-
-async def receive(reader: asyncio.StreamReader) -> tuple[str, Any]:
-    (n,) = _HEADER.unpack(await reader.readexactly(_HEADER.size))
-    if n > _MAX_FRAME:
-        raise ValueError(f"frame of {n} bytes")
-    message: tuple[str, Any] = pickle.loads(await reader.readexactly(n))
-    return message
-
-
-# -- control side ------------------------------------------------------------------------
 
 
 @dataclass
@@ -126,7 +97,7 @@ class Supervisor:
         env = dict(os.environ, SNIFFER_WORKER_FD=str(child.fileno()))
         # fork+exec takes about a millisecond; not worth an executor round trip.
         w.process = subprocess.Popen(  # noqa: ASYNC220
-            [sys.executable, "-m", "sniffer.proxy.workers"],
+            [sys.executable, "-m", "sniffer.proxy.worker"],
             pass_fds=(child.fileno(),),
             env=env,
             start_new_session=False,
@@ -171,7 +142,7 @@ class Supervisor:
 
     def _retire(self, w: _Worker) -> None:
         dead = w.snapshot
-        self.retired = metrics.merge([self.retired, Snapshot(dead.counters, {}, dead.hists)])
+        self.retired = merge([self.retired, Snapshot(dead.counters, {}, dead.hists)])
         w.snapshot = Snapshot()
 
     async def drain(self, grace: float) -> None:
@@ -194,71 +165,3 @@ class Supervisor:
         metrics.WORKERS.labels("alive").set(0)
 
 
-# -- worker side -------------------------------------------------------------------------
-
-
-async def _worker_main(fd: int) -> int:
-    from sniffer.observe.accesslog import AccessLog
-    from sniffer.proxy.server import DataPlane, ProxySettings
-
-    sock = socket.socket(fileno=fd)
-    reader, writer = await asyncio.open_connection(sock=sock)
-    kind, cfg = await receive(reader)
-    assert kind == "settings"
-    logging.basicConfig(
-        level=cfg.get("log_level", "INFO").upper(),
-        format=f"%(asctime)s %(levelname)s worker-{cfg['index']} %(name)s: %(message)s",
-    )
-    access = AccessLog() if cfg.get("access_log", True) else None
-    stats = DataPlaneStats()
-    plane = DataPlane(ProxySettings(**cfg["proxy"]), access_log=access, stats=stats)
-    stop = asyncio.Event()
-    drain_grace: list[float] = [plane.settings.drain_grace]
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the group; control decides
-
-    async def pump_stats() -> None:
-        while True:
-            await asyncio.sleep(STATS_INTERVAL)
-            await send(writer, ("stats", stats.snapshot()))
-
-    async def listen() -> None:
-        try:
-            while True:
-                kind, payload = await receive(reader)
-                if kind == "table":
-                    await plane.install(payload)
-                    await send(writer, ("installed", dict(plane.listen_errors)))
-                elif kind == "drain":
-                    drain_grace[0] = float(payload)
-                    stop.set()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            stop.set()  # the control process is gone: drain and exit
-
-    tasks = [loop.create_task(pump_stats()), loop.create_task(listen())]
-    await stop.wait()
-    await plane.drain(drain_grace[0])
-    if access is not None:
-        access.flush()
-    for t in tasks:
-        t.cancel()
-    with contextlib.suppress(ConnectionError, RuntimeError):
-        await send(writer, ("stats", stats.snapshot()))
-    writer.close()
-    return 0
-
-
-def main() -> None:
-    fd = int(os.environ.pop("SNIFFER_WORKER_FD"))
-    try:
-        import uvloop
-
-        runner: Any = uvloop.run
-    except ImportError:  # pragma: no cover - uvloop is a dependency; stay runnable anyway
-        runner = asyncio.run
-    sys.exit(runner(_worker_main(fd)))
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,113 @@
+"""A data-plane worker process: relay with the tables the control process sends.
+
+Started by the supervisor as `python -m sniffer.proxy.worker` so it imports only the
+data plane (no Kubernetes client, no CLI framework, no prometheus_client): its memory is
+the relay's. It binds its own listening sockets with SO_REUSEPORT, installs every table
+it is sent, and sends its stats snapshot back every second. Frames on the socketpair are
+length-prefixed pickles between the two halves of one program, never from a network peer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import pickle
+import signal
+import socket
+import struct
+import sys
+from typing import Any
+
+from sniffer.observe.stats import DataPlaneStats
+
+_HEADER = struct.Struct("!I")
+# A table for thousands of tenants pickles to a few MB; refuse absurd frames outright.
+_MAX_FRAME = 512 * 1024 * 1024
+STATS_INTERVAL = 1.0
+"""Seconds between a worker's stats snapshots (the staleness bound of /metrics)."""
+
+
+async def send(writer: asyncio.StreamWriter, message: tuple[str, Any]) -> None:
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    writer.write(_HEADER.pack(len(data)) + data)
+    await writer.drain()
+
+
+async def receive(reader: asyncio.StreamReader) -> tuple[str, Any]:
+    (n,) = _HEADER.unpack(await reader.readexactly(_HEADER.size))
+    if n > _MAX_FRAME:
+        raise ValueError(f"frame of {n} bytes")
+    message: tuple[str, Any] = pickle.loads(await reader.readexactly(n))
+    return message
+
+
+# -- worker side -------------------------------------------------------------------------
+
+
+async def _worker_main(fd: int) -> int:
+    from sniffer.observe.accesslog import AccessLog
+    from sniffer.proxy.server import DataPlane, ProxySettings
+
+    sock = socket.socket(fileno=fd)
+    reader, writer = await asyncio.open_connection(sock=sock)
+    kind, cfg = await receive(reader)
+    assert kind == "settings"
+    logging.basicConfig(
+        level=cfg.get("log_level", "INFO").upper(),
+        format=f"%(asctime)s %(levelname)s worker-{cfg['index']} %(name)s: %(message)s",
+    )
+    access = AccessLog() if cfg.get("access_log", True) else None
+    stats = DataPlaneStats()
+    plane = DataPlane(ProxySettings(**cfg["proxy"]), access_log=access, stats=stats)
+    stop = asyncio.Event()
+    drain_grace: list[float] = [plane.settings.drain_grace]
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the group; control decides
+
+    async def pump_stats() -> None:
+        while True:
+            await asyncio.sleep(STATS_INTERVAL)
+            await send(writer, ("stats", stats.snapshot()))
+
+    async def listen() -> None:
+        try:
+            while True:
+                kind, payload = await receive(reader)
+                if kind == "table":
+                    await plane.install(payload)
+                    await send(writer, ("installed", dict(plane.listen_errors)))
+                elif kind == "drain":
+                    drain_grace[0] = float(payload)
+                    stop.set()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            stop.set()  # the control process is gone: drain and exit
+
+    tasks = [loop.create_task(pump_stats()), loop.create_task(listen())]
+    await stop.wait()
+    await plane.drain(drain_grace[0])
+    if access is not None:
+        access.flush()
+    for t in tasks:
+        t.cancel()
+    with contextlib.suppress(ConnectionError, RuntimeError):
+        await send(writer, ("stats", stats.snapshot()))
+    writer.close()
+    return 0
+
+
+def main() -> None:
+    fd = int(os.environ.pop("SNIFFER_WORKER_FD"))
+    try:
+        import uvloop
+
+        runner: Any = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is a dependency; stay runnable anyway
+        runner = asyncio.run
+    sys.exit(runner(_worker_main(fd)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+"""Run the API test server as its own process: `python -m tests.kubeapi --kubeconfig PATH`.
+
+Prints `READY <port>` once listening (after loading `--tenants N` synthetic tenants), then
+serves until stdin closes or it is killed. Loopback only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from tests.kubeapi.objects import synthetic_cluster
+from tests.kubeapi.server import KubeApiServer
+
+
+async def _main(args: argparse.Namespace) -> None:
+    server = KubeApiServer(history=args.history, validate=not args.no_validate)
+    n = server.load_bulk(synthetic_cluster(args.tenants)) if args.tenants else 0
+    await server.start(args.port)
+    server.write_kubeconfig(Path(args.kubeconfig))
+    print(f"READY {server.port} {n}", flush=True)
+    loop = asyncio.get_running_loop()
+    done = asyncio.Event()
+    loop.add_reader(sys.stdin.fileno(), lambda: done.set() if not sys.stdin.readline() else None)
+    await done.wait()
+    await server.stop()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(prog="python -m tests.kubeapi")
+    p.add_argument("--kubeconfig", required=True)
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--tenants", type=int, default=0)
+    p.add_argument("--history", type=int, default=20000)
+    p.add_argument("--no-validate", action="store_true")
+    asyncio.run(_main(p.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
