@@ -37,7 +37,13 @@ def tree(root: int) -> list[int]:
 
 def cpu_seconds(root: int) -> float:
     """utime+stime of every live process of the tree, plus what reaped children used."""
-    total = 0
+    user, system = cpu_split(root)
+    return user + system
+
+
+def cpu_split(root: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of the tree, reaped children included."""
+    user = system = 0
     for pid in tree(root):
         try:
             with open(f"/proc/{pid}/stat") as f:
@@ -46,8 +52,9 @@ def cpu_seconds(root: int) -> float:
             continue
         fields = stat[stat.rfind(")") + 2 :].split()
         # fields[11..14] = utime, stime, cutime, cstime (stat fields 14..17)
-        total += sum(int(x) for x in fields[11:15])
-    return total / CLK_TCK
+        user += int(fields[11]) + int(fields[13])
+        system += int(fields[12]) + int(fields[14])
+    return user / CLK_TCK, system / CLK_TCK
 
 
 @dataclass

@@ -234,6 +234,13 @@ def _envoy(row: Row, bench: Bench, d: Path) -> Process | None:
             f"""  - name: {tag}
     type: STATIC
     connect_timeout: 5s
+    # Envoy's default circuit breaker caps a cluster at 1024 connections; the others
+    # have no such cap, so lift it (else idle-conns fails past 1024)
+    circuit_breakers:
+      thresholds:
+      - max_connections: 1000000
+        max_pending_requests: 1000000
+        max_requests: 1000000
     load_assignment:
       cluster_name: {tag}
       endpoints:

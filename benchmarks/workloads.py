@@ -66,11 +66,13 @@ def _measure(row: Row, client: Callable[[], dict[str, float]]) -> dict[str, floa
     """Run `client`, adding the proxy tree's CPU seconds and peak memory over the run."""
     if row.pid is None:
         return client()
-    cpu0 = procstat.cpu_seconds(row.pid)
+    user0, sys0 = procstat.cpu_split(row.pid)
     with procstat.PeakSampler(row.pid) as peak:
         out = client()
         time.sleep(0.2)  # let the proxy finish closing what the client just left
-    out["cpu_s"] = procstat.cpu_seconds(row.pid) - cpu0
+    user1, sys1 = procstat.cpu_split(row.pid)
+    out["cpu_user_s"], out["cpu_sys_s"] = user1 - user0, sys1 - sys0
+    out["cpu_s"] = out["cpu_user_s"] + out["cpu_sys_s"]
     out["peak_rss"] = peak.peak_rss
     out["peak_pss"] = peak.peak_pss
     return out
@@ -124,6 +126,7 @@ def new_conn(ctx: Context, row: Row) -> dict[str, float]:
     out = _measure(row, lambda: _wrk(ctx, row, SMALL_PATH, ctx.settings.close_conns, True))
     if "cpu_s" in out and out["requests"]:
         out["cpu_us_per_op"] = out["cpu_s"] / out["requests"] * 1e6
+        out["user_us_per_op"] = out["cpu_user_s"] / out["requests"] * 1e6
     return out
 
 
@@ -132,6 +135,7 @@ def keep_alive(ctx: Context, row: Row) -> dict[str, float]:
     out = _measure(row, lambda: _wrk(ctx, row, SMALL_PATH, ctx.settings.keepalive_conns, False))
     if "cpu_s" in out and out["requests"]:
         out["cpu_us_per_op"] = out["cpu_s"] / out["requests"] * 1e6
+        out["user_us_per_op"] = out["cpu_user_s"] / out["requests"] * 1e6
     return out
 
 
@@ -234,6 +238,7 @@ def hello_heavy(ctx: Context, row: Row) -> dict[str, float]:
     out = _measure(row, lambda: _hello(ctx, row))
     if "cpu_s" in out and out["requests"]:
         out["cpu_us_per_op"] = out["cpu_s"] / out["requests"] * 1e6
+        out["user_us_per_op"] = out["cpu_user_s"] / out["requests"] * 1e6
     return out
 
 

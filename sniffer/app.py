@@ -95,7 +95,11 @@ async def serve(sources: list[RouteSource], opts: ServeOptions) -> int:
                 {"index": w.index, "pid": w.process.pid if w.process else None}
                 for w in supervisor.workers
             ]
-        workers_ready = supervisor.ready if supervisor is not None else True
+        if supervisor is not None:
+            workers_ready = supervisor.ready
+        else:
+            assert plane is not None
+            workers_ready = plane.installed_version == controller.table.version
         return controller.ready and workers_ready and not errors, detail
 
     admin = AdminServer(metrics.REGISTRY, readiness, lambda: controller.table.to_dict())

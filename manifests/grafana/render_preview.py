@@ -53,7 +53,8 @@ def legend(fmt: str, labels: dict[str, str]) -> str:
 
 
 def render(prometheus: str, start: float, end: float, out: Path, *, tenant: str = ".*",
-           rate_interval: str = "5s", step: float = 1.0, columns: int = 3) -> int:
+           rate_interval: str = "5s", step: float = 1.0, columns: int = 3,
+           note: str = "") -> int:
     """Write the preview PNG; return how many series were drawn."""
     import matplotlib
 
@@ -92,8 +93,8 @@ def render(prometheus: str, start: float, end: float, out: Path, *, tenant: str 
         ax.axis("off")
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(end))
     fig.suptitle(f"sniffer dashboard preview ({when}, {end - start:.0f} s, "
-                 f"tenant=~\"{tenant}\")", fontsize=14)
-    fig.tight_layout(rect=(0, 0, 1, 0.985))
+                 f"tenant=~\"{tenant}\")" + (f"\n{note}" if note else ""), fontsize=14)
+    fig.tight_layout(rect=(0, 0, 1, 0.98 if note else 0.985))
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=72)
     plt.close(fig)

@@ -67,6 +67,8 @@ class DataPlane:
         self._servers: dict[tuple[str, str, int, str, bool], asyncio.Server] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self.listen_errors: dict[str, str] = {}
+        self.installed_version = -1
+        """Version of the table whose listeners are open (readiness waits for it)."""
 
     # -- routing state -----------------------------------------------------------------
 
@@ -101,6 +103,7 @@ class DataPlane:
                 log.error("cannot listen for %s on %s: %s", lis.name, lis.address, exc)
         if self._sweeper is None:
             self._sweeper = self.loop.create_task(self._sweep_idle())
+        self.installed_version = table.version
 
     async def _listen(self, lis: Listener) -> asyncio.Server:
         family = socket.AF_INET6 if ":" in lis.host else socket.AF_INET

@@ -34,7 +34,8 @@ class _Worker:
     process: subprocess.Popen[bytes] | None = None
     writer: asyncio.StreamWriter | None = None
     snapshot: Snapshot = field(default_factory=Snapshot)
-    installed: asyncio.Event = field(default_factory=asyncio.Event)
+    installed_version: int = -1
+    """Version of the last table the worker confirmed (listening with it)."""
     listen_errors: dict[str, str] = field(default_factory=dict)
     started: float = 0.0
 
@@ -53,7 +54,8 @@ class Supervisor:
     @property
     def ready(self) -> bool:
         """Every worker is running and listening with the newest table."""
-        return all(w.writer is not None and w.installed.is_set() for w in self.workers)
+        version = self.table.version
+        return all(w.writer is not None and w.installed_version == version for w in self.workers)
 
     def snapshots(self) -> list[Snapshot]:
         return [self.retired, *(w.snapshot for w in self.workers)]
@@ -63,21 +65,10 @@ class Supervisor:
             await self._spawn(w)
         metrics.WORKERS.labels("alive").set(self.count)
 
-    async def wait_installed(self, timeout: float) -> dict[str, str]:
-        """Wait until every worker has the current table; return listen errors."""
-        async with asyncio.timeout(timeout):
-            for w in self.workers:
-                await w.installed.wait()
-        errors: dict[str, str] = {}
-        for w in self.workers:
-            errors.update(w.listen_errors)
-        return errors
-
     def install(self, table: RouteTable) -> None:
         self.table = table
         for w in self.workers:
             if w.writer is not None:
-                w.installed.clear()
                 self._spawn_task(self._send(w, ("table", table)))
 
     def _spawn_task(self, coro: Any) -> None:
@@ -105,7 +96,7 @@ class Supervisor:
         child.close()
         w.started = time.monotonic()
         w.snapshot = Snapshot()
-        w.installed.clear()
+        w.installed_version = -1
         reader, writer = await asyncio.open_connection(sock=parent)
         w.writer = writer
         await self._send(w, ("settings", {**self.settings, "index": w.index}))
@@ -119,8 +110,7 @@ class Supervisor:
                 if kind == "stats":
                     w.snapshot = payload
                 elif kind == "installed":
-                    w.listen_errors = payload
-                    w.installed.set()
+                    w.installed_version, w.listen_errors = payload
         except (asyncio.IncompleteReadError, ConnectionError, ValueError, pickle.PickleError):
             pass
         proc = w.process

@@ -78,7 +78,7 @@ async def _worker_main(fd: int) -> int:
                 kind, payload = await receive(reader)
                 if kind == "table":
                     await plane.install(payload)
-                    await send(writer, ("installed", dict(plane.listen_errors)))
+                    await send(writer, ("installed", (payload.version, dict(plane.listen_errors))))
                 elif kind == "drain":
                     drain_grace[0] = float(payload)
                     stop.set()

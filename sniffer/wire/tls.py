@@ -37,6 +37,7 @@ __all__ = [
     "ClientHelloReader",
     "NeedData",
     "NotTLS",
+    "parse_client_hello_body",
 ]
 
 # 16 KiB, as Envoy's tls_inspector: a post-quantum hello is 1.2-2 KB, padded ones a

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import importlib
 import os
 import shutil
 import subprocess
@@ -53,6 +54,15 @@ def missing(what: str) -> None:
     if in_ci():
         pytest.fail(f"{what} (required when CI=true)")
     pytest.skip(what)
+
+
+def require_module(name: str, package: str) -> Any:
+    """Import a test-only Python dependency, or skip (fail under CI) naming its package."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        missing(f"Python module {name!r} not installed: pip install {package}")
+        raise AssertionError("unreachable") from None
 
 
 def find_tool(name: str, *extra: Path) -> str | None:

@@ -590,7 +590,9 @@ def _render_preview(stack: Stack, first: float, last: float) -> None:
         target = os.environ.get("SNIFFER_DASHBOARD_PNG")
         out = (REPO / target) if target else stack.tmp / "dashboard.png"
         drawn = module.render(stack.prometheus, first - 3, last + 1, out,
-                              tenant=TENANTS, rate_interval="5s", step=0.5)
+                              tenant=TENANTS, rate_interval="5s", step=0.5,
+                              note="routes from a file: the Kubernetes-only panels "
+                                   "(watches, objects, update lag) have no data")
     finally:
         del sys.modules[spec.name]
     assert drawn >= 20, f"only {drawn} series drawn"

@@ -17,8 +17,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-import jsonschema
-import kubernetes_validate
 import pytest
 
 from tests.deploy.support import (
@@ -30,6 +28,7 @@ from tests.deploy.support import (
     kustomization,
     load_docs,
     render,
+    require_module,
 )
 
 # Oldest supported and newest available in kubernetes-validate.
@@ -57,6 +56,8 @@ def _object_files() -> list[Path]:
 
 
 def validate(obj: dict[str, Any]) -> None:
+    jsonschema = require_module("jsonschema", "jsonschema")
+    kubernetes_validate = require_module("kubernetes_validate", "kubernetes-validate")
     api_version, kind = obj["apiVersion"], obj["kind"]
     group, _, version = api_version.rpartition("/")
     where = f"{kind} {obj.get('metadata', {}).get('name')}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -60,14 +61,17 @@ class Harness:
     async def start(self, timeout: float = 10.0) -> None:
         self._task = asyncio.create_task(self.source.run(self._publish))
         await self.until(lambda: self.source.synced, timeout)
+        await self.watching(timeout)
+
+    async def watching(self, timeout: float = 10.0) -> None:
+        """Wait until every informer has an open watch stream."""
+        await self.until(lambda: bool(self.source.health()["api_up"]), timeout)
 
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
 
     async def until(self, pred: Callable[[], bool], timeout: float = 5.0) -> None:
         """Wait for `pred()` to hold, re-checking on every publish or informer change."""

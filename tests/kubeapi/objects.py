@@ -35,9 +35,7 @@ def service(
 ) -> Obj:
     spec: Obj = {
         "type": type,
-        "ports": [
-            {"name": n, "port": p, "targetPort": t, "protocol": "TCP"} for n, p, t in ports
-        ],
+        "ports": [{"name": n, "port": p, "targetPort": t, "protocol": "TCP"} for n, p, t in ports],
     }
     if type == "ExternalName":
         spec["externalName"] = external_name
@@ -88,7 +86,12 @@ def ingress(
     paths: Sequence[str] = ("/",),
 ) -> Obj:
     def backend(svc: str, port: int | str) -> Obj:
-        return {"service": {"name": svc, "port": {"number": port} if isinstance(port, int) else {"name": port}}}
+        return {
+            "service": {
+                "name": svc,
+                "port": {"number": port} if isinstance(port, int) else {"name": port},
+            }
+        }
 
     spec: Obj = {
         "rules": [
@@ -127,9 +130,7 @@ def ingress_class(name: str = "sniffer", *, default: bool = False) -> Obj:
     }
 
 
-def gateway_class(
-    name: str = "sniffer", controller: str = "sniffer.dev/gateway-controller"
-) -> Obj:
+def gateway_class(name: str = "sniffer", controller: str = "sniffer.dev/gateway-controller") -> Obj:
     return {
         "apiVersion": f"{GW}/v1",
         "kind": "GatewayClass",
@@ -205,9 +206,7 @@ def tls_route(
     }
 
 
-def parent_ref(
-    name: str, namespace: str | None = None, section: str | None = None
-) -> Obj:
+def parent_ref(name: str, namespace: str | None = None, section: str | None = None) -> Obj:
     ref: Obj = {"group": GW, "kind": "Gateway", "name": name}
     if namespace:
         ref["namespace"] = namespace
@@ -267,7 +266,9 @@ def synthetic_cluster(
             a, b = divmod(t * services + s, 250)
             yield service(ns, f"svc-{s:02d}", cluster_ip=f"10.96.{a % 250}.{b + 1}")
             yield endpoint_slice(
-                ns, f"svc-{s:02d}", [f"10.{(a // 250) % 250}.{a % 250}.{b + 1}"],
+                ns,
+                f"svc-{s:02d}",
+                [f"10.{(a // 250) % 250}.{a % 250}.{b + 1}"],
                 name=f"svc-{s:02d}-x1",
             )
         names = [f"h{h}.{ns}.example.com" for h in range(hosts)]
@@ -275,6 +276,9 @@ def synthetic_cluster(
             yield ingress(ns, "edge", [(n, f"svc-{i:02d}", 443) for i, n in enumerate(names)])
         else:
             yield tls_route(
-                ns, "edge", names, [backend_ref("svc-00", 443)],
+                ns,
+                "edge",
+                names,
+                [backend_ref("svc-00", 443)],
                 parents=[parent_ref("edge", gateway_ns)],
             )

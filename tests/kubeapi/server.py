@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import copy
 import itertools
 import json
@@ -58,16 +59,35 @@ RESOURCES = (
     Resource("IngressClass", "networking.k8s.io", "ingressclasses", ("v1",), namespaced=False),
     Resource("EndpointSlice", "discovery.k8s.io", "endpointslices", ("v1",)),
     Resource(
-        "GatewayClass", GW, "gatewayclasses", ("v1", "v1beta1"), False,
+        "GatewayClass",
+        GW,
+        "gatewayclasses",
+        ("v1", "v1beta1"),
+        False,
         "gateway.networking.k8s.io_gatewayclasses.yaml",
     ),
-    Resource("Gateway", GW, "gateways", ("v1", "v1beta1"), True, "gateway.networking.k8s.io_gateways.yaml"),
     Resource(
-        "TLSRoute", GW, "tlsroutes", ("v1", "v1alpha3", "v1alpha2"), True,
+        "Gateway",
+        GW,
+        "gateways",
+        ("v1", "v1beta1"),
+        True,
+        "gateway.networking.k8s.io_gateways.yaml",
+    ),
+    Resource(
+        "TLSRoute",
+        GW,
+        "tlsroutes",
+        ("v1", "v1alpha3", "v1alpha2"),
+        True,
         "gateway.networking.k8s.io_tlsroutes.yaml",
     ),
     Resource(
-        "ReferenceGrant", GW, "referencegrants", ("v1", "v1beta1"), True,
+        "ReferenceGrant",
+        GW,
+        "referencegrants",
+        ("v1", "v1beta1"),
+        True,
         "gateway.networking.k8s.io_referencegrants.yaml",
     ),
 )
@@ -244,11 +264,14 @@ class KubeApiServer:
     async def start(self, port: int = 0) -> None:
         app = web.Application(client_max_size=16 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=0.2)
         await runner.setup()
         site = web.TCPSite(
-            runner, self.host, port or self.port, ssl_context=self._ssl,
-            shutdown_timeout=0.2, reuse_address=True,
+            runner,
+            self.host,
+            port or self.port,
+            ssl_context=self._ssl,
+            reuse_address=True,
         )
         await site.start()
         self._runner = runner
@@ -363,7 +386,9 @@ class KubeApiServer:
         if errors:
             kind = BY_PLURAL[plural].kind
             raise ApiFailure(
-                422, "Invalid", f"{kind} {obj['metadata'].get('name')} is invalid: " + "; ".join(errors[:5])
+                422,
+                "Invalid",
+                f"{kind} {obj['metadata'].get('name')} is invalid: " + "; ".join(errors[:5]),
             )
 
     def _version_of(self, res: Resource, obj: dict[str, Any]) -> str:
@@ -406,7 +431,8 @@ class KubeApiServer:
         want_rv = meta.get("resourceVersion")
         if want_rv and want_rv != held["metadata"]["resourceVersion"]:
             raise ApiFailure(
-                409, "Conflict",
+                409,
+                "Conflict",
                 f"Operation cannot be fulfilled on {res.plural} {meta['name']!r}: the object "
                 "has been modified; please apply your changes to the latest version and try again",
             )
@@ -485,10 +511,8 @@ class KubeApiServer:
             async with self.changed:
                 self.changed.notify_all()
 
-        try:
+        with contextlib.suppress(RuntimeError):
             asyncio.get_running_loop().create_task(_wake())
-        except RuntimeError:
-            pass
 
     # -- HTTP ----------------------------------------------------------------------------
 
@@ -538,7 +562,9 @@ class KubeApiServer:
             )
         if parts[0] == "apis" and len(parts) == 2:
             if parts[1] not in groups:
-                raise ApiFailure(404, "NotFound", "the server could not find the requested resource")
+                raise ApiFailure(
+                    404, "NotFound", "the server could not find the requested resource"
+                )
             return web.json_response(_group_json(parts[1], groups[parts[1]]) | {"kind": "APIGroup"})
         if parts[0] == "api":
             group, rest = "", parts[1:]
@@ -612,7 +638,11 @@ class KubeApiServer:
             return dict(merge_patch(base, json.loads(body)))
         if ctype == "application/apply-patch+yaml":
             return dict(merge_patch(base, yaml.safe_load(body)))
-        raise ApiFailure(415, "UnsupportedMediaType", f"the body of the request was in an unknown format: {ctype}")
+        raise ApiFailure(
+            415,
+            "UnsupportedMediaType",
+            f"the body of the request was in an unknown format: {ctype}",
+        )
 
     def _resource_list(self, group: str, version: str) -> dict[str, Any]:
         resources = []
@@ -621,16 +651,31 @@ class KubeApiServer:
                 continue
             verbs = ["create", "delete", "get", "list", "patch", "update", "watch"]
             resources.append(
-                {"name": res.plural, "singularName": res.kind.lower(), "namespaced": res.namespaced,
-                 "kind": res.kind, "verbs": verbs}
+                {
+                    "name": res.plural,
+                    "singularName": res.kind.lower(),
+                    "namespaced": res.namespaced,
+                    "kind": res.kind,
+                    "verbs": verbs,
+                }
             )
             if res.group == GW or res.plural == "services":
                 resources.append(
-                    {"name": res.plural + "/status", "singularName": "", "namespaced": res.namespaced,
-                     "kind": res.kind, "verbs": ["get", "patch", "update"]}
+                    {
+                        "name": res.plural + "/status",
+                        "singularName": "",
+                        "namespaced": res.namespaced,
+                        "kind": res.kind,
+                        "verbs": ["get", "patch", "update"],
+                    }
                 )
         gv = f"{group}/{version}" if group else version
-        return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}
+        return {
+            "kind": "APIResourceList",
+            "apiVersion": "v1",
+            "groupVersion": gv,
+            "resources": resources,
+        }
 
     def _out(self, obj: dict[str, Any], res: Resource, version: str) -> dict[str, Any]:
         api_version = f"{res.group}/{version}" if res.group else version
@@ -643,9 +688,7 @@ class KubeApiServer:
         keys = sorted(k for k in items if namespace is None or k[0] == namespace)
         return [items[k] for k in keys]
 
-    def _list(
-        self, res: Resource, version: str, namespace: str | None, q: Any
-    ) -> web.Response:
+    def _list(self, res: Resource, version: str, namespace: str | None, q: Any) -> web.Response:
         limit = int(q.get("limit") or 0)
         token = q.get("continue")
         if token:
@@ -657,7 +700,8 @@ class KubeApiServer:
             snap = self._snapshots.get(snap_id)
             if snap is None or snap.rv < self.floor:
                 raise ApiFailure(
-                    410, "Expired",
+                    410,
+                    "Expired",
                     "The provided continue parameter is too old to display a consistent list "
                     "result. You can start a new list without the continue parameter.",
                 )
@@ -683,7 +727,9 @@ class KubeApiServer:
             "metadata": meta,
             "items": [self._out(o, res, version) for o in page],
         }
-        return web.Response(body=json.dumps(body, separators=(",", ":")), content_type="application/json")
+        return web.Response(
+            body=json.dumps(body, separators=(",", ":")), content_type="application/json"
+        )
 
     async def _watch(
         self, request: web.Request, res: Resource, version: str, namespace: str | None
@@ -704,19 +750,22 @@ class KubeApiServer:
                 replay = [
                     (t, o)
                     for (erv, plural, t, o) in self.history
-                    if erv > rv and plural == res.plural
+                    if erv > rv
+                    and plural == res.plural
                     and (namespace is None or o["metadata"].get("namespace") == namespace)
                 ]
+        if not gone:
+            # Registered in the same step as the replay is taken: no event falls between.
+            w.transport = request.transport
+            self._watches.add(w)
+            self.watch_opened += 1
         resp = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
         resp.enable_chunked_encoding()
-        await resp.prepare(request)
-        if gone:
-            await _write_event(resp, "ERROR", _gone_status(rv_s))
-            return resp
-        w.transport = request.transport
-        self._watches.add(w)
-        self.watch_opened += 1
         try:
+            await resp.prepare(request)
+            if gone:
+                await _write_event(resp, "ERROR", _gone_status(rv_s))
+                return resp
             for t, o in replay:
                 await _write_event(resp, t, self._out(o, res, version))
             async with asyncio.timeout(timeout):
@@ -738,9 +787,13 @@ class KubeApiServer:
                         break
                     if what == "bookmark":
                         await _write_event(
-                            resp, "BOOKMARK",
-                            {"kind": res.kind, "apiVersion": self._out({}, res, version)["apiVersion"],
-                             "metadata": {"resourceVersion": str(self.rv)}},
+                            resp,
+                            "BOOKMARK",
+                            {
+                                "kind": res.kind,
+                                "apiVersion": self._out({}, res, version)["apiVersion"],
+                                "metadata": {"resourceVersion": str(self.rv)},
+                            },
                         )
                         continue
                     etype, obj = payload
@@ -751,10 +804,8 @@ class KubeApiServer:
             return resp
         finally:
             self._watches.discard(w)
-        try:
+        with contextlib.suppress(ConnectionResetError, RuntimeError):
             await resp.write_eof()
-        except (ConnectionResetError, RuntimeError):
-            pass
         return resp
 
     async def _test_control(self, request: web.Request, parts: list[str]) -> web.Response:
@@ -777,7 +828,9 @@ def _gone_status(rv: str) -> dict[str, Any]:
 
 
 async def _write_event(resp: web.StreamResponse, etype: str, obj: dict[str, Any]) -> None:
-    await resp.write(json.dumps({"type": etype, "object": obj}, separators=(",", ":")).encode() + b"\n")
+    await resp.write(
+        json.dumps({"type": etype, "object": obj}, separators=(",", ":")).encode() + b"\n"
+    )
 
 
 def _status(code: int, reason: str, message: str) -> web.Response:

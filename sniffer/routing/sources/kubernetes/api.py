@@ -176,13 +176,8 @@ class KubeApi:
             "PATCH", path + "/status", body=dict(body), content_type="application/merge-patch+json"
         )
 
-    async def watch(
-        self, path: str, resource_version: str, inactivity: float
-    ) -> AsyncIterator[dict[str, Any]]:
-        """Yield watch events; raise `TimeoutError` when nothing arrives for `inactivity` s.
-
-        The stream ends normally when the server closes it (`timeoutSeconds`, restarts).
-        """
+    async def open_watch(self, path: str, resource_version: str) -> aiohttp.ClientResponse:
+        """Start a watch; returns once the server accepted it (status 200)."""
         query = [
             ("watch", "true"),
             ("resourceVersion", resource_version),
@@ -193,13 +188,24 @@ class KubeApi:
             total=None, sock_connect=self._settings.connect_timeout, sock_read=None
         )
         async with asyncio.timeout(self._settings.request_timeout):
-            resp = await self._call("GET", path, query, timeout=timeout)
+            return await self._call("GET", path, query, timeout=timeout)
+
+    @staticmethod
+    async def events(
+        resp: aiohttp.ClientResponse, inactivity: float
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Yield a watch's events; raise `TimeoutError` after `inactivity` s of silence.
+
+        The stream ends normally when the server closes it (`timeoutSeconds`, restarts).
+        """
         try:
             buf = b""
             while True:
                 try:
                     async with asyncio.timeout(inactivity):
                         chunk = await resp.content.readany()
+                except TimeoutError:
+                    raise  # inactivity: the caller reopens the stream (TimeoutError is an OSError)
                 except (aiohttp.ClientError, OSError) as exc:
                     raise ApiUnavailable(0, type(exc).__name__, str(exc) or repr(exc)) from exc
                 if not chunk:

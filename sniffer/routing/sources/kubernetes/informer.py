@@ -231,17 +231,11 @@ class Informer:
     async def _watch(self) -> int:
         self.state = "watching"
         events = 0
-        stream = self.api.watch(self.path, self.resource_version, self._settings.inactivity_timeout)
-        first = True
-        async for event in stream:
-            if first:
-                first = False
+        resp = await self.api.open_watch(self.path, self.resource_version)
+        self._set_up(True)
+        async for event in self.api.events(resp, self._settings.inactivity_timeout):
             events += 1
-            self._set_up(True)
             self._apply(event)
-        if first:
-            # The stream opened (no error) but closed with nothing in it.
-            self._set_up(True)
         return events
 
     def _apply(self, event: Mapping[str, Any]) -> None:

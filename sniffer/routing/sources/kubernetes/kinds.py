@@ -14,7 +14,9 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
+
+_T = TypeVar("_T")
 
 JSON = Mapping[str, Any]
 PortRef = int | str
@@ -130,7 +132,10 @@ def _meta(obj: JSON) -> tuple[str, str, JSON]:
     meta = obj.get("metadata")
     if not isinstance(meta, Mapping) or not isinstance(meta.get("name"), str):
         raise MalformedObject("metadata.name missing")
-    return _s(meta.get("namespace") or ""), _s(meta["name"]), meta
+    # Namespaces repeat in every record: interned. Names are unique: not interned
+    # (an intern-table entry per object would cost more than it saves), except where
+    # another kind repeats them (Service names, see `parse_service`).
+    return _s(meta.get("namespace") or ""), str(meta["name"]), meta
 
 
 def _annotations(meta: JSON) -> JSON:
@@ -388,12 +393,30 @@ def parse_ingress(obj: JSON) -> IngressRec:
     )
 
 
-def parse_service(obj: JSON, http_port_annotation: str) -> ServiceRec:
+_SHARED: dict[object, object] = {}
+"""Identical immutable parts (port lists) shared by every record that has them.
+
+Most Services of a cluster have one of a few port layouts; sharing them is what keeps
+the cache near the size of the names it must hold. Bounded by the layouts in use.
+"""
+
+
+def _shared(value: _T) -> _T:
+    held = _SHARED.get(value)
+    if held is None:
+        if len(_SHARED) < 100_000:
+            _SHARED[value] = value
+        return value
+    return held  # type: ignore[return-value]
+
+
+def parse_service(obj: JSON, http_port_annotation: str, keep_cluster_ip: bool = True) -> ServiceRec:
     ns, name, meta = _meta(obj)
     spec = _map(obj.get("spec"), "spec")
     stype = _s(spec.get("type") or "ClusterIP")
     cip = spec.get("clusterIP")
-    cluster_ip = _s(cip) if isinstance(cip, str) and cip and cip != "None" else None
+    cluster_ip = cip if isinstance(cip, str) and cip and cip != "None" else None
+    name = _s(name)  # shared with the `kubernetes.io/service-name` label of its slices
     ports = []
     for p in _list(spec.get("ports"), "spec.ports"):
         p = _map(p, "spec.ports[]")
@@ -402,8 +425,10 @@ def parse_service(obj: JSON, http_port_annotation: str) -> ServiceRec:
             raise MalformedObject("spec.ports[].port is not a number")
         target = p.get("targetPort")
         ports.append(
-            ServicePort(
-                _s(p.get("name") or ""), number, number if target is None else _port_ref(target)
+            _shared(
+                ServicePort(
+                    _s(p.get("name") or ""), number, number if target is None else _port_ref(target)
+                )
             )
         )
     http = _annotations(meta).get(http_port_annotation)
@@ -411,9 +436,9 @@ def parse_service(obj: JSON, http_port_annotation: str) -> ServiceRec:
         ns,
         name,
         stype,
-        cluster_ip,
+        cluster_ip if keep_cluster_ip else None,
         _opt_s(spec.get("externalName")) if stype == "ExternalName" else None,
-        tuple(ports),
+        _shared(tuple(ports)),
         _port_ref(http.strip()) if isinstance(http, str) and http.strip() else None,
     )
 
@@ -440,7 +465,7 @@ def parse_endpoint_slice(obj: JSON) -> EndpointSliceRec:
         ns,
         name,
         _s(svc) if isinstance(svc, str) else None,
-        tuple(sorted(ports)),
+        _shared(tuple(sorted(ports))),
         tuple(sorted(addresses)),
     )
 

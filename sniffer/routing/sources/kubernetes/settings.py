@@ -38,6 +38,13 @@ class KubernetesSettings:
     debounce_max_delay: float = 1.0
     """Seconds an event may wait at most for its rebuild, however busy the API is."""
 
+    debounce_burst: int = 50
+    """Events within one quiet period that make a burst worth waiting out.
+
+    Below it (a steady trickle such as 1,000 changes/min) a rebuild happens `quiet` s after
+    the first event instead of waiting for a silence that never comes.
+    """
+
     watch_timeout: int = 300
     """Server-side `timeoutSeconds` of a watch: streams are renewed at least this often."""
 

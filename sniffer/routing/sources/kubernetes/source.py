@@ -61,9 +61,11 @@ _GLOBAL_KINDS = frozenset({INGRESS_CLASS.name, GATEWAY_CLASS.name, GATEWAY.name}
 class Debouncer:
     """Coalesces pokes: fires after `quiet` s without one, or `max_delay` s after the first."""
 
-    def __init__(self, quiet: float, max_delay: float) -> None:
+    def __init__(self, quiet: float, max_delay: float, burst: int = 50) -> None:
         self.quiet = quiet
         self.max_delay = max_delay
+        self.burst = burst
+        self._count = 0
         self._first: float | None = None
         self._last = 0.0
         self._poked = asyncio.Event()
@@ -72,6 +74,7 @@ class Debouncer:
         if self._first is None or at < self._first:
             self._first = at
         self._last = max(self._last, at)
+        self._count += 1
         self._poked.set()
 
     async def wait(self) -> float:
@@ -79,13 +82,19 @@ class Debouncer:
         await self._poked.wait()
         while True:
             assert self._first is not None
-            deadline = min(self._last + self.quiet, self._first + self.max_delay)
+            if self._count < self.burst:
+                # A trickle: one quiet period after the first event is enough.
+                deadline = self._first + self.quiet
+            else:
+                # A burst: wait for it to settle, but never past the maximum delay.
+                deadline = min(self._last + self.quiet, self._first + self.max_delay)
             delay = deadline - time.monotonic()
             if delay <= 0:
                 break
             # A timer, not a stand-in for synchronisation: the quiet period is the point.
             await asyncio.sleep(delay)
         first, self._first = self._first, None
+        self._count = 0
         self._poked.clear()
         return first
 
@@ -151,10 +160,11 @@ async def discover(api: KubeApi) -> tuple[dict[str, str | None], list[str]]:
 def _parsers(settings: KubernetesSettings) -> dict[str, Callable[[JSON], Record]]:
     annotation = settings.http_port_annotation
     controller = settings.controller_name
+    clusterip = settings.backend_mode == "clusterip"
     return {
         INGRESS_CLASS.name: parse_ingress_class,
         INGRESS.name: parse_ingress,
-        SERVICE.name: lambda o: parse_service(o, annotation),
+        SERVICE.name: lambda o: parse_service(o, annotation, clusterip),
         ENDPOINT_SLICE.name: parse_endpoint_slice,
         GATEWAY_CLASS.name: parse_gateway_class,
         GATEWAY.name: parse_gateway,
@@ -212,7 +222,9 @@ class KubernetesSource:
         self._readers: dict[str, set[str]] = {}
         self._dirty: set[str] = set()
         self._all_dirty = True
-        self._debouncer = Debouncer(settings.debounce_quiet, settings.debounce_max_delay)
+        self._debouncer = Debouncer(
+            settings.debounce_quiet, settings.debounce_max_delay, settings.debounce_burst
+        )
         self._status: StatusWriter | None = None
         # what tests, benchmarks and /readyz look at
         self._synced = False
@@ -333,9 +345,7 @@ class KubernetesSource:
     def _rebuild(self) -> bool:
         """Re-translate dirty namespaces; True when the routing view changed."""
         self.rebuilds += 1
-        targets = (
-            self.view.namespaces() | set(self._results) if self._all_dirty else self._dirty
-        )
+        targets = self.view.namespaces() | set(self._results) if self._all_dirty else self._dirty
         self._all_dirty = False
         self._dirty = set()
         changed = False
