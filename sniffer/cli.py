@@ -284,7 +284,7 @@ def _explain(table: RouteTable, host: str, listener: str | None, output: str) ->
                     }
                     for w in m.backends
                 ],
-                "why": m.reason,
+                "why": m.explain(name, lname),
             }
         )
     if output == "json":

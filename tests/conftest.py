@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -21,7 +22,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def require_binary(name: str) -> str:
     """Path of a binary tests need; skip when missing, but fail under CI (CI installs it)."""
-    path = shutil.which(name) or (f"/usr/sbin/{name}" if os.path.exists(f"/usr/sbin/{name}") else None)
+    sbin = f"/usr/sbin/{name}"
+    path = shutil.which(name) or (sbin if os.path.exists(sbin) else None)
     if path is None:
         if os.environ.get("CI") == "true":
             pytest.fail(f"{name} is required under CI (.ci/run installs it)")
@@ -46,7 +48,7 @@ class RecordedLog:
         self.records: list[dict[str, object]] = []
 
     def __call__(self, conn: object, now: float) -> None:
-        self.records.append(conn.log_record(now))  # type: ignore[attr-defined]
+        self.records.append(json.loads(conn.log_line(now)))  # type: ignore[attr-defined]
 
 
 PlaneFactory = Callable[..., Awaitable[DataPlane]]

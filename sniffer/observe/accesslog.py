@@ -2,25 +2,24 @@
 
 Lines are buffered and flushed on a short timer (or when the buffer is large), in
 writes of at most PIPE_BUF bytes cut at line ends, so lines of several worker processes
-sharing one stdout pipe never interleave. Building a line costs one dict and one JSON
-encode per connection; nothing is written per read.
+sharing one stdout pipe never interleave. Each connection formats its own line (see
+`ClientConnection.log_line`); nothing is written per read.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import select
-from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
 _PIPE_BUF = select.PIPE_BUF
 _FLUSH_AT = 32 * 1024
 
 
 class Loggable(Protocol):
-    def log_record(self, now: float) -> dict[str, Any]: ...
+    def log_line(self, now: float) -> str:
+        """One JSON object, no newline."""
 
 
 class AccessLog:
@@ -32,12 +31,9 @@ class AccessLog:
         self._size = 0
         self._timer: asyncio.TimerHandle | None = None
         self.dropped = 0
-        self._dumps: Callable[[Any], str] = json.JSONEncoder(
-            separators=(",", ":"), ensure_ascii=False
-        ).encode
 
     def __call__(self, conn: Loggable, now: float) -> None:
-        line = (self._dumps(conn.log_record(now)) + "\n").encode()
+        line = (conn.log_line(now) + "\n").encode()
         self._lines.append(line)
         self._size += len(line)
         if self._size >= _FLUSH_AT:

@@ -36,10 +36,40 @@ class _Hist:
         self.total += value
 
 
+class BackendTally:
+    """Everything counted for one (backend, tenant): one dict lookup per connection."""
+
+    __slots__ = ("active", "connect_times", "down", "durations", "errors", "key", "routed", "up")
+
+    def __init__(self, key: tuple[str, str]) -> None:
+        self.key = key
+        self.routed: dict[str, int] = {}
+        """Connections routed here, by listener."""
+        self.active = 0
+        self.up = 0
+        self.down = 0
+        self.errors: dict[str, int] = {}
+        self.durations = _Hist(DURATION_BUCKETS)
+        self.connect_times = _Hist(CONNECT_BUCKETS)
+
+
+class ListenerTally:
+    __slots__ = ("accepted", "name", "refused", "sniff_times")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.accepted = 0
+        self.refused: dict[str, int] = {}
+        self.sniff_times = _Hist(SNIFF_BUCKETS)
+
+    def refuse(self, reason: str) -> None:
+        self.refused[reason] = self.refused.get(reason, 0) + 1
+
+
 class OpenConnection(Protocol):
     """What the stats need from a live connection to report its bytes while open."""
 
-    stats_key: tuple[str, str] | None
+    tally: BackendTally | None
     bytes_up: int
     bytes_down: int
     reported_up: int
@@ -58,100 +88,81 @@ class Snapshot:
 
 
 class DataPlaneStats:
-    """Per-process tallies of the data plane; every method is O(1) and allocation-light."""
+    """Per-process tallies of the data plane.
+
+    A connection looks its listener's and its backend's tally objects up once and then
+    bumps their attributes directly; nothing here is touched per read.
+    """
 
     def __init__(self) -> None:
-        self.accepted: dict[str, int] = {}
-        self.refused: dict[tuple[str, str], int] = {}
-        self.routed: dict[tuple[str, str, str], int] = {}
-        self.active: dict[tuple[str, str], int] = {}
-        self.bytes_up: dict[tuple[str, str], int] = {}
-        self.bytes_down: dict[tuple[str, str], int] = {}
-        self.connect_errors: dict[tuple[str, str, str], int] = {}
-        self.durations: dict[tuple[str, str], _Hist] = {}
-        self.connect_times: dict[tuple[str, str], _Hist] = {}
-        self.sniff_times: dict[str, _Hist] = {}
+        self.listeners: dict[str, ListenerTally] = {}
+        self.backends: dict[tuple[str, str], BackendTally] = {}
         self.open: set[OpenConnection] = set()
 
-    def accept(self, listener: str) -> None:
-        self.accepted[listener] = self.accepted.get(listener, 0) + 1
+    def listener(self, name: str) -> ListenerTally:
+        t = self.listeners.get(name)
+        if t is None:
+            t = self.listeners[name] = ListenerTally(name)
+        return t
+
+    def backend(self, key: tuple[str, str]) -> BackendTally:
+        t = self.backends.get(key)
+        if t is None:
+            t = self.backends[key] = BackendTally(key)
+        return t
 
     def refuse(self, listener: str, reason: str) -> None:
-        key = (listener, reason)
-        self.refused[key] = self.refused.get(key, 0) + 1
+        self.listener(listener).refuse(reason)
 
-    def sniffed(self, listener: str, seconds: float) -> None:
-        h = self.sniff_times.get(listener)
-        if h is None:
-            h = self.sniff_times[listener] = _Hist(SNIFF_BUCKETS)
-        h.observe(seconds)
-
-    def connect_failed(self, key: tuple[str, str], reason: str) -> None:
-        k = (key[0], key[1], reason)
-        self.connect_errors[k] = self.connect_errors.get(k, 0) + 1
-
-    def opened(
-        self, listener: str, key: tuple[str, str], conn: OpenConnection, dial: float
-    ) -> None:
-        rk = (listener, key[0], key[1])
-        self.routed[rk] = self.routed.get(rk, 0) + 1
-        self.active[key] = self.active.get(key, 0) + 1
-        h = self.connect_times.get(key)
-        if h is None:
-            h = self.connect_times[key] = _Hist(CONNECT_BUCKETS)
-        h.observe(dial)
+    def opened(self, listener: str, conn: OpenConnection, dial: float) -> None:
+        t = conn.tally
+        assert t is not None
+        t.routed[listener] = t.routed.get(listener, 0) + 1
+        t.active += 1
+        t.connect_times.observe(dial)
         self.open.add(conn)
 
     def closed(self, conn: OpenConnection, seconds: float) -> None:
-        key = conn.stats_key
-        if key is None:
+        t = conn.tally
+        if t is None:
             return
         self.open.discard(conn)
-        self._fold_bytes(conn)
-        self.active[key] -= 1
-        h = self.durations.get(key)
-        if h is None:
-            h = self.durations[key] = _Hist(DURATION_BUCKETS)
-        h.observe(seconds)
-
-    def _fold_bytes(self, conn: OpenConnection) -> None:
-        key = conn.stats_key
-        assert key is not None
-        up = conn.bytes_up - conn.reported_up
-        down = conn.bytes_down - conn.reported_down
-        if up:
-            self.bytes_up[key] = self.bytes_up.get(key, 0) + up
-            conn.reported_up = conn.bytes_up
-        if down:
-            self.bytes_down[key] = self.bytes_down.get(key, 0) + down
-            conn.reported_down = conn.bytes_down
+        t.up += conn.bytes_up - conn.reported_up
+        t.down += conn.bytes_down - conn.reported_down
+        conn.reported_up = conn.bytes_up
+        conn.reported_down = conn.bytes_down
+        t.active -= 1
+        t.durations.observe(seconds)
 
     def snapshot(self) -> Snapshot:
         """Fold open connections' bytes in, then copy everything out (picklable)."""
         for conn in self.open:
-            self._fold_bytes(conn)
+            t = conn.tally
+            if t is not None:
+                t.up += conn.bytes_up - conn.reported_up
+                t.down += conn.bytes_down - conn.reported_down
+                conn.reported_up = conn.bytes_up
+                conn.reported_down = conn.bytes_down
         snap = Snapshot()
         c, g, h = snap.counters, snap.gauges, snap.hists
-        for lis, n in self.accepted.items():
-            c[("sniffer_accepted_connections", (lis,))] = n
-        for (lis, reason), n in self.refused.items():
-            c[("sniffer_refused_connections", (lis, reason))] = n
-        for labels, n in self.routed.items():
-            c[("sniffer_connections", labels)] = n
-        for key, n in self.active.items():
-            g[("sniffer_connections_active", key)] = n
-        for key, n in self.bytes_up.items():
-            c[("sniffer_bytes", (*key, "client_to_backend"))] = n
-        for key, n in self.bytes_down.items():
-            c[("sniffer_bytes", (*key, "backend_to_client"))] = n
-        for labels, n in self.connect_errors.items():
-            c[("sniffer_backend_connect_errors", labels)] = n
-        for key, hist in self.durations.items():
-            h[("sniffer_connection_duration_seconds", key)] = _hist_copy(hist)
-        for key, hist in self.connect_times.items():
-            h[("sniffer_backend_connect_duration_seconds", key)] = _hist_copy(hist)
-        for lis, hist in self.sniff_times.items():
-            h[("sniffer_sniff_duration_seconds", (lis,))] = _hist_copy(hist)
+        for lis, lt in self.listeners.items():
+            c[("sniffer_accepted_connections", (lis,))] = lt.accepted
+            for reason, n in lt.refused.items():
+                c[("sniffer_refused_connections", (lis, reason))] = n
+            if lt.sniff_times.total or any(lt.sniff_times.counts):
+                h[("sniffer_sniff_duration_seconds", (lis,))] = _hist_copy(lt.sniff_times)
+        for key, bt in self.backends.items():
+            for lis, n in bt.routed.items():
+                c[("sniffer_connections", (lis, *key))] = n
+            for reason, n in bt.errors.items():
+                c[("sniffer_backend_connect_errors", (*key, reason))] = n
+            if not bt.routed:
+                continue  # only dial errors so far: no traffic series yet
+            g[("sniffer_connections_active", key)] = bt.active
+            c[("sniffer_bytes", (*key, "client_to_backend"))] = bt.up
+            c[("sniffer_bytes", (*key, "backend_to_client"))] = bt.down
+            h[("sniffer_connection_duration_seconds", key)] = _hist_copy(bt.durations)
+            h[("sniffer_backend_connect_duration_seconds", key)] = _hist_copy(bt.connect_times)
         return snap
 
 

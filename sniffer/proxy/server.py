@@ -120,8 +120,9 @@ class DataPlane:
         except OSError:
             sock.close()
             raise
+        tally = self.stats.listener(lis.name)
         return await self.loop.create_server(
-            lambda: ClientConnection(self, lis), sock=sock, backlog=4096
+            lambda: ClientConnection(self, lis, tally), sock=sock, backlog=4096
         )
 
     def bound_ports(self) -> dict[str, int]:

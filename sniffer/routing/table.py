@@ -99,7 +99,19 @@ class Match:
     kind: MatchKind
     route: Route | None
     backends: tuple[WeightedBackend, ...]
-    reason: str
+
+    def explain(self, host: str | None, listener: str) -> str:
+        """Why this match, in words (for `route-table --host`; never on the hot path)."""
+        if self.kind is MatchKind.EXACT:
+            return f"exact route {host}"
+        if self.kind is MatchKind.WILDCARD:
+            assert self.route is not None
+            reach = "one or more labels" if self.route.multi_label else "exactly one label"
+            return f"wildcard {self.route.host} ({reach}) matches {host}"
+        missing = f"no route for {host!r}" if host else "no name sent"
+        if self.kind is MatchKind.DEFAULT:
+            return f"{missing}; listener {listener!r} default backend"
+        return f"{missing} and listener {listener!r} has no default backend"
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,11 +133,18 @@ class TableSpec:
         )
 
 
+_NO_MATCH = Match(MatchKind.NONE, None, ())
+
+
 @dataclass(slots=True)
 class _ListenerIndex:
-    exact: dict[str, Route] = field(default_factory=dict)
-    wildcard: dict[str, Route] = field(default_factory=dict)
+    """Matches are built once with the table, so a lookup allocates nothing."""
+
+    exact: dict[str, Match] = field(default_factory=dict)
+    wildcard: dict[str, Match] = field(default_factory=dict)
     """Keyed by the suffix after `*.`."""
+    fallback: Match = _NO_MATCH
+    """The listener's default backend, or no match."""
 
 
 class RouteTable:
@@ -173,9 +192,18 @@ class RouteTable:
                     bucket, key = idx.exact, route.host
                 held = bucket.get(key)
                 if held is None:
-                    bucket[key] = route
-                elif held.backends != route.backends or held.multi_label != route.multi_label:
-                    conflicts.append(Conflict(route.host, name, held.source, route.source))
+                    kind = MatchKind.WILDCARD if route.is_wildcard else MatchKind.EXACT
+                    bucket[key] = Match(kind, route, route.backends)
+                    continue
+                won = held.route
+                assert won is not None
+                if won.backends != route.backends or won.multi_label != route.multi_label:
+                    conflicts.append(Conflict(route.host, name, won.source, route.source))
+        for lis in spec.listeners:
+            if lis.default_backend:
+                index[lis.name].fallback = Match(
+                    MatchKind.DEFAULT, None, (WeightedBackend(lis.default_backend),)
+                )
         backends = {b.name: b for b in spec.backends}
         return cls(
             listeners=spec.listeners,
@@ -200,42 +228,22 @@ class RouteTable:
         """
         idx = self._index.get(listener)
         if idx is None:
-            return Match(MatchKind.NONE, None, (), f"no listener {listener!r}")
+            return _NO_MATCH
         if host:
-            route = idx.exact.get(host)
-            if route is not None:
-                return Match(MatchKind.EXACT, route, route.backends, f"exact route {host}")
-            if idx.wildcard:
+            match = idx.exact.get(host)
+            if match is not None:
+                return match
+            wildcard = idx.wildcard
+            if wildcard:
                 dot = host.find(".")
                 first = True
                 while dot != -1:
-                    route = idx.wildcard.get(host[dot + 1 :])
-                    if route is not None and (first or route.multi_label):
-                        return Match(
-                            MatchKind.WILDCARD,
-                            route,
-                            route.backends,
-                            f"wildcard {route.host} matches {host}",
-                        )
+                    match = wildcard.get(host[dot + 1 :])
+                    if match is not None and (first or match.route.multi_label):  # type: ignore[union-attr]
+                        return match
                     first = False
                     dot = host.find(".", dot + 1)
-        for lis in self.listeners:
-            if lis.name == listener and lis.default_backend:
-                why = "no route for " + (repr(host) if host else "a connection without a name")
-                return Match(
-                    MatchKind.DEFAULT,
-                    None,
-                    (WeightedBackend(lis.default_backend),),
-                    f"{why}; listener default backend",
-                )
-        return Match(
-            MatchKind.NONE,
-            None,
-            (),
-            f"no route for {host!r} and listener {listener!r} has no default backend"
-            if host
-            else f"no name sent and listener {listener!r} has no default backend",
-        )
+        return idx.fallback
 
     # -- views for route-table, /routes and the admin endpoint ---------------------------
 

@@ -38,6 +38,7 @@ __all__ = [
     "NeedData",
     "NotTLS",
     "parse_client_hello_body",
+    "parse_whole_hello",
 ]
 
 # 16 KiB, as Envoy's tls_inspector: a post-quantum hello is 1.2-2 KB, padded ones a
@@ -283,6 +284,25 @@ def parse_client_hello_body(buf: bytes | bytearray, pos: int, end: int) -> Clien
     )
 
 
+def parse_whole_hello(data: bytes | bytearray | memoryview, max_bytes: int) -> ClientHello | None:
+    """The common case without a reader: one read holding one record holding the hello.
+
+    Returns the hello, or None when `data` is anything else (not TLS, split, several
+    records, over `max_bytes`): feed it to a `ClientHelloReader` then, which also gives
+    the precise rejection. Raises `HelloRejected` when the hello itself is malformed.
+    """
+    if len(data) < 9 or data[0] != _CONTENT_HANDSHAKE or data[1] != 3 or data[2] > 4:
+        return None
+    record_len = data[3] << 8 | data[4]
+    if record_len > _MAX_PLAINTEXT or data[5] != _HANDSHAKE_CLIENT_HELLO:
+        return None
+    end = 9 + (data[6] << 16 | data[7] << 8 | data[8])
+    if end - 5 > record_len or end > len(data) or end > max_bytes:
+        return None
+    buf = data if isinstance(data, bytes | bytearray) else data.tobytes()[:end]
+    return parse_client_hello_body(buf, 9, end)
+
+
 class ClientHelloReader:
     """Incremental, sans-I/O reader of the first ClientHello on a connection.
 
@@ -355,17 +375,9 @@ class ClientHelloReader:
         Parses in place with no copy. Returns None to hand anything else (a split,
         a multi-record hello or an error to report) to the incremental path.
         """
-        if len(data) < 9 or data[1] != 3 or data[2] > 4:
-            return None
-        record_len = data[3] << 8 | data[4]
-        if record_len > _MAX_PLAINTEXT or data[5] != _HANDSHAKE_CLIENT_HELLO:
-            return None
-        end = 9 + (data[6] << 16 | data[7] << 8 | data[8])
-        if end - 5 > record_len or end > len(data) or end > self.max_bytes:
-            return None
-        buf = data if isinstance(data, bytes | bytearray) else data.tobytes()[:end]
-        hello = parse_client_hello_body(buf, 9, end)
-        self._wire = end
+        hello = parse_whole_hello(data, self.max_bytes)
+        if hello is not None:
+            self._wire = 9 + (data[6] << 16 | data[7] << 8 | data[8])
         return hello
 
     def _feed_incremental(self, data: bytes | bytearray | memoryview) -> ClientHello | NeedData:

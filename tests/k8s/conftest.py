@@ -28,9 +28,9 @@ needs_crds = pytest.mark.skipif(
 class Harness:
     """Runs a source against the server; records every publish; waits on conditions."""
 
-    def __init__(self, server: KubeApiServer, kubeconfig: Path, **overrides: Any) -> None:
+    def __init__(self, server: KubeApiServer, config_file: Path, **overrides: Any) -> None:
         base = KubernetesSettings(
-            kubeconfig=str(kubeconfig),
+            kubeconfig=str(config_file),
             debounce_quiet=0.05,
             debounce_max_delay=0.3,
             backoff_initial=0.05,

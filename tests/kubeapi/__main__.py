@@ -17,7 +17,8 @@ from tests.kubeapi.server import KubeApiServer
 
 async def _main(args: argparse.Namespace) -> None:
     server = KubeApiServer(history=args.history, validate=not args.no_validate)
-    n = server.load_bulk(synthetic_cluster(args.tenants)) if args.tenants else 0
+    cluster = synthetic_cluster(args.tenants, gateway_port=args.gateway_port)
+    n = server.load_bulk(cluster) if args.tenants else 0
     await server.start(args.port)
     server.write_kubeconfig(Path(args.kubeconfig))
     print(f"READY {server.port} {n}", flush=True)
@@ -35,6 +36,9 @@ def main() -> None:
     p.add_argument("--tenants", type=int, default=0)
     p.add_argument("--history", type=int, default=20000)
     p.add_argument("--no-validate", action="store_true")
+    p.add_argument(
+        "--gateway-port", type=int, default=443, help="port of the synthetic Gateway's listener"
+    )
     asyncio.run(_main(p.parse_args()))
 
 

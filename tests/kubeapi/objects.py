@@ -254,21 +254,32 @@ def reference_grant(ns: str, name: str, from_ns: str, to_name: str | None = None
 
 
 def synthetic_cluster(
-    tenants: int, services: int = 60, hosts: int = 5, *, gateway_ns: str = "infra"
+    tenants: int,
+    services: int = 60,
+    hosts: int = 5,
+    *,
+    gateway_ns: str = "infra",
+    gateway_port: int = 443,
 ) -> Iterator[Obj]:
-    """Tenants alternate Ingress / TLSRoute; each has `services` Services and slices."""
+    """Tenants alternate Ingress / TLSRoute; each has `services` Services and slices.
+
+    The TLSRoutes attach to one Gateway whose TLS listener is on `gateway_port` (the port
+    the router under test listens on, or they are rejected with PortUnavailable).
+    """
     if tenants:
         yield gateway_class()
-        yield gateway(gateway_ns, "edge")
+        yield gateway(gateway_ns, "edge", [tls_listener(port=gateway_port)])
     for t in range(tenants):
         ns = f"tenant-{t:05d}"
         for s in range(services):
             a, b = divmod(t * services + s, 250)
             yield service(ns, f"svc-{s:02d}", cluster_ip=f"10.96.{a % 250}.{b + 1}")
+            # Loopback endpoints nobody listens on: a benchmark probing a route through
+            # the router is refused at once and never dials off the machine.
             yield endpoint_slice(
                 ns,
                 f"svc-{s:02d}",
-                [f"10.{(a // 250) % 250}.{a % 250}.{b + 1}"],
+                [f"127.{100 + (a // 250) % 100}.{a % 250}.{b + 1}"],
                 name=f"svc-{s:02d}-x1",
             )
         names = [f"h{h}.{ns}.example.com" for h in range(hosts)]

@@ -243,6 +243,8 @@ class KubeApiServer:
         self.floor = self.rv
         """Watches from a resourceVersion below this get 410 Gone."""
         self._snapshots: OrderedDict[str, _Snapshot] = OrderedDict()
+        self._encoded: dict[tuple[str, str, str, str], tuple[dict[str, Any], bytes]] = {}
+        """(plural, namespace, name, version) -> (stored object, its JSON as served)."""
         self._watches: set[_Watch] = set()
         # observability for tests
         self.requests: deque[tuple[str, str, str]] = deque(maxlen=5000)
@@ -480,6 +482,8 @@ class KubeApiServer:
         held = self.objects[res.plural].pop(key, None)
         if held is None:
             raise ApiFailure(404, "NotFound", f"{res.plural} {name!r} not found")
+        for version in res.versions:
+            self._encoded.pop((res.plural, *key, version), None)
         gone = copy.deepcopy(held)
         gone["metadata"]["resourceVersion"] = str(self._bump())
         self._record(res.plural, "DELETED", gone)
@@ -683,6 +687,25 @@ class KubeApiServer:
             return obj
         return obj | {"apiVersion": api_version}
 
+    def _encode(self, obj: dict[str, Any], res: Resource, version: str) -> bytes:
+        """An object's JSON as served at `version`, encoded once per stored object.
+
+        Valid because writes replace a stored object and never mutate it: the cache entry
+        holds the object it was made from and is used only while that is still the one.
+        A large list is then a join of cached bytes, not a re-encoding of every item.
+        """
+        meta = obj["metadata"]
+        key = (res.plural, meta.get("namespace", ""), meta["name"], version)
+        hit = self._encoded.get(key)
+        if hit is not None and hit[0] is obj:
+            return hit[1]
+        data = json.dumps(self._out(obj, res, version), separators=(",", ":")).encode()
+        if self.objects[res.plural].get(key[1:3]) is obj:
+            self._encoded[key] = (obj, data)
+        else:
+            self._encoded.pop(key, None)
+        return data
+
     def _matching(self, res: Resource, namespace: str | None) -> list[dict[str, Any]]:
         items = self.objects[res.plural]
         keys = sorted(k for k in items if namespace is None or k[0] == namespace)
@@ -721,15 +744,16 @@ class KubeApiServer:
         else:
             self._snapshots.pop(snap_id, None)
         api_version = f"{res.group}/{version}" if res.group else version
-        body = {
-            "kind": res.kind + "List",
-            "apiVersion": api_version,
-            "metadata": meta,
-            "items": [self._out(o, res, version) for o in page],
-        }
-        return web.Response(
-            body=json.dumps(body, separators=(",", ":")), content_type="application/json"
+        head = {"kind": res.kind + "List", "apiVersion": api_version, "metadata": meta}
+        body = b"".join(
+            (
+                json.dumps(head, separators=(",", ":")).encode()[:-1],
+                b',"items":[',
+                b",".join(self._encode(o, res, version) for o in page),
+                b"]}",
+            )
         )
+        return web.Response(body=body, content_type="application/json")
 
     async def _watch(
         self, request: web.Request, res: Resource, version: str, namespace: str | None
@@ -767,7 +791,7 @@ class KubeApiServer:
                 await _write_event(resp, "ERROR", _gone_status(rv_s))
                 return resp
             for t, o in replay:
-                await _write_event(resp, t, self._out(o, res, version))
+                await _write_event(resp, t, self._encode(o, res, version))
             async with asyncio.timeout(timeout):
                 while True:
                     if self.bookmark_interval and w.bookmarks:
@@ -797,7 +821,7 @@ class KubeApiServer:
                         )
                         continue
                     etype, obj = payload
-                    await _write_event(resp, etype, self._out(obj, res, version))
+                    await _write_event(resp, etype, self._encode(obj, res, version))
         except TimeoutError:
             pass
         except (ConnectionResetError, RuntimeError):
@@ -827,10 +851,9 @@ def _gone_status(rv: str) -> dict[str, Any]:
     return status_body(410, "Expired", f"too old resource version: {rv}")
 
 
-async def _write_event(resp: web.StreamResponse, etype: str, obj: dict[str, Any]) -> None:
-    await resp.write(
-        json.dumps({"type": etype, "object": obj}, separators=(",", ":")).encode() + b"\n"
-    )
+async def _write_event(resp: web.StreamResponse, etype: str, obj: dict[str, Any] | bytes) -> None:
+    encoded = obj if isinstance(obj, bytes) else json.dumps(obj, separators=(",", ":")).encode()
+    await resp.write(b'{"type":"' + etype.encode() + b'","object":' + encoded + b"}\n")
 
 
 def _status(code: int, reason: str, message: str) -> web.Response:

@@ -1,22 +1,29 @@
-"""A thin JSON client of the Kubernetes API on top of kubernetes-asyncio's `ApiClient`.
+"""A thin JSON client of the Kubernetes API, straight on aiohttp.
 
-kubernetes-asyncio gives us configuration (kubeconfig or in-cluster), authentication and
-TLS; this module sends the few calls the source makes with `_preload_content=False` and
-reads the bodies itself, because deserialising every list item into model objects is
-exactly the cost (time and memory) sniffer exists to avoid. It owns the API error
-hierarchy (mapped from HTTP status, as kopf does). It must never cache objects, decide
-anything about routing, or call an endpoint outside `kinds.RBAC_RULES`.
+kubernetes-asyncio interprets kubeconfigs (in a child process, see `credentials.py`);
+this module sends the few calls the source makes and reads the bodies itself, because
+deserialising every list item into model objects is exactly the cost (time and memory)
+sniffer exists to avoid, and because importing the generated client alone costs ~40 MiB.
+It owns the API error hierarchy (mapped from HTTP status, as kopf does) and the one retry
+after a 401 with renewed credentials. It must never cache objects, decide anything about
+routing, or call an endpoint outside `kinds.RBAC_RULES`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import aiohttp
 
+from sniffer.routing.sources.kubernetes.credentials import (
+    Credentials,
+    CredentialsError,
+    CredentialStore,
+)
 from sniffer.routing.sources.kubernetes.settings import KubernetesSettings
 
 # Watch lines are single JSON objects; etcd caps one object at 1.5 MiB, so a line that
@@ -77,27 +84,49 @@ def error_from(status: int, body: Any) -> ApiError:
 class KubeApi:
     """The calls the source makes: discovery, list pages, watch streams, status patches."""
 
-    def __init__(self, client: Any, settings: KubernetesSettings) -> None:
-        self._client = client
+    def __init__(self, store: CredentialStore, settings: KubernetesSettings) -> None:
+        self._store = store
         self._settings = settings
+        self._session: aiohttp.ClientSession | None = None
+        self._ssl: ssl.SSLContext | None = None
+        self._session_generation = -1
+        self._tls_of: Credentials = store.current
 
     @classmethod
     async def connect(cls, settings: KubernetesSettings) -> KubeApi:
-        """Load the kubeconfig (or in-cluster config) and open a client; no request yet."""
-        from kubernetes_asyncio import config
-        from kubernetes_asyncio.client import ApiClient, Configuration
-
-        cfg = Configuration()
-        if settings.kubeconfig:
-            await config.load_kube_config(
-                config_file=settings.kubeconfig, client_configuration=cfg, persist_config=False
-            )
-        else:
-            config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
-        return cls(ApiClient(configuration=cfg), settings)
+        """Load the kubeconfig (or in-cluster credentials); no request yet."""
+        try:
+            store = await CredentialStore.open(settings.kubeconfig)
+        except CredentialsError as exc:
+            raise ApiUnavailable(0, "Credentials", str(exc)) from exc
+        return cls(store, settings)
 
     async def close(self) -> None:
-        await self._client.close()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        """The session for the current credentials (rebuilt when their TLS part changed)."""
+        store = self._store
+        if self._session is not None and self._session_generation == store.generation:
+            return self._session
+        creds = store.current
+        if self._session is None or self._ssl is None or not self._tls_of.same_tls(creds):
+            old = self._session
+            self._ssl = creds.ssl_context()
+            # One connection per watch stream plus a few for lists and status writes;
+            # no pool-wide cap, since a queued watch would silently never start.
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, ssl=self._ssl),
+                auto_decompress=True,
+            )
+            if old is not None:
+                asyncio.get_running_loop().create_task(old.close())
+        self._tls_of = creds
+        self._session_generation = store.generation
+        assert self._session is not None
+        return self._session
 
     async def _call(
         self,
@@ -108,27 +137,39 @@ class KubeApi:
         content_type: str | None = None,
         timeout: aiohttp.ClientTimeout | None = None,
     ) -> aiohttp.ClientResponse:
-        headers = {"Accept": "application/json"}
-        if content_type:
-            headers["Content-Type"] = content_type
         if timeout is None:
             timeout = aiohttp.ClientTimeout(
                 total=self._settings.request_timeout, sock_connect=self._settings.connect_timeout
             )
-        try:
-            resp: aiohttp.ClientResponse = await self._client.call_api(
-                path,
-                method,
-                query_params=query or [],
-                header_params=headers,
-                body=body,
-                auth_settings=["BearerToken"],
-                _preload_content=False,
-                _request_timeout=timeout,
-            )
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise ApiUnavailable(0, type(exc).__name__, str(exc) or repr(exc)) from exc
-        if resp.status >= 400:
+        data = None if body is None else json.dumps(body, separators=(",", ":")).encode()
+        store = self._store
+        if store.expiring():
+            await store.renew(store.generation)
+        for attempt in (1, 2):
+            generation = store.generation
+            session = self._client()
+            creds = store.current
+            headers = {"Accept": "application/json"}
+            if content_type:
+                headers["Content-Type"] = content_type
+            auth = store.authorization()
+            if auth:
+                headers["Authorization"] = auth
+            try:
+                resp = await session.request(
+                    method,
+                    creds.host + path,
+                    params=query or None,
+                    data=data,
+                    headers=headers,
+                    timeout=timeout,
+                    proxy=creds.proxy,
+                    server_hostname=creds.server_name,
+                )
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                raise ApiUnavailable(0, type(exc).__name__, str(exc) or repr(exc)) from exc
+            if resp.status < 400:
+                return resp
             try:
                 raw = await resp.read()
                 payload: Any = json.loads(raw) if raw else None
@@ -136,8 +177,12 @@ class KubeApi:
                 payload = None
             finally:
                 resp.release()
+            # A 401 (not 403: that is RBAC) may mean an exec plugin's or a bound token
+            # expired: load the credentials again and retry once.
+            if resp.status == 401 and attempt == 1 and await store.renew(generation):
+                continue
             raise error_from(resp.status, payload)
-        return resp
+        raise AssertionError("unreachable")
 
     async def request_json(
         self,

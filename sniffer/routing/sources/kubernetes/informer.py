@@ -13,13 +13,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import sys
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from sniffer.observe import metrics
 from sniffer.routing.sources.kubernetes.api import ApiError, Gone, KubeApi, error_from
-from sniffer.routing.sources.kubernetes.kinds import JSON, Kind, MalformedObject, Record
+from sniffer.routing.sources.kubernetes.kinds import (
+    JSON,
+    Kind,
+    MalformedObject,
+    Record,
+    object_key,
+)
 from sniffer.routing.sources.kubernetes.settings import KubernetesSettings
 
 log = logging.getLogger("sniffer.kubernetes")
@@ -198,10 +205,10 @@ class Informer:
             page = await self.api.list_page(self.path, self._settings.page_size, continue_)
             meta = page.get("metadata") or {}
             for obj in page.get("items") or ():
-                rec = self._record(obj, problems)
-                if rec is None:
+                keyed = self._record(obj, problems)
+                if keyed is None:
                     continue
-                ns, name = _key(rec)
+                ns, name, rec = keyed
                 bucket = new.get(ns)
                 if bucket is None:
                     bucket = new[ns] = {}
@@ -259,24 +266,28 @@ class Informer:
             if rv:
                 self.resource_version = str(rv)
             return
-        ns = str(meta.get("namespace") or "")
+        ns = sys.intern(str(meta.get("namespace") or ""))
         name = str(meta.get("name") or "")
         if etype in ("ADDED", "MODIFIED"):
-            rec = self._record(obj, self.problems)
-            if rec is None:
+            keyed = self._record(obj, self.problems)
+            if keyed is None:
                 self._remove(ns, name, now)
             else:
                 self.problems.pop((ns, name), None)
-                self._put(rec, now)
+                self._put(*keyed, now)
         elif etype == "DELETED":
             self.problems.pop((ns, name), None)
             self._remove(ns, name, now)
         if rv:
             self.resource_version = str(rv)
 
-    def _record(self, obj: JSON, problems: dict[tuple[str, str], str]) -> Record | None:
+    def _record(
+        self, obj: JSON, problems: dict[tuple[str, str], str]
+    ) -> tuple[str, str, Record] | None:
+        """(namespace, name, record) of a raw object, or None (and a problem) if malformed."""
         try:
-            return self._parse(obj)
+            rec = self._parse(obj)
+            return (*object_key(obj), rec)
         except (MalformedObject, ValueError, TypeError, KeyError, AttributeError) as exc:
             meta = obj.get("metadata") if isinstance(obj, Mapping) else None
             meta = meta if isinstance(meta, Mapping) else {}
@@ -286,8 +297,7 @@ class Informer:
             log.warning("%s", message)
             return None
 
-    def _put(self, rec: Record, now: float) -> None:
-        ns, name = _key(rec)
+    def _put(self, ns: str, name: str, rec: Record, now: float) -> None:
         bucket = self.store.get(ns)
         if bucket is None:
             bucket = self.store[ns] = {}
@@ -309,7 +319,3 @@ class Informer:
         self.count -= 1
         metrics.OBJECTS_CACHED.labels(self.kind.name).dec()
         self._on_change(self.kind, ns, now)
-
-
-def _key(rec: Record) -> tuple[str, str]:
-    return getattr(rec, "namespace", ""), rec.name

@@ -128,6 +128,17 @@ def parse_time(stamp: object) -> float:
     return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 
+def object_key(obj: JSON) -> tuple[str, str]:
+    """(namespace, name) an informer files the object under; the namespace interned."""
+    meta = obj.get("metadata")
+    if not isinstance(meta, Mapping) or not isinstance(meta.get("name"), str):
+        raise MalformedObject("metadata.name missing")
+    ns = meta.get("namespace") or ""
+    if not isinstance(ns, str):
+        raise MalformedObject("metadata.namespace is not a string")
+    return sys.intern(ns), meta["name"]
+
+
 def _meta(obj: JSON) -> tuple[str, str, JSON]:
     meta = obj.get("metadata")
     if not isinstance(meta, Mapping) or not isinstance(meta.get("name"), str):
@@ -203,8 +214,13 @@ class ServicePort:
 
 @dataclass(frozen=True, slots=True)
 class ServiceRec:
-    namespace: str
-    name: str
+    """A Service, keyed by (namespace, name) in its informer and not holding them.
+
+    Without its name most Services of a cluster look alike (same type, same port layout),
+    so identical records are one shared object (see `parse_service`): in endpoints mode a
+    Service costs the cache its dict slot and nothing else.
+    """
+
     type: str
     cluster_ip: str | None
     """None for headless Services (`clusterIP: None`) and ExternalName ones."""
@@ -216,13 +232,18 @@ class ServiceRec:
 
 @dataclass(frozen=True, slots=True)
 class EndpointSliceRec:
-    namespace: str
-    name: str
+    """An EndpointSlice, keyed by (namespace, name) in its informer and not holding them."""
+
     service: str | None
     ports: tuple[tuple[str, int], ...]
     """(port name, port number) of the slice."""
-    addresses: tuple[str, ...]
-    """First address of every endpoint whose `conditions.ready` is not false."""
+    addresses: str
+    """First address of every endpoint whose `conditions.ready` is not false, sorted and
+    comma-joined: one string instead of a tuple of strings is half the memory of the
+    largest kind in the cache, and only the few slices a route reads are ever split."""
+
+    def address_list(self) -> list[str]:
+        return self.addresses.split(",") if self.addresses else []
 
 
 @dataclass(frozen=True, slots=True)
@@ -411,12 +432,11 @@ def _shared(value: _T) -> _T:
 
 
 def parse_service(obj: JSON, http_port_annotation: str, keep_cluster_ip: bool = True) -> ServiceRec:
-    ns, name, meta = _meta(obj)
+    _, _, meta = _meta(obj)
     spec = _map(obj.get("spec"), "spec")
     stype = _s(spec.get("type") or "ClusterIP")
     cip = spec.get("clusterIP")
     cluster_ip = cip if isinstance(cip, str) and cip and cip != "None" else None
-    name = _s(name)  # shared with the `kubernetes.io/service-name` label of its slices
     ports = []
     for p in _list(spec.get("ports"), "spec.ports"):
         p = _map(p, "spec.ports[]")
@@ -432,19 +452,20 @@ def parse_service(obj: JSON, http_port_annotation: str, keep_cluster_ip: bool = 
             )
         )
     http = _annotations(meta).get(http_port_annotation)
-    return ServiceRec(
-        ns,
-        name,
+    rec = ServiceRec(
         stype,
         cluster_ip if keep_cluster_ip else None,
         _opt_s(spec.get("externalName")) if stype == "ExternalName" else None,
         _shared(tuple(ports)),
         _port_ref(http.strip()) if isinstance(http, str) and http.strip() else None,
     )
+    # Records without a ClusterIP or external name repeat across the cluster (a few
+    # layouts); the others are unique and would only fill the shared table.
+    return _shared(rec) if rec.cluster_ip is None and rec.external_name is None else rec
 
 
 def parse_endpoint_slice(obj: JSON) -> EndpointSliceRec:
-    ns, name, meta = _meta(obj)
+    _, _, meta = _meta(obj)
     labels = _map(meta.get("labels"), "metadata.labels")
     svc = labels.get(SERVICE_NAME_LABEL)
     ports = []
@@ -459,14 +480,12 @@ def parse_endpoint_slice(obj: JSON) -> EndpointSliceRec:
             continue
         addrs = _list(ep.get("addresses"), "endpoints[].addresses")
         # All addresses of one endpoint are the same pod (the API calls them fungible).
-        if addrs and isinstance(addrs[0], str):
+        if addrs and isinstance(addrs[0], str) and "," not in addrs[0]:
             addresses.append(addrs[0])
     return EndpointSliceRec(
-        ns,
-        name,
         _s(svc) if isinstance(svc, str) else None,
         _shared(tuple(sorted(ports))),
-        tuple(sorted(addresses)),
+        ",".join(sorted(addresses)),
     )
 
 

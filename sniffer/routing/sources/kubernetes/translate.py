@@ -190,28 +190,28 @@ class _Backends:
             else:
                 endpoints = (Endpoint(svc.external_name, number),)
         else:
-            endpoints = self._endpoints(ns, svc, port, source)
+            endpoints = self._endpoints(ns, service, svc, port, source)
         self.out[name] = Backend(name=name, tenant=ns, endpoints=endpoints, source=source)
         return name
 
     def _endpoints(
-        self, ns: str, svc: ServiceRec, port: PortRef, source: str
+        self, ns: str, service: str, svc: ServiceRec, port: PortRef, source: str
     ) -> tuple[Endpoint, ...]:
         sp = next(
             (p for p in svc.ports if (p.name == port if isinstance(port, str) else p.port == port)),
             None,
         )
         if sp is None:
-            self.problems.append(f"{source}: Service {ns}/{svc.name} has no port {port!r}")
+            self.problems.append(f"{source}: Service {ns}/{service} has no port {port!r}")
             return ()
         if self.settings.backend_mode == "clusterip" and svc.cluster_ip:
             return (Endpoint(svc.cluster_ip, sp.port),)
         seen: set[Endpoint] = set()
-        for s in self._slices_of(ns, svc.name):
+        for s in self._slices_of(ns, service):
             number = next((n for (pname, n) in s.ports if pname == sp.name), None)
             if number is None:
                 continue
-            for addr in s.addresses:
+            for addr in s.address_list():
                 seen.add(Endpoint(addr, number))
         return tuple(sorted(seen, key=lambda e: (e.host, e.port)))
 
