@@ -62,11 +62,14 @@ class Memory:
     rss: int  # bytes, summed over the tree
     pss: int  # bytes, summed over the tree (shared pages split between sharers)
     per_process_rss: list[int]
+    worker_rss: list[int]
+    """RSS of the processes that relay (for sniffer: its `sniffer.proxy.worker`s)."""
 
 
 def memory(root: int) -> Memory:
     rss = pss = 0
     per: list[int] = []
+    workers: list[int] = []
     for pid in tree(root):
         vals = {"Rss:": 0, "Pss:": 0}
         try:
@@ -80,7 +83,14 @@ def memory(root: int) -> Memory:
         rss += vals["Rss:"]
         pss += vals["Pss:"]
         per.append(vals["Rss:"])
-    return Memory(rss, pss, per)
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"sniffer.proxy.worker" in f.read():
+                    workers.append(vals["Rss:"])
+        except OSError:
+            pass
+    # Rows other than sniffer's do not split control from data plane: all of them count.
+    return Memory(rss, pss, per, workers or per)
 
 
 class PeakSampler:

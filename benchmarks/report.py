@@ -166,12 +166,21 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             workers = max(1, results["rows"][r]["workers"])
             add(
                 r,
-                "idle RSS per worker (largest process)",
-                idle[r]["max_process_rss"] / MIB,
+                "idle RSS per worker (largest relaying process)",
+                idle[r].get("max_worker_rss", idle[r]["max_process_rss"]) / MIB,
                 30.0,
                 "MiB",
                 f"<= 30 MiB ({idle[r]['processes']} processes, {workers} workers)",
             )
+            if idle[r]["processes"] > workers:
+                add(
+                    r,
+                    "idle RSS of the whole process tree (control + workers)",
+                    idle[r]["rss"] / MIB,
+                    None,
+                    "MiB",
+                    "reported, no target",
+                )
         add(
             r,
             "user-space memory per idle connection (PSS)",

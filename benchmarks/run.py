@@ -179,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
                         "pss": m.pss,
                         "processes": len(m.per_process_rss),
                         "max_process_rss": max(m.per_process_rss, default=0),
+                        "max_worker_rss": max(m.worker_rss, default=0),
                     }
             with name_mapping(d) as prefix:
                 ctx = Context(bench, s, prefix, d)

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
-import uvloop
 
 from sniffer.observe.stats import DataPlaneStats
 from sniffer.proxy.server import DataPlane, ProxySettings
@@ -18,24 +14,6 @@ from sniffer.routing.table import RouteTable, TableSpec
 from tests.support.pki import PKI
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def require_binary(name: str) -> str:
-    """Path of a binary tests need; skip when missing, but fail under CI (CI installs it)."""
-    sbin = f"/usr/sbin/{name}"
-    path = shutil.which(name) or (sbin if os.path.exists(sbin) else None)
-    if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{name} is required under CI (.ci/run installs it)")
-        pytest.skip(f"{name} not installed (apt-get install it to run this test)")
-    return path
-
-
-def pytest_asyncio_loop_factories(
-    config: pytest.Config, item: pytest.Item
-) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
-    """Tests run on uvloop, like `sniffer serve` does."""
-    return {"uvloop": uvloop.new_event_loop}
 
 
 @pytest.fixture(scope="session")

@@ -412,6 +412,11 @@ class ClientConnection(asyncio.Protocol):
                 transport.write(tls_alert(alert))
         elif http_status is not None:
             transport.write(http_error(http_status, reason.replace("_", " ")))
+        if self.client_eof:
+            # The client already half-closed: nothing more will come, and uvloop must not
+            # be asked for write_eof() on a transport that saw EOF (it can double-free).
+            transport.close()
+            return
         # Half-close and linger briefly so the client reads our answer instead of an RST
         # caused by bytes it sent that we never read.
         if transport.can_write_eof():

@@ -7,6 +7,7 @@ that succeeds proves sniffer passed the TLS bytes through untouched.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import socket
 import ssl
@@ -36,10 +37,8 @@ def client_hello(name: str | None, alpn: list[str] | None = None) -> bytes:
     obj = ctx.wrap_bio(incoming, outgoing, server_hostname=name)
     if name is None:
         ctx.check_hostname = False
-    try:
+    with contextlib.suppress(ssl.SSLWantReadError):
         obj.do_handshake()
-    except ssl.SSLWantReadError:
-        pass
     return outgoing.read()
 
 
@@ -89,7 +88,8 @@ async def tls_request(pki: PKI, port: int, name: str, line: bytes = b"who\n") ->
 
 @pytest.fixture
 async def tenants(pki: PKI) -> dict[str, TLSBackend]:
-    a = await TLSBackend("a", pki.issue("app.a.example", "*.a.example", "deep.x.a.example").server_context()).start()
+    leaf = pki.issue("app.a.example", "*.a.example", "deep.x.a.example")
+    a = await TLSBackend("a", leaf.server_context()).start()
     b = await TLSBackend("b", pki.issue("app.b.example").server_context()).start()
     yield {"a": a, "b": b}  # type: ignore[misc]
     await a.close()
@@ -547,3 +547,24 @@ async def test_drain_closes_what_outlives_the_grace(data_plane: PlaneFactory) ->
     writer.close()
     b_writer.close()
     await raw.close()
+
+
+async def test_dial_failure_after_client_half_close_still_answers(
+    data_plane: PlaneFactory,
+) -> None:
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))  # bound, not listening: refused
+    plane = await data_plane(
+        tls_spec({"gone": [dead.getsockname()[1]]}, {"app.gone.example": "gone"})
+    )
+    port = plane.bound_ports()["main"]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(client_hello("app.gone.example"))
+    writer.write_eof()  # hello, then FIN: the dial fails after the client half-closed
+    assert await asyncio.wait_for(reader.read(), 10) == bytes.fromhex("15030300020250")
+    writer.close()
+    dead.close()
+    # The process is fine: the next connection is answered the same way.
+    assert await _refusal(port, client_hello("app.gone.example")) == bytes.fromhex(
+        "15030300020250"
+    )

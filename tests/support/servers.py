@@ -104,7 +104,7 @@ class RawBackend:
         default_factory=asyncio.Queue
     )
 
-    async def start(self) -> RecordingBackend:
+    async def start(self) -> RawBackend:
         self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
         self.port = self.server.sockets[0].getsockname()[1]
         return self

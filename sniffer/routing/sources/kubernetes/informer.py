@@ -287,7 +287,8 @@ class Informer:
         """(namespace, name, record) of a raw object, or None (and a problem) if malformed."""
         try:
             rec = self._parse(obj)
-            return (*object_key(obj), rec)
+            ns, name = object_key(obj)
+            return ns, sys.intern(name) if self.kind.shared_names else name, rec
         except (MalformedObject, ValueError, TypeError, KeyError, AttributeError) as exc:
             meta = obj.get("metadata") if isinstance(obj, Mapping) else None
             meta = meta if isinstance(meta, Mapping) else {}

@@ -40,6 +40,10 @@ class Kind:
     namespaced: bool = True
     optional: bool = False
     """The kind may be absent from a cluster (Gateway API CRDs not installed)."""
+    shared_names: bool = False
+    """Names repeat across namespaces and in other kinds (a Service's name is every one of
+    its slices' label): interned. Other names are unique (an intern-table entry per
+    object would cost more than it saves)."""
 
     def path(self, version: str, namespace: str | None = None, name: str | None = None) -> str:
         base = "/api/" + version if not self.group else f"/apis/{self.group}/{version}"
@@ -53,7 +57,7 @@ class Kind:
 
 INGRESS = Kind("Ingress", "networking.k8s.io", "ingresses", ("v1",))
 INGRESS_CLASS = Kind("IngressClass", "networking.k8s.io", "ingressclasses", ("v1",), False)
-SERVICE = Kind("Service", "", "services", ("v1",))
+SERVICE = Kind("Service", "", "services", ("v1",), shared_names=True)
 ENDPOINT_SLICE = Kind("EndpointSlice", "discovery.k8s.io", "endpointslices", ("v1",))
 GATEWAY_CLASS = Kind(
     "GatewayClass", GATEWAY_GROUP, "gatewayclasses", ("v1", "v1beta1"), False, True
@@ -145,7 +149,7 @@ def _meta(obj: JSON) -> tuple[str, str, JSON]:
         raise MalformedObject("metadata.name missing")
     # Namespaces repeat in every record: interned. Names are unique: not interned
     # (an intern-table entry per object would cost more than it saves), except where
-    # another kind repeats them (Service names, see `parse_service`).
+    # another kind repeats them (`Kind.shared_names`, applied by the informer's key).
     return _s(meta.get("namespace") or ""), str(meta["name"]), meta
 
 
