@@ -568,3 +568,55 @@ async def test_dial_failure_after_client_half_close_still_answers(
     assert await _refusal(port, client_hello("app.gone.example")) == bytes.fromhex(
         "15030300020250"
     )
+
+
+async def test_a_crowd_of_bad_clients_never_disturbs_good_ones(
+    data_plane: PlaneFactory, pki: PKI, tenants: dict[str, TLSBackend]
+) -> None:
+    import random
+
+    rng = random.Random(7)
+    plane = await data_plane(
+        tls_spec({"a": [tenants["a"].port]}, {"app.a.example": "a"}), hello_timeout=1.0
+    )
+    port = plane.bound_ports()["main"]
+    hello = client_hello("app.a.example")
+    huge = bytearray(client_hello("app.a.example"))
+    huge[3:5] = (16000).to_bytes(2, "big")  # record claims 16000 bytes...
+    huge[6:9] = (70000).to_bytes(3, "big")  # ...and a hello larger than any cap
+
+    async def bad(kind: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        sock = writer.get_extra_info("socket")
+        if kind == 0:  # random bytes that start like TLS
+            writer.write(b"\x16\x03\x01" + rng.randbytes(rng.randrange(1, 600)))
+        elif kind == 1:  # half a hello, then a reset
+            writer.write(hello[: rng.randrange(1, len(hello))])
+            await writer.drain()
+            linger_zero = (1).to_bytes(4, "little") + bytes(4)  # close() sends an RST
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger_zero)
+        elif kind == 2:  # an oversized hello
+            writer.write(bytes(huge))
+        elif kind == 3:  # garbage that is not TLS at all
+            writer.write(rng.randbytes(64))
+        else:  # a truncated hello and silence until the hello timeout
+            writer.write(hello[:7])
+        with contextlib.suppress(ConnectionError):
+            await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+
+    async def good() -> bytes:
+        return await tls_request(pki, port, "app.a.example")
+
+    jobs = [bad(i % 5) for i in range(100)] + [good() for _ in range(20)]
+    rng.shuffle(jobs)
+    results = await asyncio.gather(*jobs)
+    assert [r for r in results if r is not None] == [b"a\n"] * 20
+    await _closed(plane)
+    snap = plane.stats.snapshot().counters
+    refused = sum(v for (name, _), v in snap.items() if name == "sniffer_refused_connections")
+    assert snap[("sniffer_accepted_connections", ("main",))] == 120
+    assert refused == 100
+    assert snap[("sniffer_connections", ("main", "a", "tenant-a"))] == 20
+    reasons = {labels[1] for (name, labels) in snap if name == "sniffer_refused_connections"}
+    assert {"not_tls", "hello_too_large", "hello_timeout"} <= reasons
