@@ -42,4 +42,4 @@ USER 65532:65532
 # Unprivileged ports (manifests map the node's 443/80 onto them) and the admin endpoint.
 EXPOSE 8443 8080 9190
 ENTRYPOINT ["sniffer"]
-CMD ["serve", "--kubernetes", "--listen", "tls:0.0.0.0:8443", "--listen", "http:0.0.0.0:8080", "--admin", "0.0.0.0:9190"]
+CMD ["serve", "--kubernetes", "--listen", "tls:0.0.0.0:8443@443", "--listen", "http:0.0.0.0:8080@80", "--admin", "0.0.0.0:9190"]

@@ -45,20 +45,28 @@ def _main(
 
 
 def parse_listen(values: list[str]) -> tuple[Listener, ...]:
-    """`tls:0.0.0.0:443` / `http:[::]:80` -> Listener(name="tls-443", ...)."""
+    """`tls:0.0.0.0:443` / `http:[::]:80` / `tls:0.0.0.0:8443@443` -> Listener(...).
+
+    `@PORT` names the port clients reach when a hostPort or NAT maps it onto the bound
+    one; Gateway listeners are matched against it and it names the listener (`tls-443`).
+    """
     out: list[Listener] = []
     for v in values:
         proto, sep, addr = v.partition(":")
         if not sep or proto not in ("tls", "http"):
-            raise typer.BadParameter(f"{v!r}: expected tls:HOST:PORT or http:HOST:PORT")
+            raise typer.BadParameter(f"{v!r}: expected tls:HOST:PORT[@PUBLIC] or http:...")
+        addr, at, public = addr.partition("@")
         try:
             host, port = split_host_port(addr)
+            public_port = split_host_port(f"x:{public}")[1] if at else None
         except ValueError as exc:
             raise typer.BadParameter(f"{v!r}: {exc}") from None
-        name = f"{proto}-{port}"
+        name = f"{proto}-{public_port or port}"
         if any(lis.name == name for lis in out):
             name = f"{proto}-{host}-{port}"
-        out.append(Listener(name, host, port, "tls" if proto == "tls" else "http"))
+        out.append(
+            Listener(name, host, port, "tls" if proto == "tls" else "http", public_port=public_port)
+        )
     return tuple(out)
 
 

@@ -153,3 +153,15 @@ def test_route_table_explains_a_host(tmp_path: Path) -> None:
     text = run("route-table", "--routes", str(good), "--host", "x.tenant-a.example").stdout
     assert "tls: x.tenant-a.example -> wildcard: tenant-a" in text
     assert "web: x.tenant-a.example -> none: refused" in text
+
+
+def test_listen_flags() -> None:
+    from sniffer.cli import parse_listen
+
+    tls, http, v6 = parse_listen(["tls:0.0.0.0:8443@443", "http:0.0.0.0:80", "tls:[::]:9443"])
+    assert (tls.name, tls.host, tls.port, tls.serves_port) == ("tls-443", "0.0.0.0", 8443, 443)
+    assert (http.name, http.protocol, http.serves_port) == ("http-80", "http", 80)
+    assert (v6.name, v6.host, v6.port) == ("tls-9443", "::", 9443)
+    for bad in ("udp:0.0.0.0:53", "tls:0.0.0.0", "tls:0.0.0.0:8443@x", "tls:::443"):
+        out = run("serve", "--listen", bad, "--workers", "0")
+        assert out.returncode == 2 and "Invalid value" in out.stderr, (bad, out.stderr)

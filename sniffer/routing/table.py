@@ -62,6 +62,13 @@ class Listener:
     protocol: Protocol
     default_backend: str | None = None
     proxy_protocol_in: bool = False
+    public_port: int | None = None
+    """The port clients connect to when it differs from the bound one (a hostPort or
+    NAT maps 443 onto 8443): Gateway listeners are matched against this port."""
+
+    @property
+    def serves_port(self) -> int:
+        return self.public_port if self.public_port is not None else self.port
 
     @property
     def address(self) -> str:
@@ -258,6 +265,7 @@ class RouteTable:
                     "protocol": lis.protocol,
                     "default_backend": lis.default_backend,
                     "proxy_protocol_in": lis.proxy_protocol_in,
+                    "public_port": lis.public_port,
                 }
                 for lis in self.listeners
             ],
@@ -307,6 +315,7 @@ class RouteTable:
                     protocol=lis["protocol"],
                     default_backend=lis.get("default_backend"),
                     proxy_protocol_in=bool(lis.get("proxy_protocol_in")),
+                    public_port=lis.get("public_port"),
                 )
             )
         backends = []

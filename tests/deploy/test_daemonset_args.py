@@ -64,8 +64,9 @@ def test_daemonset_args_run(layout: str, tmp_path: Path) -> None:
             cmd += ["--routes", str(routes)]
         elif arg.startswith("--listen="):
             proto = arg.split("=", 1)[1].split(":", 1)[0]
+            public = "@" + arg.rsplit("@", 1)[1] if "@" in arg else ""
             ports[proto] = _free_port()
-            cmd.append(f"--listen={proto}:127.0.0.1:{ports[proto]}")
+            cmd.append(f"--listen={proto}:127.0.0.1:{ports[proto]}{public}")
         elif arg.startswith("--admin="):
             ports["admin"] = _free_port()
             cmd.append(f"--admin=127.0.0.1:{ports['admin']}")

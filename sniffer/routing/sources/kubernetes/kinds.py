@@ -235,16 +235,35 @@ class ServiceRec:
 
 
 @dataclass(frozen=True, slots=True)
-class EndpointSliceRec:
-    """An EndpointSlice, keyed by (namespace, name) in its informer and not holding them."""
+class SliceTarget:
+    """What an EndpointSlice serves: its Service and ports (shared by most slices)."""
 
     service: str | None
     ports: tuple[tuple[str, int], ...]
     """(port name, port number) of the slice."""
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointSliceRec:
+    """An EndpointSlice, keyed by (namespace, name) in its informer and not holding them.
+
+    Slices are the most numerous objects of a cluster, so the record is two references:
+    the shared `SliceTarget` and one string of addresses.
+    """
+
+    target: SliceTarget
     addresses: str
     """First address of every endpoint whose `conditions.ready` is not false, sorted and
-    comma-joined: one string instead of a tuple of strings is half the memory of the
-    largest kind in the cache, and only the few slices a route reads are ever split."""
+    comma-joined: one string instead of a tuple of strings is half the memory, and only
+    the few slices a route reads are ever split."""
+
+    @property
+    def service(self) -> str | None:
+        return self.target.service
+
+    @property
+    def ports(self) -> tuple[tuple[str, int], ...]:
+        return self.target.ports
 
     def address_list(self) -> list[str]:
         return self.addresses.split(",") if self.addresses else []
@@ -486,11 +505,8 @@ def parse_endpoint_slice(obj: JSON) -> EndpointSliceRec:
         # All addresses of one endpoint are the same pod (the API calls them fungible).
         if addrs and isinstance(addrs[0], str) and "," not in addrs[0]:
             addresses.append(addrs[0])
-    return EndpointSliceRec(
-        _s(svc) if isinstance(svc, str) else None,
-        _shared(tuple(sorted(ports))),
-        ",".join(sorted(addresses)),
-    )
+    target = SliceTarget(_s(svc) if isinstance(svc, str) else None, tuple(sorted(ports)))
+    return EndpointSliceRec(_shared(target), ",".join(sorted(addresses)))
 
 
 def _generation(meta: JSON) -> int:
