@@ -22,7 +22,7 @@ from typing import Any
 
 from sniffer.observe import metrics
 from sniffer.observe.stats import Snapshot, merge
-from sniffer.proxy.worker import receive, send
+from sniffer.proxy.worker import encode, receive, send
 from sniffer.routing.table import RouteTable
 
 log = logging.getLogger("sniffer.workers")
@@ -45,6 +45,7 @@ class Supervisor:
         self.count = count
         self.settings = settings
         self.table = RouteTable.empty()
+        self._table_frame = encode(("table", self.table))
         self.workers = [_Worker(i) for i in range(count)]
         self.retired = Snapshot()
         """Counters and histograms of workers that died: kept so totals never go down."""
@@ -67,16 +68,17 @@ class Supervisor:
 
     def install(self, table: RouteTable) -> None:
         self.table = table
+        self._table_frame = encode(("table", table))
         for w in self.workers:
             if w.writer is not None:
-                self._spawn_task(self._send(w, ("table", table)))
+                self._spawn_task(self._send(w, self._table_frame))
 
     def _spawn_task(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _send(self, w: _Worker, message: tuple[str, Any]) -> None:
+    async def _send(self, w: _Worker, message: tuple[str, Any] | bytes) -> None:
         if w.writer is None:
             return
         # A dead worker's reader task sees it exit and restarts it.
@@ -100,7 +102,7 @@ class Supervisor:
         reader, writer = await asyncio.open_connection(sock=parent)
         w.writer = writer
         await self._send(w, ("settings", {**self.settings, "index": w.index}))
-        await self._send(w, ("table", self.table))
+        await self._send(w, self._table_frame)
         self._spawn_task(self._read(w, reader))
 
     async def _read(self, w: _Worker, reader: asyncio.StreamReader) -> None:

@@ -25,13 +25,20 @@ from sniffer.observe.stats import DataPlaneStats
 _HEADER = struct.Struct("!I")
 # A table for thousands of tenants pickles to a few MB; refuse absurd frames outright.
 _MAX_FRAME = 512 * 1024 * 1024
+_INLINE_FRAME = 256 * 1024
+"""Frames up to this size (a table of a few hundred routes) are decoded inline."""
 STATS_INTERVAL = 1.0
 """Seconds between a worker's stats snapshots (the staleness bound of /metrics)."""
 
 
-async def send(writer: asyncio.StreamWriter, message: tuple[str, Any]) -> None:
+def encode(message: tuple[str, Any]) -> bytes:
+    """One frame: a length prefix and the pickle (encode once, send to every worker)."""
     data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    writer.write(_HEADER.pack(len(data)) + data)
+    return _HEADER.pack(len(data)) + data
+
+
+async def send(writer: asyncio.StreamWriter, message: tuple[str, Any] | bytes) -> None:
+    writer.write(message if isinstance(message, bytes) else encode(message))
     await writer.drain()
 
 
@@ -39,7 +46,16 @@ async def receive(reader: asyncio.StreamReader) -> tuple[str, Any]:
     (n,) = _HEADER.unpack(await reader.readexactly(_HEADER.size))
     if n > _MAX_FRAME:
         raise ValueError(f"frame of {n} bytes")
-    message: tuple[str, Any] = pickle.loads(await reader.readexactly(n))
+    data = await reader.readexactly(n)
+    if n > _INLINE_FRAME:
+        # A large table takes tens of milliseconds to unpickle and index; in a thread the
+        # GIL's switch interval lets the event loop keep relaying meanwhile instead of
+        # stalling every connection of this worker for the whole rebuild.
+        message: tuple[str, Any] = await asyncio.get_running_loop().run_in_executor(
+            None, pickle.loads, data
+        )
+    else:
+        message = pickle.loads(data)
     return message
 
 

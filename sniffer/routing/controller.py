@@ -29,7 +29,7 @@ class RouteController:
         self._specs: dict[str, TableSpec] = {}
         self._subscribers: list[Subscriber] = []
         self._version = 0
-        self._gauged: set[tuple[str, str]] = set()
+        self._gauged: dict[tuple[str, str], int] = {}
         self.changed = asyncio.Event()
         """Set each time a new table goes live (tests and the CLI wait on it)."""
 
@@ -84,14 +84,16 @@ class RouteController:
         metrics.BACKENDS.set(len(table.backends))
         metrics.CONFLICTS.set(len(table.conflicts))
         metrics.LAST_RELOAD.set(table.built_at)
-        seen: set[tuple[str, str]] = set()
-        for b in routed_backends(table):
-            key = (b.name, b.tenant)
-            seen.add(key)
-            metrics.BACKEND_ENDPOINTS.labels(*key).set(len(b.endpoints))
-        for key in self._gauged - seen:
+        # Touch only the series that changed: at thousands of backends, setting every
+        # gauge on every rebuild would cost more than the rebuild itself.
+        now = {(b.name, b.tenant): len(b.endpoints) for b in routed_backends(table)}
+        before = self._gauged
+        for key, n in now.items():
+            if before.get(key) != n:
+                metrics.BACKEND_ENDPOINTS.labels(*key).set(n)
+        for key in before.keys() - now.keys():
             metrics.BACKEND_ENDPOINTS.remove(*key)
-        self._gauged = seen
+        self._gauged = now
 
     async def run(self) -> None:
         """Run every source until cancelled; a source that crashes is logged and restarted."""

@@ -354,12 +354,83 @@ class RouteTable:
         table.built_at = float(data.get("built_at", table.built_at))
         return table
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        """Pickle as plain tuples and rebuild the indices on arrival.
+
+        Workers receive every table; pickling thousands of slotted dataclasses costs
+        ~10x what tuples do, and rebuilding the index is cheaper than shipping it.
+        """
+        listeners = tuple(
+            (
+                x.name,
+                x.host,
+                x.port,
+                x.protocol,
+                x.default_backend,
+                x.proxy_protocol_in,
+                x.public_port,
+            )
+            for x in self.listeners
+        )
+        backends = tuple(
+            (
+                b.name,
+                b.tenant,
+                tuple((e.host, e.port) for e in b.endpoints),
+                b.proxy_protocol,
+                b.source,
+            )
+            for b in self.backends.values()
+        )
+        routes = tuple(
+            (
+                r.host,
+                tuple((w.backend, w.weight) for w in r.backends),
+                None if r.listeners is None else tuple(r.listeners),
+                r.multi_label,
+                r.source,
+                r.precedence,
+            )
+            for r in self.routes
+        )
+        return (_unpickle_table, (self.version, self.built_at, listeners, backends, routes))
+
     def summary(self) -> dict[str, int]:
         return {
             "routes": len(self.routes),
             "backends": len(self.backends),
             "conflicts": len(self.conflicts),
         }
+
+
+def _unpickle_table(
+    version: int,
+    built_at: float,
+    listeners: tuple[tuple[Any, ...], ...],
+    backends: tuple[tuple[Any, ...], ...],
+    routes: tuple[tuple[Any, ...], ...],
+) -> RouteTable:
+    spec = TableSpec(
+        tuple(Listener(*x) for x in listeners),
+        tuple(
+            Backend(name, tenant, tuple(Endpoint(h, p) for h, p in eps), pp, source)
+            for name, tenant, eps, pp, source in backends
+        ),
+        tuple(
+            Route(
+                host,
+                tuple(WeightedBackend(n, w) for n, w in targets),
+                None if only is None else frozenset(only),
+                multi,
+                source,
+                precedence,
+            )
+            for host, targets, only, multi, source, precedence in routes
+        ),
+    )
+    table = RouteTable.build(spec, version)
+    table.built_at = built_at
+    return table
 
 
 def split_host_port(address: str) -> tuple[str, int]:

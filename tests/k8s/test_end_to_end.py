@@ -53,7 +53,7 @@ def _free_port() -> int:
 async def _eventually(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
     """Retry `check` until it holds: the subprocess offers no event to wait on."""
     async with asyncio.timeout(timeout):
-        while not await check():  # noqa: ASYNC110 (another process: nothing to wait on)
+        while not await check():
             await asyncio.sleep(0.1)  # retry interval against another process, not a sync
     assert await check(), what
 
@@ -110,7 +110,7 @@ async def test_tls_through_sniffer_follows_the_cluster(api_server, kubeconfig, t
     )
     await api_server.go_down()  # sniffer starts before the API is reachable
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen(  # noqa: ASYNC220 (Popen returns at once)
+    proc = subprocess.Popen(
         [
             str(SNIFFER),
             "serve",

@@ -295,3 +295,25 @@ async def test_server_validates_against_crd_schema(api_server):
     with pytest.raises(ApiFailure) as err:
         api_server.create(bad)
     assert err.value.code == 422
+
+
+async def test_gateway_port_matches_the_public_port_of_a_mapped_listener(
+    api_server, harness_factory
+):
+    # The DaemonSet binds 8443 and the node's hostPort 443 maps onto it
+    # (`--listen tls:0.0.0.0:8443@443`): the Gateway's port 443 must attach.
+    from sniffer.routing.table import Listener
+
+    mapped = Listener("tls-443", "0.0.0.0", 8443, "tls", public_port=443)
+    unmapped = Listener("tls-8443", "0.0.0.0", 8443, "tls")
+    _infra(api_server)
+    _svc(api_server, "team-a")
+    api_server.create(o.tls_route("team-a", "r", ["app.a.example.com"], [o.backend_ref("web", 443)]))
+    h = harness_factory(listeners=(mapped,))
+    await h.start()
+    assert h.lookup("app.a.example.com") == (MatchKind.EXACT, "team-a/web:443")
+    await h.stop()
+    h2 = harness_factory(listeners=(unmapped,), write_status=False)
+    await h2.start()
+    assert h2.lookup("app.a.example.com", listener="tls-8443") == (MatchKind.NONE, None)
+    await h2.stop()

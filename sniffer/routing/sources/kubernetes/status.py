@@ -126,7 +126,7 @@ def desired_gateway_status(
     gw = view.gateways(namespace).get(name)
     if gw is None:
         return None
-    tls_ports = {lis.port: lis.name for lis in listeners if lis.protocol == "tls"}
+    tls_ports = {lis.serves_port: lis.name for lis in listeners if lis.protocol == "tls"}
     gen = gw.generation
     out_listeners = []
     programmed_any = False

@@ -19,6 +19,7 @@ Services of other shapes (documented behaviour):
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -328,7 +329,8 @@ def translate_namespace(
     tls_by_port: dict[int, list[str]] = {}
     for lis in listeners:
         if lis.protocol == "tls":
-            tls_by_port.setdefault(lis.port, []).append(lis.name)
+            # A hostPort may map the Gateway's 443 onto a bound 8443: match what clients use.
+            tls_by_port.setdefault(lis.serves_port, []).append(lis.name)
     for rt in sorted(view.tls_routes(ns).values(), key=lambda r: (r.created, r.name)):
         source = f"TLSRoute {ns}/{rt.name}"
         prec = (rt.created, f"{ns}/{rt.name}")
@@ -580,9 +582,7 @@ def assemble(listeners: tuple[Listener, ...], results: Mapping[str, NamespaceRes
     out_listeners = tuple(
         lis
         if lis.default_backend is not None or lis.protocol not in best
-        else Listener(
-            lis.name, lis.host, lis.port, lis.protocol, best[lis.protocol][1], lis.proxy_protocol_in
-        )
+        else dataclasses.replace(lis, default_backend=best[lis.protocol][1])
         for lis in listeners
     )
     return TableSpec(
