@@ -308,7 +308,9 @@ async def test_gateway_port_matches_the_public_port_of_a_mapped_listener(
     unmapped = Listener("tls-8443", "0.0.0.0", 8443, "tls")
     _infra(api_server)
     _svc(api_server, "team-a")
-    api_server.create(o.tls_route("team-a", "r", ["app.a.example.com"], [o.backend_ref("web", 443)]))
+    api_server.create(
+        o.tls_route("team-a", "r", ["app.a.example.com"], [o.backend_ref("web", 443)])
+    )
     h = harness_factory(listeners=(mapped,))
     await h.start()
     assert h.lookup("app.a.example.com") == (MatchKind.EXACT, "team-a/web:443")
