@@ -19,6 +19,7 @@ from sniffer.observe.accesslog import AccessLog
 from sniffer.observe.admin import AdminServer
 from sniffer.observe.metrics import DataPlaneCollector
 from sniffer.proxy.server import DataPlane, ProxySettings
+from sniffer.proxy.supervisor import Supervisor
 from sniffer.routing.controller import RouteController
 from sniffer.routing.sources import RouteSource
 from sniffer.routing.table import RouteTable
@@ -35,10 +36,6 @@ class ServeOptions:
     log_level: str = "info"
 
 
-class StartupError(RuntimeError):
-    pass
-
-
 async def serve(sources: list[RouteSource], opts: ServeOptions) -> int:
     loop = asyncio.get_running_loop()
     controller = RouteController(sources)
@@ -48,7 +45,8 @@ async def serve(sources: list[RouteSource], opts: ServeOptions) -> int:
         loop.add_signal_handler(sig, stop.set)
 
     plane: DataPlane | None = None
-    supervisor: Any = None
+    supervisor: Supervisor | None = None
+    installer: asyncio.Task[None] | None = None
     if opts.workers == 0:
         plane = DataPlane(opts.proxy, access_log=AccessLog() if opts.access_log else None)
         local = plane
@@ -65,8 +63,6 @@ async def serve(sources: list[RouteSource], opts: ServeOptions) -> int:
 
         installer = loop.create_task(install_loop())
     else:
-        from sniffer.proxy.supervisor import Supervisor
-
         supervisor = Supervisor(
             opts.workers,
             {
@@ -75,32 +71,28 @@ async def serve(sources: list[RouteSource], opts: ServeOptions) -> int:
                 "log_level": opts.log_level,
             },
         )
-        sup = supervisor
-        collector = DataPlaneCollector(sup.snapshots)
+        collector = DataPlaneCollector(supervisor.snapshots)
         await supervisor.start()
         controller.subscribe(supervisor.install)
-        installer = None
     metrics.REGISTRY.register(collector)
 
     def readiness() -> tuple[bool, dict[str, Any]]:
+        """Ready: every source synced and every data plane listening with the newest table."""
         detail = controller.health()
-        errors = plane.listen_errors if plane is not None else {}
         if supervisor is not None:
             errors = {k: v for w in supervisor.workers for k, v in w.listen_errors.items()}
-        detail["listen_errors"] = errors
-        if plane is not None:
-            detail["listening"] = plane.bound_ports()
-        if opts.workers:
+            serving = supervisor.ready
             detail["workers"] = [
                 {"index": w.index, "pid": w.process.pid if w.process else None}
                 for w in supervisor.workers
             ]
-        if supervisor is not None:
-            workers_ready = supervisor.ready
         else:
             assert plane is not None
-            workers_ready = plane.installed_version == controller.table.version
-        return controller.ready and workers_ready and not errors, detail
+            errors = dict(plane.listen_errors)
+            serving = plane.installed_version == controller.table.version
+            detail["listening"] = plane.bound_ports()
+        detail["listen_errors"] = errors
+        return controller.ready and serving and not errors, detail
 
     admin = AdminServer(metrics.REGISTRY, readiness, lambda: controller.table.to_dict())
     try:

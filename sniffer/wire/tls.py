@@ -6,6 +6,11 @@ socket or ssl), never alter or consume bytes on the caller's behalf (the caller 
 every byte it fed and replays them to the backend), and never let anything but its four
 outcomes out of ``feed``: a ``ClientHello``, ``NEED_DATA``, ``NOT_TLS`` or a raised
 ``HelloRejected``.
+
+Every structural defect (record layer, lengths, message type, duplicated extensions, two
+host_names) is answered with decode_error (50): one documented alert for "malformed",
+whatever RFC nuance might also allow. A well-formed hello whose name is unusable (an IP
+literal, NUL, non-ASCII...) gets unrecognized_name (112), like an unknown name.
 """
 
 from __future__ import annotations
@@ -17,10 +22,6 @@ from typing import TypeVar
 
 from sniffer.wire.errors import (
     ALERT_DECODE_ERROR,
-    ALERT_ILLEGAL_PARAMETER,
-    ALERT_PROTOCOL_VERSION,
-    ALERT_RECORD_OVERFLOW,
-    ALERT_UNEXPECTED_MESSAGE,
     ALERT_UNRECOGNIZED_NAME,
     HelloRejected,
     InvalidHostname,
@@ -157,7 +158,7 @@ def _parse_server_name_list(buf: bytes | bytearray, pos: int, end: int) -> bytes
                 raise HelloRejected(
                     "ClientHello server_name has more than one host_name",
                     reason="sni_multiple",
-                    alert=ALERT_ILLEGAL_PARAMETER,
+                    alert=ALERT_DECODE_ERROR,
                 )
             if name_end == pos + 3:
                 raise HelloRejected(
@@ -408,7 +409,7 @@ class ClientHelloReader:
                     raise HelloRejected(
                         f"first handshake message is type {hs[0]}, not client_hello",
                         reason="bad_hello",
-                        alert=ALERT_UNEXPECTED_MESSAGE,
+                        alert=ALERT_DECODE_ERROR,
                     )
                 if len(hs) < 4:
                     continue
@@ -425,13 +426,13 @@ class ClientHelloReader:
             raise HelloRejected(
                 f"record of content type {header[0]} inside the ClientHello",
                 reason="bad_record",
-                alert=ALERT_UNEXPECTED_MESSAGE,
+                alert=ALERT_DECODE_ERROR,
             )
         if header[1] != 3 or header[2] > 4:
             raise HelloRejected(
                 f"record version {header[1]}.{header[2]} is not TLS",
                 reason="bad_record",
-                alert=ALERT_PROTOCOL_VERSION,
+                alert=ALERT_DECODE_ERROR,
             )
         length = header[3] << 8 | header[4]
         if length == 0:
@@ -444,7 +445,7 @@ class ClientHelloReader:
             raise HelloRejected(
                 f"record of {length} bytes exceeds 2^14",
                 reason="bad_record",
-                alert=ALERT_RECORD_OVERFLOW,
+                alert=ALERT_DECODE_ERROR,
             )
         self._record_left = length
         self._check_cap()

@@ -274,28 +274,28 @@ def test_zero_length_record() -> None:
 def test_non_handshake_record_inside_hello(content_type: int) -> None:
     wire = records(HELLO[:100]) + bytes([content_type]) + b"\x03\x03\x00\x05hello"
     err = reject(wire)
-    assert (err.reason, err.alert) == ("bad_record", 10)
+    assert (err.reason, err.alert) == ("bad_record", 50)
 
 
 def test_record_over_2_14() -> None:
     err = reject(b"\x16\x03\x01\x40\x01" + HELLO)
-    assert (err.reason, err.alert) == ("bad_record", 22)
+    assert (err.reason, err.alert) == ("bad_record", 50)
 
 
 @pytest.mark.parametrize("version", [b"\x02\x00", b"\x03\x05", b"\xfe\xfd", b"\x00\x00"])
 def test_bad_record_version(version: bytes) -> None:
     err = reject(b"\x16" + version + u16(len(HELLO)) + HELLO)
-    assert (err.reason, err.alert) == ("bad_record", 70)
+    assert (err.reason, err.alert) == ("bad_record", 50)
     err = reject(records(HELLO[:50]) + b"\x16" + version + b"\x00\x01\x00")
-    assert (err.reason, err.alert) == ("bad_record", 70)
+    assert (err.reason, err.alert) == ("bad_record", 50)
 
 
 def test_not_a_client_hello() -> None:
     server_hello = handshake(client_hello_body([]), msg_type=2)
     err = reject(records(server_hello))
-    assert (err.reason, err.alert) == ("bad_hello", 10)
+    assert (err.reason, err.alert) == ("bad_hello", 50)
     err = reject(records(server_hello, 1), 1)
-    assert (err.reason, err.alert) == ("bad_hello", 10)
+    assert (err.reason, err.alert) == ("bad_hello", 50)
 
 
 def test_too_large_announced() -> None:
@@ -356,7 +356,7 @@ def test_bad_sni(name: bytes, reason: str, alert: int) -> None:
 
 def test_two_host_names() -> None:
     err = reject(body_with([server_name_ext(b"a.example", b"b.example")]))
-    assert (err.reason, err.alert) == ("sni_multiple", 47)
+    assert (err.reason, err.alert) == ("sni_multiple", 50)
 
 
 @pytest.mark.parametrize("dup", [0, 16, 43, 10, 0xFE0D, GREASE[1]])
