@@ -145,14 +145,16 @@ def main() -> None:
                 time.sleep(0.5)
         loop.run_until_complete(drive(listen, 200))  # warm-up: imports, caches, code paths
         subprocess.run(
-            ["callgrind_control", "-z", str(proc.pid)], check=True, stdout=subprocess.DEVNULL
+            ["callgrind_control", "-z", str(proc.pid)], check=True, capture_output=True
         )
         loop.run_until_complete(drive(listen, args.n))
         subprocess.run(
-            ["callgrind_control", "-d", str(proc.pid)], check=True, stdout=subprocess.DEVNULL
+            ["callgrind_control", "-d", str(proc.pid)], check=True, capture_output=True
         )
     finally:
         server_task.cancel()
+        loop.run_until_complete(asyncio.gather(server_task, return_exceptions=True))
+        loop.close()
         proc.send_signal(signal.SIGINT)
         try:
             proc.wait(30)
