@@ -228,6 +228,7 @@ async def test_workers_aggregate_metrics_and_survive_a_worker_crash(
         lambda: victim not in [w["pid"] for w in json.loads(s.get("/readyz")[1])["workers"]]
         and s.get("/readyz")[0] == 200
     )
+    assert s.metrics()['sniffer_workers{state="alive"}'] == 2
     for _ in range(6):
         assert await tls_request(pki, port, "app.a.example") == b"a\n"
     # Counters never go down: the dead worker's reported totals are kept, new ones added.

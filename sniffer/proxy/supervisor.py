@@ -64,7 +64,9 @@ class Supervisor:
     async def start(self) -> None:
         for w in self.workers:
             await self._spawn(w)
-        metrics.WORKERS.labels("alive").set(self.count)
+
+    def _count_alive(self) -> None:
+        metrics.WORKERS.labels("alive").set(sum(w.writer is not None for w in self.workers))
 
     def install(self, table: RouteTable) -> None:
         self.table = table
@@ -101,6 +103,7 @@ class Supervisor:
         w.installed_version = -1
         reader, writer = await asyncio.open_connection(sock=parent)
         w.writer = writer
+        self._count_alive()
         await self._send(w, ("settings", {**self.settings, "index": w.index}))
         await self._send(w, self._table_frame)
         self._spawn_task(self._read(w, reader))
@@ -122,6 +125,7 @@ class Supervisor:
         if w.writer is not None:
             w.writer.close()
             w.writer = None
+        self._count_alive()
         self._retire(w)
         if self.stopping:
             return
@@ -154,6 +158,5 @@ class Supervisor:
             except TimeoutError:
                 log.error("worker %d did not drain in time; killing it", w.index)
                 proc.kill()
-        metrics.WORKERS.labels("alive").set(0)
 
 
