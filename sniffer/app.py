@@ -75,6 +75,8 @@ async def serve(sources: list[RouteSource], opts: ServeOptions) -> int:
         await supervisor.start()
         controller.subscribe(supervisor.install)
     metrics.REGISTRY.register(collector)
+    endpoints = metrics.BackendEndpointsCollector(controller.endpoint_counts)
+    metrics.REGISTRY.register(endpoints)
 
     def readiness() -> tuple[bool, dict[str, Any]]:
         """Ready: every source synced and every data plane listening with the newest table."""
@@ -119,4 +121,5 @@ async def serve(sources: list[RouteSource], opts: ServeOptions) -> int:
     finally:
         await admin.close()
         metrics.REGISTRY.unregister(collector)
+        metrics.REGISTRY.unregister(endpoints)
     return 0

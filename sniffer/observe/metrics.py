@@ -62,12 +62,6 @@ UPDATE_LAG = Histogram(
     buckets=LAG_BUCKETS,
     registry=REGISTRY,
 )
-BACKEND_ENDPOINTS = Gauge(
-    "sniffer_backend_endpoints",
-    "Ready endpoints of each routed backend (0: a routed host cannot be served)",
-    ["backend", "tenant"],
-    registry=REGISTRY,
-)
 WATCH_EVENTS = Counter(
     "sniffer_watch_events", "Watch events by kind and type", ["kind", "type"], registry=REGISTRY
 )
@@ -131,6 +125,30 @@ _FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
         ("listener",),
     ),
 }
+
+
+class BackendEndpointsCollector(Collector):
+    """`sniffer_backend_endpoints`, generated from the live table at scrape time.
+
+    Thousands of routed backends would otherwise each hold a labelled Gauge child (about
+    a kilobyte apiece) and need touching on every rebuild.
+    """
+
+    def __init__(self, rows: Callable[[], Iterable[tuple[str, str, int]]]) -> None:
+        self._rows = rows
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "sniffer_backend_endpoints",
+            "Ready endpoints of each routed backend (0: a routed host cannot be served)",
+            labels=["backend", "tenant"],
+        )
+        for backend, tenant, n in self._rows():
+            family.add_metric([backend, tenant], n)
+        yield family
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
 
 
 class DataPlaneCollector(Collector):

@@ -29,7 +29,6 @@ class RouteController:
         self._specs: dict[str, TableSpec] = {}
         self._subscribers: list[Subscriber] = []
         self._version = 0
-        self._gauged: dict[tuple[str, str], int] = {}
         self.changed = asyncio.Event()
         """Set each time a new table goes live (tests and the CLI wait on it)."""
 
@@ -40,6 +39,10 @@ class RouteController:
     def subscribe(self, fn: Subscriber) -> None:
         self._subscribers.append(fn)
         fn(self.table)
+
+    def endpoint_counts(self) -> list[tuple[str, str, int]]:
+        """(backend, tenant, ready endpoints) of every routed backend, for /metrics."""
+        return [(b.name, b.tenant, len(b.endpoints)) for b in routed_backends(self.table)]
 
     def health(self) -> dict[str, Any]:
         return {
@@ -66,13 +69,16 @@ class RouteController:
         table = RouteTable.build(spec, version=self._version)
         metrics.REBUILD_SECONDS.observe(time.perf_counter() - started)
         metrics.REBUILDS.inc()
-        self.table = table
+        previous, self.table = self.table, table
         for fn in self._subscribers:
             fn(table)
         if oldest_event is not None:
             metrics.UPDATE_LAG.observe(max(0.0, time.monotonic() - oldest_event))
         self._export(table)
+        before = set(previous.conflicts)
         for c in table.conflicts:
+            if c in before:
+                continue  # said when it appeared; a rebuild must not repeat every conflict
             log.warning(
                 "route conflict on %s (listener %s): %s wins over %s",
                 c.host, c.listener, c.winner, c.loser,
@@ -84,16 +90,6 @@ class RouteController:
         metrics.BACKENDS.set(len(table.backends))
         metrics.CONFLICTS.set(len(table.conflicts))
         metrics.LAST_RELOAD.set(table.built_at)
-        # Touch only the series that changed: at thousands of backends, setting every
-        # gauge on every rebuild would cost more than the rebuild itself.
-        now = {(b.name, b.tenant): len(b.endpoints) for b in routed_backends(table)}
-        before = self._gauged
-        for key, n in now.items():
-            if before.get(key) != n:
-                metrics.BACKEND_ENDPOINTS.labels(*key).set(n)
-        for key in before.keys() - now.keys():
-            metrics.BACKEND_ENDPOINTS.remove(*key)
-        self._gauged = now
 
     async def run(self) -> None:
         """Run every source until cancelled; a source that crashes is logged and restarted."""
