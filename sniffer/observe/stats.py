@@ -114,6 +114,15 @@ class DataPlaneStats:
     def refuse(self, listener: str, reason: str) -> None:
         self.listener(listener).refuse(reason)
 
+    def prune(self, live: set[tuple[str, str]]) -> None:
+        """Forget backends that left the route table once nothing is open to them.
+
+        Tenants come and go for weeks in one process: keeping every series ever seen
+        would grow /metrics without bound.
+        """
+        for key in [k for k, t in self.backends.items() if k not in live and t.active == 0]:
+            del self.backends[key]
+
     def opened(self, listener: str, conn: OpenConnection, dial: float) -> None:
         t = conn.tally
         assert t is not None

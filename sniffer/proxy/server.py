@@ -83,6 +83,7 @@ class DataPlane:
     async def install(self, table: RouteTable) -> None:
         """Swap in a new table; open listeners it adds and close those it drops."""
         self.table = table
+        self.stats.prune({(b.name, b.tenant) for b in table.backends.values()})
         if self.draining:
             return
         wanted = {_listener_key(lis): lis for lis in table.listeners}

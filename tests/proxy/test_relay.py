@@ -621,3 +621,33 @@ async def test_a_crowd_of_bad_clients_never_disturbs_good_ones(
     assert snap[("sniffer_connections", ("main", "a", "tenant-a"))] == 20
     reasons = {labels[1] for (name, labels) in snap if name == "sniffer_refused_connections"}
     assert {"not_tls", "hello_too_large", "hello_timeout"} <= reasons
+
+
+async def test_series_of_a_removed_backend_go_once_its_connections_close(
+    data_plane: PlaneFactory, pki: PKI, tenants: dict[str, TLSBackend]
+) -> None:
+    spec = tls_spec(
+        {"a": [tenants["a"].port], "b": [tenants["b"].port]},
+        {"app.a.example": "a", "app.b.example": "b"},
+    )
+    plane = await data_plane(spec)
+    port = plane.bound_ports()["main"]
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", port, ssl=pki.client_context(), server_hostname="app.b.example"
+    )
+    writer.write(b"who\n")
+    assert await reader.readline() == b"b\n"
+    assert await tls_request(pki, port, "app.a.example") == b"a\n"
+    only_a = TableSpec(spec.listeners, spec.backends[:1], spec.routes[:1])
+    await plane.install(RouteTable.build(only_a, version=2))
+    # "b" still carries an open connection: its series stay.
+    key_b = ("sniffer_connections", ("main", "b", "tenant-b"))
+    key_a = ("sniffer_connections", ("main", "a", "tenant-a"))
+    assert key_b in plane.stats.snapshot().counters
+    writer.write(b"bye\n")
+    await reader.read()
+    writer.close()
+    await _closed(plane)
+    await plane.install(RouteTable.build(only_a, version=3))
+    counters = plane.stats.snapshot().counters
+    assert key_b not in counters and counters[key_a] == 1
