@@ -10,7 +10,6 @@ reasons from a fixed vocabulary.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -187,6 +186,3 @@ class DataPlaneCollector(Collector):
 def _bound(b: float) -> str:
     return "+Inf" if b == float("inf") else repr(b)
 
-
-def now() -> float:
-    return time.monotonic()

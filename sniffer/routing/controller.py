@@ -29,8 +29,6 @@ class RouteController:
         self._specs: dict[str, TableSpec] = {}
         self._subscribers: list[Subscriber] = []
         self._version = 0
-        self.changed = asyncio.Event()
-        """Set each time a new table goes live (tests and the CLI wait on it)."""
 
     @property
     def ready(self) -> bool:
@@ -83,7 +81,6 @@ class RouteController:
                 "route conflict on %s (listener %s): %s wins over %s",
                 c.host, c.listener, c.winner, c.loser,
             )
-        self.changed.set()
 
     def _export(self, table: RouteTable) -> None:
         metrics.ROUTES.set(len(table.routes))

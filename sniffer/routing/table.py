@@ -222,12 +222,6 @@ class RouteTable:
             built_at=time.time(),
         )
 
-    def listener(self, name: str) -> Listener | None:
-        for lis in self.listeners:
-            if lis.name == name:
-                return lis
-        return None
-
     def lookup(self, listener: str, host: str | None) -> Match:
         """Resolve a normalised hostname on a listener: exact, wildcard, default, none.
 
@@ -394,13 +388,6 @@ class RouteTable:
             for r in self.routes
         )
         return (_unpickle_table, (self.version, self.built_at, listeners, backends, routes))
-
-    def summary(self) -> dict[str, int]:
-        return {
-            "routes": len(self.routes),
-            "backends": len(self.backends),
-            "conflicts": len(self.conflicts),
-        }
 
 
 def _unpickle_table(
