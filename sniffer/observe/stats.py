@@ -97,7 +97,9 @@ class DataPlaneStats:
     def __init__(self) -> None:
         self.listeners: dict[str, ListenerTally] = {}
         self.backends: dict[tuple[str, str], BackendTally] = {}
-        self.open: set[OpenConnection] = set()
+        self.open: Iterable[OpenConnection] = ()
+        """The data plane's own set of connections (those not relaying have no tally);
+        read only when a snapshot folds in the bytes of connections still open."""
 
     def listener(self, name: str) -> ListenerTally:
         t = self.listeners.get(name)
@@ -129,17 +131,12 @@ class DataPlaneStats:
         t.routed[listener] = t.routed.get(listener, 0) + 1
         t.active += 1
         t.connect_times.observe(dial)
-        self.open.add(conn)
 
     def closed(self, conn: OpenConnection, seconds: float) -> None:
         t = conn.tally
         if t is None:
             return
-        self.open.discard(conn)
-        t.up += conn.bytes_up - conn.reported_up
-        t.down += conn.bytes_down - conn.reported_down
-        conn.reported_up = conn.bytes_up
-        conn.reported_down = conn.bytes_down
+        _fold_bytes(conn, t)
         t.active -= 1
         t.durations.observe(seconds)
 
@@ -148,10 +145,7 @@ class DataPlaneStats:
         for conn in self.open:
             t = conn.tally
             if t is not None:
-                t.up += conn.bytes_up - conn.reported_up
-                t.down += conn.bytes_down - conn.reported_down
-                conn.reported_up = conn.bytes_up
-                conn.reported_down = conn.bytes_down
+                _fold_bytes(conn, t)
         snap = Snapshot()
         c, g, h = snap.counters, snap.gauges, snap.hists
         for lis, lt in self.listeners.items():
@@ -173,6 +167,14 @@ class DataPlaneStats:
             h[("sniffer_connection_duration_seconds", key)] = _hist_copy(bt.durations)
             h[("sniffer_backend_connect_duration_seconds", key)] = _hist_copy(bt.connect_times)
         return snap
+
+
+def _fold_bytes(conn: OpenConnection, t: BackendTally) -> None:
+    """Add what the connection relayed since it last reported to its backend's totals."""
+    t.up += conn.bytes_up - conn.reported_up
+    t.down += conn.bytes_down - conn.reported_down
+    conn.reported_up = conn.bytes_up
+    conn.reported_down = conn.bytes_down
 
 
 def _hist_copy(h: _Hist) -> tuple[tuple[float, ...], list[int], float]:

@@ -14,6 +14,7 @@ by two write buffers, whatever the speed difference of the peers.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import random
@@ -565,7 +566,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.close()
 
 
-_UNREACHABLE = {101, 113, 110}  # ENETUNREACH, EHOSTUNREACH, ETIMEDOUT
+_UNREACHABLE = {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ETIMEDOUT}
 
 
 def _choose(backends: tuple[WeightedBackend, ...]) -> WeightedBackend | None:

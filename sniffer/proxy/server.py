@@ -60,6 +60,7 @@ class DataPlane:
         self.table = RouteTable.empty()
         self.stats = stats if stats is not None else DataPlaneStats()
         self.connections: set[ClientConnection] = set()
+        self.stats.open = self.connections  # one registry of open connections, not two
         self.draining = False
         self.drained = asyncio.Event()
         """Set when draining and the last connection has closed."""

@@ -479,6 +479,10 @@ async def test_open_connection_keeps_backend_across_table_swap(
     )
     writer.write(b"who\n")
     assert await reader.readline() == b"a\n"
+    # A scrape while the connection is open already counts its bytes both ways.
+    open_bytes = plane.stats.snapshot().counters
+    assert open_bytes[("sniffer_bytes", ("a", "tenant-a", "client_to_backend"))] > 0
+    assert open_bytes[("sniffer_bytes", ("a", "tenant-a", "backend_to_client"))] > 0
     emptied = TableSpec(listeners=spec.listeners, backends=spec.backends, routes=())
     await plane.install(RouteTable.build(emptied, version=2))
     writer.write(b"who\n")  # the open connection still talks to its backend
