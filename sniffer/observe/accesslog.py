@@ -19,7 +19,7 @@ _FLUSH_AT = 32 * 1024
 
 class Loggable(Protocol):
     def log_line(self, now: float) -> str:
-        """One JSON object, no newline."""
+        """One JSON object and a newline, ASCII only (so its length is its size)."""
 
 
 class AccessLog:
@@ -27,13 +27,13 @@ class AccessLog:
         self.fd = fd
         self.flush_interval = flush_interval
         """Seconds a line may wait in the buffer: batching keeps write() off the hot path."""
-        self._lines: list[bytes] = []
+        self._lines: list[str] = []
         self._size = 0
         self._timer: asyncio.TimerHandle | None = None
         self.dropped = 0
 
     def __call__(self, conn: Loggable, now: float) -> None:
-        line = (conn.log_line(now) + "\n").encode()
+        line = conn.log_line(now)
         self._lines.append(line)
         self._size += len(line)
         if self._size >= _FLUSH_AT:
@@ -46,16 +46,16 @@ class AccessLog:
             self._timer.cancel()
             self._timer = None
         lines, self._lines, self._size = self._lines, [], 0
-        chunk: list[bytes] = []
+        chunk: list[str] = []
         size = 0
         for line in lines:
             if chunk and size + len(line) > _PIPE_BUF:
-                self._write(b"".join(chunk))
+                self._write("".join(chunk).encode())
                 chunk, size = [], 0
             chunk.append(line)
             size += len(line)
         if chunk:
-            self._write(b"".join(chunk))
+            self._write("".join(chunk).encode())
 
     def _write(self, data: bytes) -> None:
         try:

@@ -10,6 +10,7 @@ addition, which is how worker processes' figures reach the control process's
 from __future__ import annotations
 
 import bisect
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -39,10 +40,22 @@ class _Hist:
 class BackendTally:
     """Everything counted for one (backend, tenant): one dict lookup per connection."""
 
-    __slots__ = ("active", "connect_times", "down", "durations", "errors", "key", "routed", "up")
+    __slots__ = (
+        "active",
+        "connect_times",
+        "down",
+        "durations",
+        "errors",
+        "key",
+        "log_fields",
+        "routed",
+        "up",
+    )
 
     def __init__(self, key: tuple[str, str]) -> None:
         self.key = key
+        self.log_fields = f'"backend":{json.dumps(key[0])},"tenant":{json.dumps(key[1])}'
+        """This backend's access-log fields, encoded once instead of on every line."""
         self.routed: dict[str, int] = {}
         """Connections routed here, by listener."""
         self.active = 0

@@ -73,10 +73,10 @@ class ClientConnection(asyncio.Protocol):
         "bytes_up",
         "client_addr",
         "client_eof",
+        "dial_began",
         "dial_task",
         "dial_timed_out",
         "endpoint",
-        "hello_timer",
         "host",
         "idle_mark",
         "lingering",
@@ -115,7 +115,6 @@ class ClientConnection(asyncio.Protocol):
         self.proxy_reader: ProxyHeaderReader | None = (
             ProxyHeaderReader() if listener.proxy_protocol_in else None
         )
-        self.hello_timer: asyncio.TimerHandle | None = None
         self.lingering: asyncio.TimerHandle | None = None
         self.client_addr: tuple[str, int] | None = None
         self.local_addr: tuple[str, int] | None = None
@@ -126,6 +125,7 @@ class ClientConnection(asyncio.Protocol):
         self.endpoint: Endpoint | None = None
         self.tally: BackendTally | None = None
         self.dial_task: asyncio.Task[None] | None = None
+        self.dial_began = 0.0
         self.dial_timed_out = False
         self.bytes_up = 0
         self.bytes_down = 0
@@ -153,9 +153,9 @@ class ClientConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.client_addr = (peer[0], peer[1]) if peer else None
         transport.set_write_buffer_limits(shared.settings.write_buffer_high)
-        self.hello_timer = shared.loop.call_later(
-            shared.settings.hello_timeout, self._hello_timed_out
-        )
+        # The hello deadline is kept by the plane's sweep over this (small) set: a set
+        # add and discard cost a tenth of a timer's arm and cancel.
+        shared.sniffing.add(self)
 
     def data_received(self, data: bytes) -> None:
         state = self.state
@@ -197,6 +197,11 @@ class ClientConnection(asyncio.Protocol):
             self.outcome = "client_reset" if exc else "client_closed"
             self.ltally.refuse(self.outcome)
         self._finish(self.outcome or ("client_reset" if exc else "closed"))
+        # The transport holds us and we hold it (and the upstream, which holds us): break
+        # the cycles so a closed connection is freed by reference counting at once instead
+        # of waiting for (and costing) a cyclic garbage collection.
+        self.transport = None
+        self.upstream = None
 
     def pause_writing(self) -> None:
         upstream = self.upstream
@@ -269,8 +274,9 @@ class ClientConnection(asyncio.Protocol):
             self.host = result.host
         self._route()
 
-    def _hello_timed_out(self) -> None:
-        self.hello_timer = None
+    def hello_timed_out(self) -> None:
+        """The plane's sweep found this client still sniffing past the hello timeout."""
+        self.state_shared.sniffing.discard(self)
         if self.state == SNIFFING:
             self._refuse(
                 "hello_timeout", None, 408 if self.listener.protocol == "http" else None
@@ -280,9 +286,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _route(self) -> None:
         shared = self.state_shared
-        if self.hello_timer is not None:
-            self.hello_timer.cancel()
-            self.hello_timer = None
+        shared.sniffing.discard(self)
         self.ltally.sniff_times.observe(time.monotonic() - self.started)
         table = shared.table
         match = table.lookup(self.listener.name, self.host)
@@ -305,9 +309,11 @@ class ClientConnection(asyncio.Protocol):
         self.state = DIALING
         self.dial_task = shared.loop.create_task(self._dial(backend))
 
-    def _dial_timeout(self) -> None:
-        # A timer and a cancel per attempt cost a tenth of what asyncio.timeout() does
-        # on this path; the flag tells our cancellation from anyone else's.
+    def dial_timed_out_now(self) -> None:
+        """The plane's sweep found this dial attempt past the connect timeout.
+
+        The flag tells our cancellation from anyone else's.
+        """
         task = self.dial_task
         if task is not None and not task.done():
             self.dial_timed_out = True
@@ -322,12 +328,13 @@ class ClientConnection(asyncio.Protocol):
         assert tally is not None
         errors = tally.errors
         loop = shared.loop
+        dialing = shared.dialing
         for i in range(n):
             if self.state != DIALING:
                 return  # the client went away while we dialed
             ep = eps[(start + i) % n]
-            began = time.monotonic()
-            timer = loop.call_later(shared.settings.connect_timeout, self._dial_timeout)
+            began = self.dial_began = time.monotonic()
+            dialing.add(self)  # the plane's sweep enforces connect_timeout
             try:
                 transport, upstream = await loop.create_connection(
                     lambda: UpstreamConnection(self), ep.host, ep.port
@@ -350,7 +357,7 @@ class ClientConnection(asyncio.Protocol):
                 log.warning("connect to %s (%s) failed: %s", ep, backend.name, exc)
                 continue
             finally:
-                timer.cancel()
+                dialing.discard(self)
             if self.state != DIALING:
                 transport.close()
                 return
@@ -399,9 +406,7 @@ class ClientConnection(asyncio.Protocol):
         """Answer in the listener's protocol, count the reason, and close lingeringly."""
         if self.state >= CLOSING:
             return
-        if self.hello_timer is not None:
-            self.hello_timer.cancel()
-            self.hello_timer = None
+        self.state_shared.sniffing.discard(self)
         self.outcome = reason
         self.ltally.refuse(reason)
         self.state = CLOSING
@@ -434,12 +439,12 @@ class ClientConnection(asyncio.Protocol):
             self.outcome = outcome
         shared = self.state_shared
         shared.connections.discard(self)
+        shared.sniffing.discard(self)
         if shared.draining and not shared.connections:
             shared.drained.set()
-        for timer in (self.hello_timer, self.lingering):
-            if timer is not None:
-                timer.cancel()
-        self.hello_timer = self.lingering = None
+        if self.lingering is not None:
+            self.lingering.cancel()
+            self.lingering = None
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
         upstream = self.upstream
@@ -485,15 +490,36 @@ class ClientConnection(asyncio.Protocol):
             self._finish("backend_reset" if exc else "closed")
 
     def log_line(self, now: float) -> str:
-        """The access-log line, JSON, built by formatting rather than a generic encoder.
+        """The access-log line (JSON and a newline), formatted rather than encoded.
 
         Hostnames reaching here were normalised by `sniffer.wire.hostname` (only
         [a-z0-9._-]) and addresses are IP literals, so they need no escaping; names from
-        the route table go through a small memo of `json.dumps`.
+        the route table go through a small memo of `json.dumps`, which escapes anything
+        outside ASCII: the line is ASCII, so its length is its size in bytes.
         """
-        backend = self.backend
         client = self.client_addr
         ep = self.endpoint
+        tally = self.tally
+        host = self.host
+        if ep is not None and tally is not None and client is not None and host is not None:
+            # A relayed connection, nearly every line: the backend's fields come
+            # preformatted from its tally, the endpoint's text from the table.
+            c_host, c_port = client
+            return _ROUTED_LINE % (
+                f"[{c_host}]" if ":" in c_host else c_host,
+                c_port,
+                _js(self.listener.name),
+                "sni" if self.listener.protocol == "tls" else "host",
+                host,
+                _js(self.route),
+                tally.log_fields,
+                ep.text,
+                self.bytes_up,
+                self.bytes_down,
+                now - self.started,
+                _js(self.outcome),
+            )
+        backend = self.backend
         return _LINE % (
             "null" if client is None else f'"{_fmt(client)}"',
             _js(self.listener.name),
@@ -512,7 +538,11 @@ class ClientConnection(asyncio.Protocol):
 
 _LINE = (
     '{"client":%s,"listener":%s,"%s":%s,"route":%s,"backend":%s,"tenant":%s,'
-    '"endpoint":%s,"bytes_in":%d,"bytes_out":%d,"duration":%.6f,"outcome":%s}'
+    '"endpoint":%s,"bytes_in":%d,"bytes_out":%d,"duration":%.6f,"outcome":%s}\n'
+)
+_ROUTED_LINE = (
+    '{"client":"%s:%d","listener":%s,"%s":"%s","route":%s,%s,'
+    '"endpoint":"%s","bytes_in":%d,"bytes_out":%d,"duration":%.6f,"outcome":%s}\n'
 )
 _JS: dict[str, str] = {}
 
@@ -523,7 +553,7 @@ def _js(value: str) -> str:
     if out is None:
         if len(_JS) > 10_000:  # a table churning through names must not grow this forever
             _JS.clear()
-        out = _JS[value] = json.dumps(value, ensure_ascii=False)
+        out = _JS[value] = json.dumps(value)
     return out
 
 
@@ -550,6 +580,7 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.client.on_upstream_lost(exc)
+        self.transport = None  # break the transport <-> protocol cycle (see the client's)
 
     def pause_writing(self) -> None:
         t = self.client.transport

@@ -12,11 +12,12 @@ import asyncio
 import contextlib
 import logging
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from sniffer.observe.stats import DataPlaneStats
-from sniffer.proxy.connection import RELAYING, SNIFFING, ClientConnection
+from sniffer.proxy.connection import DIALING, RELAYING, SNIFFING, ClientConnection
 from sniffer.routing.table import Listener, RouteTable
 
 log = logging.getLogger("sniffer.proxy")
@@ -29,7 +30,12 @@ class ProxySettings:
     idle_timeout: float = 3600.0
     """Seconds without a byte either way before a relayed connection is closed."""
     connect_timeout: float = 5.0
-    """Seconds to connect to one backend endpoint before trying the next."""
+    """Seconds to connect to one backend endpoint before trying the next.
+
+    Hello and connect deadlines are enforced by a sweep every eighth of the shorter of
+    the two (at most 1 s), so one fires up to that much late; the idle timeout by a sweep
+    every eighth of it.
+    """
     max_hello_bytes: int = 16384
     """Cap on buffered ClientHello bytes (as Envoy); bounds memory per sniffing client."""
     max_http_head_bytes: int = 8192
@@ -61,12 +67,16 @@ class DataPlane:
         self.stats = stats if stats is not None else DataPlaneStats()
         self.connections: set[ClientConnection] = set()
         self.stats.open = self.connections  # one registry of open connections, not two
+        self.sniffing: set[ClientConnection] = set()
+        """Connections waiting for their hello: the sweep's hello-timeout candidates."""
+        self.dialing: set[ClientConnection] = set()
+        """Connections with a dial attempt in flight: the connect-timeout candidates."""
         self.draining = False
         self.drained = asyncio.Event()
         """Set when draining and the last connection has closed."""
         self._rr: dict[str, int] = {}
         self._servers: dict[tuple[str, str, int, str, bool], asyncio.Server] = {}
-        self._sweeper: asyncio.Task[None] | None = None
+        self._sweepers: list[asyncio.Task[None]] = []
         self.listen_errors: dict[str, str] = {}
         self.installed_version = -1
         """Version of the table whose listeners are open (readiness waits for it)."""
@@ -103,8 +113,11 @@ class DataPlane:
             except OSError as exc:
                 self.listen_errors[lis.name] = f"{lis.address}: {exc.strerror or exc}"
                 log.error("cannot listen for %s on %s: %s", lis.name, lis.address, exc)
-        if self._sweeper is None:
-            self._sweeper = self.loop.create_task(self._sweep_idle())
+        if not self._sweepers:
+            self._sweepers = [
+                self.loop.create_task(self._sweep_idle()),
+                self.loop.create_task(self._sweep_deadlines()),
+            ]
         self.installed_version = table.version
 
     async def _listen(self, lis: Listener) -> asyncio.Server:
@@ -167,6 +180,28 @@ class DataPlane:
             for conn in [c for c in idle_ticks if c.state > RELAYING]:
                 del idle_ticks[conn]
 
+    async def _sweep_deadlines(self) -> None:
+        """Time out clients slow with their hello and dial attempts slow to connect.
+
+        One periodic pass over the two small sets of connections in those phases
+        replaces a timer armed and cancelled per connection (and per dial attempt).
+        """
+        hello_timeout = self.settings.hello_timeout
+        connect_timeout = self.settings.connect_timeout
+        interval = min(max(min(hello_timeout, connect_timeout) / 8, 0.01), 1.0)
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            if self.sniffing:
+                limit = now - hello_timeout
+                for conn in [c for c in self.sniffing if c.started <= limit]:
+                    conn.hello_timed_out()
+            if self.dialing:
+                limit = now - connect_timeout
+                late = [c for c in self.dialing if c.state == DIALING and c.dial_began <= limit]
+                for conn in late:
+                    conn.dial_timed_out_now()
+
     def stop_accepting(self) -> None:
         self.draining = True
         for server in self._servers.values():
@@ -193,8 +228,8 @@ class DataPlane:
         for conn in list(self.connections):
             conn.outcome = "drain_timeout"
             conn.abort()
-        if self._sweeper is not None:
-            self._sweeper.cancel()
+        for task in self._sweepers:
+            task.cancel()
         return dropped
 
 

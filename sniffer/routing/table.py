@@ -29,9 +29,15 @@ class MatchKind(StrEnum):
 class Endpoint:
     host: str
     port: int
+    text: str = field(init=False, repr=False, compare=False)
+    """`host:port` (`[host]:port` for IPv6), made once: every access-log line prints it."""
+
+    def __post_init__(self) -> None:
+        host, port = self.host, self.port
+        object.__setattr__(self, "text", f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
 
     def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return self.text
 
 
 @dataclass(frozen=True, slots=True)
