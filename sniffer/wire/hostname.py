@@ -18,6 +18,7 @@ __all__ = [
     "MAX_NAME_LENGTH",
     "is_ip_literal",
     "normalize_hostname",
+    "normalize_hostname_bytes",
     "normalize_route_host",
 ]
 
@@ -95,8 +96,8 @@ _ACCEPTED_MAX = 4096
 _accepted: dict[bytes, str] = {}
 
 
-def _normalize(raw: bytes) -> str:
-    """Normalise an ASCII-or-not byte string; the core shared by every entry point."""
+def normalize_hostname_bytes(raw: bytes) -> str:
+    """`normalize_hostname` for a name already in `bytes` (as read off the wire)."""
     known = _accepted.get(raw)
     if known is not None:
         return known
@@ -149,7 +150,7 @@ def normalize_hostname(name: str | bytes) -> str:
             ) from None
     else:
         raw = bytes(name)
-    return _normalize(raw)
+    return normalize_hostname_bytes(raw)
 
 
 def normalize_route_host(name: str) -> str:

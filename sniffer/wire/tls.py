@@ -16,9 +16,8 @@ literal, NUL, non-ASCII...) gets unrecognized_name (112), like an unknown name.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 from itertools import filterfalse
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from sniffer.wire.errors import (
     ALERT_DECODE_ERROR,
@@ -26,7 +25,7 @@ from sniffer.wire.errors import (
     HelloRejected,
     InvalidHostname,
 )
-from sniffer.wire.hostname import normalize_hostname
+from sniffer.wire.hostname import normalize_hostname_bytes
 from sniffer.wire.sentinels import NEED_DATA, NOT_TLS, NeedData, NotTLS
 
 __all__ = [
@@ -61,9 +60,12 @@ _EXT_ECH = 0xFE0D  # draft-ietf-tls-esni; real or GREASE ECH look the same on th
 _NAME_TYPE_HOST_NAME = 0
 
 
-@dataclass(frozen=True, slots=True)
-class ClientHello:
-    """What sniffer learns from a ClientHello. Names follow RFC 8446 / RFC 6066."""
+class ClientHello(NamedTuple):
+    """What sniffer learns from a ClientHello. Names follow RFC 8446 / RFC 6066.
+
+    A named tuple rather than a dataclass: one is made per connection, and a tuple is
+    made in a third of the time of a frozen dataclass.
+    """
 
     sni: str | None
     """server_name host_name, normalised (lower case, no trailing dot); None if absent."""
@@ -124,13 +126,14 @@ def _parse_server_name(buf: bytes | bytearray, pos: int, end: int) -> str | None
         and (buf[pos + 3] << 8 | buf[pos + 4]) == size - 5
     ):
         # What every client sends: a list of exactly one non-empty host_name.
-        host: bytes | None = bytes(buf[pos + 5 : end])
+        part = buf[pos + 5 : end]
+        host: bytes | None = part if type(part) is bytes else bytes(part)
     else:
         host = _parse_server_name_list(buf, pos, end)
     if host is None:
         return None
     try:
-        return normalize_hostname(host)
+        return normalize_hostname_bytes(host)
     except InvalidHostname as exc:
         raise HelloRejected(
             f"ClientHello SNI refused: {exc.message}",
@@ -203,9 +206,6 @@ def _parse_supported_versions(buf: bytes | bytearray, pos: int, end: int) -> tup
     return _remember(_versions_memo, raw, tuple(filterfalse(_GREASE.__contains__, versions)))
 
 
-_INTERESTING = frozenset((_EXT_SERVER_NAME, _EXT_ALPN, _EXT_SUPPORTED_VERSIONS, _EXT_ECH))
-
-
 def parse_client_hello_body(buf: bytes | bytearray, pos: int, end: int) -> ClientHello:
     """Decode the ClientHello body in ``buf[pos:end]`` (after the 4-byte handshake header).
 
@@ -237,52 +237,48 @@ def parse_client_hello_body(buf: bytes | bytearray, pos: int, end: int) -> Clien
     pos += 1 + methods_len
     if pos == end:
         # No extensions block at all: a pre-TLS 1.2 style hello, legal, without SNI.
-        return ClientHello(sni=None, legacy_version=legacy_version)
+        return ClientHello(None, (), legacy_version)
     if end - pos < 2 or (buf[pos] << 8 | buf[pos + 1]) != end - pos - 2:
         raise _decode_error("extensions length")
     pos += 2
 
-    # Walk extensions by offset. Their bodies are only looked at for the four types
-    # sniffer reports; the rest (key_share with its 1216-byte ML-KEM key, padding,
-    # GREASE) is skipped by length.
-    sni: str | None = None
-    alpn: tuple[str, ...] = ()
-    versions: tuple[int, ...] = ()
-    has_ech = False
-    seen: set[int] = set()
-    add_seen = seen.add
+    # First pass: extension headers only, type -> offset. A key_share with a 1216-byte
+    # ML-KEM share, padding and GREASE are skipped by length. Positions only grow, so
+    # an extension overrunning the block ends the loop with `pos` past `end`.
+    offsets: dict[int, int] = {}
     count = 0
     unpack = _unpack_u16_pair
-    while pos < end:
-        if end - pos < 4:
-            raise _decode_error("extension header truncated")
-        ext_type, ext_len = unpack(buf, pos)
-        ext_start = pos + 4
-        pos = ext_start + ext_len
-        if pos > end:
-            raise _decode_error(f"extension {ext_type} length")
-        add_seen(ext_type)
-        count += 1
-        if ext_type in _INTERESTING:
-            if ext_type == _EXT_SERVER_NAME:
-                sni = _parse_server_name(buf, ext_start, pos)
-            elif ext_type == _EXT_ALPN:
-                alpn = _parse_alpn(buf, ext_start, pos)
-            elif ext_type == _EXT_SUPPORTED_VERSIONS:
-                versions = _parse_supported_versions(buf, ext_start, pos)
-            else:
-                has_ech = True
-    if len(seen) != count:
+    try:
+        while pos < end:
+            ext_type, ext_len = unpack(buf, pos)
+            offsets[ext_type] = pos
+            pos += 4 + ext_len
+            count += 1
+    except struct.error:  # a header cut off by the end of the buffer
+        raise _decode_error("extension header truncated") from None
+    if pos != end:
+        raise _decode_error("an extension overruns the extensions block")
+    if len(offsets) != count:
         # RFC 8446 §4.2: there MUST NOT be more than one extension of the same type.
         # Refusing closes the door on "first SNI for sniffer, second for the backend".
         raise _decode_error("an extension type appears more than once")
-    return ClientHello(
-        sni=sni,
-        alpn=alpn,
-        legacy_version=legacy_version,
-        supported_versions=versions,
-        has_ech=has_ech,
-    )
+
+    # Second pass: the bodies of the four types sniffer reports, the structure now sound.
+    sni: str | None = None
+    alpn: tuple[str, ...] = ()
+    versions: tuple[int, ...] = ()
+    at = offsets.get(_EXT_SERVER_NAME)
+    if at is not None:
+        sni = _parse_server_name(buf, at + 4, at + 4 + (buf[at + 2] << 8 | buf[at + 3]))
+    at = offsets.get(_EXT_ALPN)
+    if at is not None:
+        alpn = _parse_alpn(buf, at + 4, at + 4 + (buf[at + 2] << 8 | buf[at + 3]))
+    at = offsets.get(_EXT_SUPPORTED_VERSIONS)
+    if at is not None:
+        versions = _parse_supported_versions(
+            buf, at + 4, at + 4 + (buf[at + 2] << 8 | buf[at + 3])
+        )
+    return ClientHello(sni, alpn, legacy_version, versions, _EXT_ECH in offsets)
 
 
 def parse_whole_hello(data: bytes | bytearray | memoryview, max_bytes: int) -> ClientHello | None:
@@ -300,7 +296,7 @@ def parse_whole_hello(data: bytes | bytearray | memoryview, max_bytes: int) -> C
     end = 9 + (data[6] << 16 | data[7] << 8 | data[8])
     if end - 5 > record_len or end > len(data) or end > max_bytes:
         return None
-    buf = data if isinstance(data, bytes | bytearray) else data.tobytes()[:end]
+    buf = data if type(data) is bytes or isinstance(data, bytearray) else bytes(data[:end])
     return parse_client_hello_body(buf, 9, end)
 
 
