@@ -8,6 +8,7 @@ drives N hello-then-close connections, dumps, and prints instructions per connec
     .venv/bin/python -m benchmarks.callgrind_conn --n 1000            # sniffer
     .venv/bin/python -m benchmarks.callgrind_conn --n 1000 --bare     # the floor
     .venv/bin/python -m benchmarks.callgrind_conn --n 1000 -- --no-access-log
+    .venv/bin/python -m benchmarks.callgrind_conn --keep /tmp/cg.out   # then callgrind_annotate
 
 Needs Debian's `valgrind`. Loopback only; every step is bounded.
 """
@@ -88,6 +89,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--n", type=int, default=1000, help="connections measured")
     ap.add_argument("--bare", action="store_true", help="measure benchmarks/bare_relay.py")
+    ap.add_argument("--keep", type=Path, help="copy the callgrind dump here (callgrind_annotate)")
     ap.add_argument("serve_args", nargs="*", help="extra `sniffer serve` flags (after --)")
     args = ap.parse_args()
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
@@ -169,6 +171,8 @@ def main() -> None:
         f"{label.strip()}: {int(m.group(1)) // args.n} instructions per connection "
         f"({args.n} connections)"
     )
+    if args.keep is not None:
+        shutil.copyfile(f"{out}.1", args.keep)
     shutil.rmtree(work, ignore_errors=True)
 
 
