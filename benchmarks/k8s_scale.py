@@ -193,7 +193,7 @@ class TestServer:
 class Router:
     """`sniffer serve --kubernetes --workers 0` in its own process."""
 
-    def __init__(self, kubeconfig: Path, log: Path, tls_port: int) -> None:
+    def __init__(self, kubeconfig: Path, log: Path, tls_port: int, workers: int = 0) -> None:
         self.tls_port = tls_port
         self.admin_port = free_port()
         self.admin = f"http://127.0.0.1:{self.admin_port}"
@@ -211,7 +211,7 @@ class Router:
                 "--listen",
                 f"tls:127.0.0.1:{self.tls_port}",
                 "--workers",
-                "0",
+                str(workers),
                 "--admin",
                 f"127.0.0.1:{self.admin_port}",
                 "--no-access-log",
@@ -312,10 +312,10 @@ async def wait_routed(port: int, host: str, addr: str, since: float, limit: floa
     return None
 
 
-async def idle_rss(tmp: Path) -> float:
+async def idle_rss(tmp: Path, workers: int) -> float:
     """RSS of the same command against an empty cluster: the per-tenant baseline."""
     server = TestServer(0, tmp / "kubeconfig-empty", 443)
-    router = Router(tmp / "kubeconfig-empty", tmp / "sniffer-empty.log", free_port())
+    router = Router(tmp / "kubeconfig-empty", tmp / "sniffer-empty.log", free_port(), workers)
     try:
         await asyncio.to_thread(router.wait_ready)
         await asyncio.sleep(1.0)
@@ -326,10 +326,10 @@ async def idle_rss(tmp: Path) -> float:
 
 
 async def run_one(
-    tenants: int, churn_seconds: float, churn_per_min: int, sample_every: int
+    tenants: int, churn_seconds: float, churn_per_min: int, sample_every: int, workers: int = 0
 ) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="k8s-scale-"))
-    baseline = await idle_rss(tmp)
+    baseline = await idle_rss(tmp, workers)
     kubeconfig = tmp / "kubeconfig"
     backend = ProbeBackend()
     await backend.start()
@@ -337,13 +337,14 @@ async def run_one(
     server = await asyncio.to_thread(TestServer, tenants, kubeconfig, tls_port)
     router: Router | None = None
     try:
-        router = Router(kubeconfig, tmp / "sniffer.log", tls_port)
+        router = Router(kubeconfig, tmp / "sniffer.log", tls_port, workers)
         sync_s = await asyncio.to_thread(router.wait_ready)
         await asyncio.sleep(1.0)  # let the first table's garbage go before reading RSS
         after_sync = router.rss
         _, body = http_get(router.admin + "/readyz")
         k8s = json.loads(body)["sources"]["kubernetes"]
         result: dict[str, Any] = {
+            "workers": workers,
             "tenants": tenants,
             "objects": server.objects,
             "routes": k8s["routes"],
@@ -472,11 +473,19 @@ def main() -> None:
     p.add_argument(
         "--sample-every", type=int, default=4, help="probe the lag of every Nth churn change"
     )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="sniffer's data-plane workers (0: in-process; N: tables shipped to N workers)",
+    )
     args = p.parse_args()
     for n in args.tenants:
         rows = []
         for _ in range(args.runs):
-            row = asyncio.run(run_one(n, args.churn_seconds, args.churn_per_min, args.sample_every))
+            row = asyncio.run(
+                run_one(n, args.churn_seconds, args.churn_per_min, args.sample_every, args.workers)
+            )
             print(json.dumps(row), file=sys.stderr, flush=True)
             rows.append(row)
         print(json.dumps(_median_row(rows)), flush=True)

@@ -187,9 +187,19 @@ def main(argv: list[str] | None = None) -> int:
                     for w in workload_names:
                         k = rep % max(1, len(live))
                         for r in live[k:] + live[:k]:
+                            if w == "idle-conns" and (rep > 0 or workload_names[0] != w):
+                                # Bytes per idle connection need a process that has not
+                                # freed (and can reuse) memory from earlier workloads.
+                                if r.process is None:
+                                    continue  # direct: backend a itself, measured once
+                                r.process.stop()
+                                start_row(r, d)
+                                check_routing(r)
                             log(f"rep {rep + 1}/{repeats} {w:<19} {r.name}")
                             try:
                                 m = WORKLOADS[w](ctx, r)
+                                if w == "idle-conns":
+                                    m["fresh_process"] = True
                             except Exception as e:  # one failing row must not stop the run
                                 log(f"  failed: {e}")
                                 m = {"failed": str(e)[:500]}
