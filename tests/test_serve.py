@@ -17,10 +17,20 @@ from pathlib import Path
 
 import pytest
 
+from sniffer.proxy.connection import tls_alert
 from tests.conftest import REPO
-from tests.proxy.test_relay import tls_request
+from tests.proxy.test_relay import client_hello, tls_request
 from tests.support.pki import PKI
 from tests.support.servers import TLSBackend
+
+
+async def refused_by_name(port: int, name: str) -> bool:
+    """A ClientHello for `name` is answered with the unrecognized_name alert."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(client_hello(name))
+    answer = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    return answer == tls_alert(112)
 
 
 def free_port() -> int:
@@ -237,6 +247,19 @@ async def test_workers_aggregate_metrics_and_survive_a_worker_crash(
     assert final[key_b] == 4
     active = [v for k, v in final.items() if k.startswith("sniffer_connections_active")]
     assert all(v == 0 for v in active)
+
+    # A route change reaches both workers, the restarted one and the other, as a delta
+    # from the table each was sent last: ready means both confirmed the new version.
+    v = await s.table_version()
+    s.routes.write_text(
+        routes_yaml(port, {"a": backends["a"].port}, {"app.a.example": "a"})
+    )
+    await s.wait_for(lambda: s.get("/readyz")[0] == 200 and json.loads(
+        s.get("/routes")[1])["version"] > v)
+    for _ in range(6):  # SO_REUSEPORT spreads these over both workers
+        assert await refused_by_name(port, "app.b.example")
+        assert await tls_request(pki, port, "app.a.example") == b"a\n"
+    assert "whole table" not in s.stderr.read_text()  # no worker fell out of step
     s.proc.send_signal(signal.SIGTERM)
     loop = asyncio.get_running_loop()
     assert await loop.run_in_executor(None, s.proc.wait, 30) == 0

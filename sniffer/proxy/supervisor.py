@@ -1,9 +1,11 @@
 """The control-side supervisor of the data-plane worker processes.
 
 The control process runs the route sources once per pod and ships every compiled
-`RouteTable` to each worker. A worker that dies is restarted: its open connections are
-lost, nobody else's. Its counters are kept (they only grow), its gauges dropped, so no
-series is left behind by a dead worker.
+`RouteTable` to each worker: whole to a worker that has nothing yet, otherwise as a
+delta from the table it was sent last (one encoding shared by all such workers). A
+worker that dies is restarted: its open connections are lost, nobody else's. Its
+counters are kept (they only grow), its gauges dropped, so no series is left behind by
+a dead worker.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ class _Worker:
     snapshot: Snapshot = field(default_factory=Snapshot)
     installed_version: int = -1
     """Version of the last table the worker confirmed (listening with it)."""
+    sent_version: int = -1
+    """Version of the last table written to it: the base a delta for it must have."""
     listen_errors: dict[str, str] = field(default_factory=dict)
     started: float = 0.0
 
@@ -45,7 +49,7 @@ class Supervisor:
         self.count = count
         self.settings = settings
         self.table = RouteTable.empty()
-        self._table_frame = encode(("table", self.table))
+        self._full: tuple[int, bytes] | None = None
         self.workers = [_Worker(i) for i in range(count)]
         self.retired = Snapshot()
         """Counters and histograms of workers that died: kept so totals never go down."""
@@ -68,12 +72,26 @@ class Supervisor:
     def _count_alive(self) -> None:
         metrics.WORKERS.labels("alive").set(sum(w.writer is not None for w in self.workers))
 
+    def _full_frame(self) -> bytes:
+        """The current table whole, encoded at most once per version."""
+        if self._full is None or self._full[0] != self.table.version:
+            self._full = (self.table.version, encode(("table", self.table)))
+        return self._full[1]
+
     def install(self, table: RouteTable) -> None:
-        self.table = table
-        self._table_frame = encode(("table", table))
+        base, self.table = self.table, table
+        delta: bytes | None = None
         for w in self.workers:
-            if w.writer is not None:
-                self._spawn_task(self._send(w, self._table_frame))
+            if w.writer is None:
+                continue
+            if w.sent_version == base.version:
+                if delta is None:
+                    delta = encode(("delta", table.delta_from(base)))
+                frame = delta
+            else:
+                frame = self._full_frame()
+            w.sent_version = table.version
+            self._spawn_task(self._send(w, frame))
 
     def _spawn_task(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -100,13 +118,17 @@ class Supervisor:
         child.close()
         w.started = time.monotonic()
         w.snapshot = Snapshot()
-        w.installed_version = -1
+        w.installed_version = w.sent_version = -1
         reader, writer = await asyncio.open_connection(sock=parent)
         w.writer = writer
         self._count_alive()
         await self._send(w, ("settings", {**self.settings, "index": w.index}))
-        await self._send(w, self._table_frame)
+        await self._send_full(w)
         self._spawn_task(self._read(w, reader))
+
+    async def _send_full(self, w: _Worker) -> None:
+        w.sent_version = self.table.version  # set with the write: later deltas build on it
+        await self._send(w, self._full_frame())
 
     async def _read(self, w: _Worker, reader: asyncio.StreamReader) -> None:
         try:
@@ -116,6 +138,9 @@ class Supervisor:
                     w.snapshot = payload
                 elif kind == "installed":
                     w.installed_version, w.listen_errors = payload
+                elif kind == "resync":  # it could not apply a delta: send it all
+                    log.error("worker %d asked for the whole table: %s", w.index, payload)
+                    await self._send_full(w)
         except (asyncio.IncompleteReadError, ConnectionError, ValueError, pickle.PickleError):
             pass
         proc = w.process

@@ -21,6 +21,7 @@ import sys
 from typing import Any
 
 from sniffer.observe.stats import DataPlaneStats
+from sniffer.routing.table import RouteTable, TableDelta
 
 _HEADER = struct.Struct("!I")
 # A table for thousands of tenants pickles to a few MB; refuse absurd frames outright.
@@ -61,6 +62,17 @@ async def receive(reader: asyncio.StreamReader) -> tuple[str, Any]:
 
 # -- worker side -------------------------------------------------------------------------
 
+_INLINE_DELTA = 2000
+"""Tables up to this many routes take a delta inline; larger ones are rebuilt in a thread."""
+
+
+async def _apply(base: RouteTable, delta: TableDelta) -> RouteTable:
+    if len(delta.routes) <= _INLINE_DELTA:
+        return base.apply(delta)
+    # As with a large frame: the index rebuild must not stall relaying meanwhile.
+    return await asyncio.get_running_loop().run_in_executor(None, base.apply, delta)
+
+
 
 async def _worker_main(fd: int) -> int:
     from sniffer.observe.accesslog import AccessLog
@@ -92,6 +104,13 @@ async def _worker_main(fd: int) -> int:
         try:
             while True:
                 kind, payload = await receive(reader)
+                if kind == "delta":
+                    try:
+                        payload = await _apply(plane.table, payload)
+                    except ValueError as exc:  # out of step: never expected, recoverable
+                        await send(writer, ("resync", str(exc)))
+                        continue
+                    kind = "table"
                 if kind == "table":
                     await plane.install(payload)
                     await send(writer, ("installed", (payload.version, dict(plane.listen_errors))))
