@@ -229,18 +229,8 @@ def kernel_floor(results: dict[str, Any]) -> list[str]:
     summ = results["summary"]
     live = [r for r, m in results["rows"].items() if not m["skipped"] and r != "direct"]
     peers = [p for p in PEERS if p in live]
-    lines = [
-        "",
-        "## Kernel share of CPU per operation",
-        "",
-        "System = median total - median user, µs per operation.",
-        "",
-        "| workload | limit (0.8x best peer) | "
-        + " | ".join(f"{r} user / system" for r in live)
-        + " | lowest system of any row |",
-        "|---" * (len(live) + 3) + "|",
-    ]
-    notes = []
+    table: list[str] = []
+    notes: list[str] = []
     for w, label in PER_OP_CPU:
         if w not in summ:
             continue
@@ -259,7 +249,7 @@ def kernel_floor(results: dict[str, Any]) -> list[str]:
         cells = [
             f"{_fmt(users.get(r), '{:.1f}')} / {_fmt(system.get(r), '{:.1f}')}" for r in live
         ]
-        lines.append(
+        table.append(
             f"| {w} | {limit:.1f} ({best}) | "
             + " | ".join(cells)
             + f" | {system[low]:.1f} ({low}) |"
@@ -270,7 +260,20 @@ def kernel_floor(results: dict[str, Any]) -> list[str]:
                 f"every row (lowest: {system[low]:.1f} µs, {low}); it cannot be met by any "
                 "proxy here, whatever its own code costs."
             )
-    return lines + (["", *notes] if notes else [])
+    if not table:  # no workload with a peer to compare against
+        return []
+    head = [
+        "",
+        "## Kernel share of CPU per operation",
+        "",
+        "System = median total - median user, µs per operation.",
+        "",
+        "| workload | limit (0.8x best peer) | "
+        + " | ".join(f"{r} user / system" for r in live)
+        + " | lowest system of any row |",
+        "|---" * (len(live) + 3) + "|",
+    ]
+    return head + table + (["", *notes] if notes else [])
 
 
 def write_report(results: dict[str, Any], out: Path, plots: bool = True) -> None:
