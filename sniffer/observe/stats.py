@@ -203,6 +203,42 @@ def _hist_copy(h: _Hist) -> tuple[tuple[float, ...], list[int], float]:
     return (h.buckets, list(h.counts), h.total)
 
 
+# Where (backend, tenant) sits in the labels of each per-backend series of a Snapshot.
+_BACKEND_AT = {
+    "sniffer_connections": 1,  # (listener, backend, tenant)
+    "sniffer_backend_connect_errors": 0,  # (backend, tenant, reason)
+    "sniffer_connections_active": 0,
+    "sniffer_bytes": 0,  # (backend, tenant, direction)
+    "sniffer_connection_duration_seconds": 0,
+    "sniffer_backend_connect_duration_seconds": 0,
+}
+
+
+def backends_in(snap: Snapshot) -> set[tuple[str, str]]:
+    """The (backend, tenant) pairs a snapshot has series for."""
+    out: set[tuple[str, str]] = set()
+    for series in (snap.counters, snap.gauges, snap.hists):
+        for name, labels in series:
+            at = _BACKEND_AT.get(name)
+            if at is not None:
+                out.add((labels[at], labels[at + 1]))
+    return out
+
+
+def without_backends(snap: Snapshot, gone: set[tuple[str, str]]) -> Snapshot:
+    """`snap` less every series of the (backend, tenant) pairs in `gone`."""
+
+    def keep(key: tuple[str, tuple[str, ...]]) -> bool:
+        at = _BACKEND_AT.get(key[0])
+        return at is None or (key[1][at], key[1][at + 1]) not in gone
+
+    return Snapshot(
+        {k: v for k, v in snap.counters.items() if keep(k)},
+        {k: v for k, v in snap.gauges.items() if keep(k)},
+        {k: v for k, v in snap.hists.items() if keep(k)},
+    )
+
+
 def merge(snapshots: Iterable[Snapshot]) -> Snapshot:
     out = Snapshot()
     for snap in snapshots:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sniffer.observe import metrics
-from sniffer.observe.stats import Snapshot, merge
+from sniffer.observe.stats import Snapshot, backends_in, merge, without_backends
 from sniffer.proxy.worker import encode, receive, send
 from sniffer.routing.table import RouteTable
 
@@ -53,6 +53,8 @@ class Supervisor:
         self.workers = [_Worker(i) for i in range(count)]
         self.retired = Snapshot()
         """Counters and histograms of workers that died: kept so totals never go down."""
+        self._retired_backends: set[tuple[str, str]] = set()
+        self._table_backends: set[tuple[str, str]] = set()
         self.stopping = False
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -80,6 +82,8 @@ class Supervisor:
 
     def install(self, table: RouteTable) -> None:
         base, self.table = self.table, table
+        self._table_backends = {(b.name, b.tenant) for b in table.backends.values()}
+        self._forget_retired()
         delta: bytes | None = None
         for w in self.workers:
             if w.writer is None:
@@ -136,6 +140,7 @@ class Supervisor:
                 kind, payload = await receive(reader)
                 if kind == "stats":
                     w.snapshot = payload
+                    self._forget_retired()
                 elif kind == "installed":
                     w.installed_version, w.listen_errors = payload
                 elif kind == "resync":  # it could not apply a delta: send it all
@@ -161,9 +166,25 @@ class Supervisor:
         if not self.stopping:
             await self._spawn(w)
 
+    def _forget_retired(self) -> None:
+        """Drop dead workers' series of backends that left the table and that no live
+        worker still reports (an open connection keeps them), as live workers do: tenants
+        come and go for weeks, and nothing may grow /metrics without bound. Checked on
+        every table and every stats report (live workers forget after they install)."""
+        if not self._retired_backends:
+            return
+        gone = self._retired_backends - self._table_backends
+        for w in self.workers:  # rare: only right after backends left the table
+            if gone:
+                gone -= backends_in(w.snapshot)
+        if gone:
+            self.retired = without_backends(self.retired, gone)
+            self._retired_backends -= gone
+
     def _retire(self, w: _Worker) -> None:
         dead = w.snapshot
         self.retired = merge([self.retired, Snapshot(dead.counters, {}, dead.hists)])
+        self._retired_backends = backends_in(self.retired)
         w.snapshot = Snapshot()
 
     async def drain(self, grace: float) -> None:
