@@ -73,7 +73,6 @@ async def _apply(base: RouteTable, delta: TableDelta) -> RouteTable:
     return await asyncio.get_running_loop().run_in_executor(None, base.apply, delta)
 
 
-
 async def _worker_main(fd: int) -> int:
     from sniffer.observe.accesslog import AccessLog
     from sniffer.proxy.server import DataPlane, ProxySettings
