@@ -22,7 +22,14 @@ import time
 from typing import TYPE_CHECKING, cast
 
 from sniffer.observe.stats import BackendTally, ListenerTally
-from sniffer.routing.table import Backend, Endpoint, Listener, MatchKind, WeightedBackend
+from sniffer.routing.table import (
+    Backend,
+    Endpoint,
+    Listener,
+    MatchKind,
+    WeightedBackend,
+    join_host_port,
+)
 from sniffer.wire.errors import WireError
 from sniffer.wire.http import HttpHeadReader, HttpRequestHead
 from sniffer.wire.proxy_protocol import ProxyHeader, ProxyHeaderReader, encode_v1, encode_v2
@@ -498,10 +505,8 @@ class ClientConnection(asyncio.Protocol):
         if ep is not None and tally is not None and client is not None and host is not None:
             # A relayed connection, nearly every line: the backend's fields come
             # preformatted from its tally, the endpoint's text from the table.
-            c_host, c_port = client
             return _ROUTED_LINE % (
-                f"[{c_host}]" if ":" in c_host else c_host,
-                c_port,
+                join_host_port(*client),
                 _js(self.listener.name),
                 "sni" if self.listener.protocol == "tls" else "host",
                 host,
@@ -515,7 +520,7 @@ class ClientConnection(asyncio.Protocol):
             )
         backend = self.backend
         return _LINE % (
-            "null" if client is None else f'"{_fmt(client)}"',
+            "null" if client is None else f'"{join_host_port(*client)}"',
             _js(self.listener.name),
             "sni" if self.listener.protocol == "tls" else "host",
             "null" if self.host is None else f'"{self.host}"',
@@ -535,7 +540,7 @@ _LINE = (
     '"endpoint":%s,"bytes_in":%d,"bytes_out":%d,"duration":%.6f,"outcome":%s}\n'
 )
 _ROUTED_LINE = (
-    '{"client":"%s:%d","listener":%s,"%s":"%s","route":%s,%s,'
+    '{"client":"%s","listener":%s,"%s":"%s","route":%s,%s,'
     '"endpoint":"%s","bytes_in":%d,"bytes_out":%d,"duration":%.6f,"outcome":%s}\n'
 )
 _JS: dict[str, str] = {}
@@ -606,9 +611,3 @@ def _choose(backends: tuple[WeightedBackend, ...]) -> WeightedBackend | None:
     if not live:
         return None
     return random.choices(live, weights=[b.weight for b in live])[0]
-
-
-def _fmt(addr: tuple[str, int] | None) -> str | None:
-    if addr is None:
-        return None
-    return f"[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"{addr[0]}:{addr[1]}"

@@ -33,8 +33,7 @@ class Endpoint:
     """`host:port` (`[host]:port` for IPv6), made once: every access-log line prints it."""
 
     def __post_init__(self) -> None:
-        host, port = self.host, self.port
-        object.__setattr__(self, "text", f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+        object.__setattr__(self, "text", join_host_port(self.host, self.port))
 
     def __str__(self) -> str:
         return self.text
@@ -78,7 +77,7 @@ class Listener:
 
     @property
     def address(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return join_host_port(self.host, self.port)
 
 
 @dataclass(frozen=True, slots=True)
@@ -508,6 +507,11 @@ def _unpickle_table(
     table = RouteTable.build(spec, version)
     table.built_at = built_at
     return table
+
+
+def join_host_port(host: str, port: int) -> str:
+    """`host:port`, or `[v6]:port`: the inverse of `split_host_port`."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def split_host_port(address: str) -> tuple[str, int]:
