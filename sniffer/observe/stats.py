@@ -138,29 +138,20 @@ class DataPlaneStats:
         for key in [k for k, t in self.backends.items() if k not in live and t.active == 0]:
             del self.backends[key]
 
-    # opened() and closed() run once per connection: histogram updates are inlined.
-
     def opened(self, listener: str, conn: OpenConnection, dial: float) -> None:
         t = conn.tally
         assert t is not None
-        routed = t.routed
-        routed[listener] = routed.get(listener, 0) + 1
+        t.routed[listener] = t.routed.get(listener, 0) + 1
         t.active += 1
-        h = t.connect_times
-        h.counts[bisect_left(h.buckets, dial)] += 1
-        h.total += dial
+        t.connect_times.observe(dial)
 
     def closed(self, conn: OpenConnection, seconds: float) -> None:
         t = conn.tally
         if t is None:
             return
-        # Its last bytes (it has left the open set, so no snapshot folds them again).
-        t.up += conn.bytes_up - conn.reported_up
-        t.down += conn.bytes_down - conn.reported_down
+        _fold_bytes(conn, t)
         t.active -= 1
-        h = t.durations
-        h.counts[bisect_left(h.buckets, seconds)] += 1
-        h.total += seconds
+        t.durations.observe(seconds)
 
     def snapshot(self) -> Snapshot:
         """Fold open connections' bytes in, then copy everything out (picklable)."""

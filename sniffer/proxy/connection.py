@@ -283,7 +283,6 @@ class ClientConnection(asyncio.Protocol):
 
     def hello_timed_out(self) -> None:
         """The plane's sweep found this client still sniffing past the hello timeout."""
-        self.state_shared.sniffing.discard(self)
         if self.state == SNIFFING:
             self._refuse(
                 "hello_timeout", None, 408 if self.listener.protocol == "http" else None
