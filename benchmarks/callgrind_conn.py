@@ -30,15 +30,9 @@ import urllib.request
 from pathlib import Path
 
 from benchmarks.clients import client_hello
+from benchmarks.env import free_port
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 async def backend(port: int, ready: asyncio.Event) -> None:

@@ -32,7 +32,6 @@ import json
 import random
 import shutil
 import signal
-import socket
 import ssl
 import statistics
 import subprocess
@@ -51,32 +50,20 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.clients import client_hello  # noqa: E402
+from benchmarks.env import free_port  # noqa: E402
 from tests.kubeapi.objects import endpoint_slice  # noqa: E402
 
 PROBE_ADDRESSES = [f"127.1.0.{i}" for i in range(1, 65)]
 """Loopback addresses the probe backend listens on; churn moves endpoints among them."""
 
 
-def rss_mib(pid: int) -> float:
+def status_mib(pid: int, field: str) -> float:
+    """A kB line of /proc/PID/status (VmRSS, VmHWM...) in MiB."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
-
-
-def hwm_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    raise RuntimeError(f"no {field}")
 
 
 def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
@@ -242,7 +229,7 @@ class Router:
 
     @property
     def rss(self) -> float:
-        return rss_mib(self.proc.pid)
+        return status_mib(self.proc.pid, "VmRSS")
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -443,7 +430,7 @@ async def run_one(
             ),
             burst_unresolved=sum(d is None for d in done),
             rss_end_mib=round(router.rss, 1),
-            rss_peak_mib=round(hwm_mib(router.proc.pid), 1),
+            rss_peak_mib=round(status_mib(router.proc.pid, "VmHWM"), 1),
         )
         return result
     finally:

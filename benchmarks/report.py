@@ -116,6 +116,15 @@ def _ratio(a: float | None, b: float | None) -> str:
     return "n/a" if a is None or b is None or b == 0 else f"{a / b:.2f}x"
 
 
+def best_peer(summary: dict[str, Any], w: str, peers: list[str]) -> tuple[str, float] | None:
+    """The peer with the least CPU per operation on workload `w`, and that CPU."""
+    vals = {p: v for p in peers if (v := med(summary, w, p, "cpu_us_per_op")) is not None}
+    if not vals:
+        return None
+    best = min(vals, key=vals.__getitem__)
+    return best, vals[best]
+
+
 def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     summ = results["summary"]
     idle = results.get("idle_memory", {})
@@ -147,16 +156,14 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             ("hello-heavy", "CPU per new connection (hello-only)"),
             ("keep-alive", "CPU per keep-alive request"),
         ):
-            vals = {p: med(summ, w, p, "cpu_us_per_op") for p in peers}
-            vals = {p: v for p, v in vals.items() if v is not None}
-            best = min(vals, key=lambda p: vals[p]) if vals else None
+            best = best_peer(summ, w, peers)
             add(
                 r,
                 label,
                 med(summ, w, r, "cpu_us_per_op"),
-                0.8 * vals[best] if best else None,
+                0.8 * best[1] if best else None,
                 "µs",
-                f"<= 0.8x best peer ({best})",
+                f"<= 0.8x best peer ({best[0] if best else None})",
             )
         for w in ("large-stream", "concurrent-streams"):
             add(
@@ -240,11 +247,10 @@ def kernel_floor(results: dict[str, Any]) -> list[str]:
             total, user = med(summ, w, r, "cpu_us_per_op"), med(summ, w, r, "user_us_per_op")
             if total is not None and user is not None:
                 users[r], system[r] = user, total - user
-        peer_totals = {p: users[p] + system[p] for p in peers if p in system}
-        if not peer_totals:
+        peer = best_peer(summ, w, peers)
+        if peer is None or not system:
             continue
-        best = min(peer_totals, key=peer_totals.__getitem__)
-        limit = 0.8 * peer_totals[best]
+        best, limit = peer[0], 0.8 * peer[1]
         low = min(system, key=system.__getitem__)
         cells = [
             f"{_fmt(users.get(r), '{:.1f}')} / {_fmt(system.get(r), '{:.1f}')}" for r in live
