@@ -21,7 +21,7 @@ from sniffer.proxy.connection import tls_alert
 from tests.conftest import REPO
 from tests.proxy.test_relay import client_hello, tls_request
 from tests.support.pki import PKI
-from tests.support.servers import TLSBackend
+from tests.support.servers import TLSBackend, free_port
 
 
 async def refused_by_name(port: int, name: str) -> bool:
@@ -31,13 +31,6 @@ async def refused_by_name(port: int, name: str) -> bool:
     answer = await asyncio.wait_for(reader.read(), 10)
     writer.close()
     return answer == tls_alert(112)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def routes_yaml(port: int, backends: dict[str, int], routes: dict[str, str]) -> str:

@@ -21,15 +21,9 @@ import pytest
 import yaml
 
 from tests.deploy.support import find, find_tool, missing, render
+from tests.support.servers import free_port
 
 LAYOUTS = ["base", "overlays/hostnetwork"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _ready(url: str) -> bool:
@@ -65,10 +59,10 @@ def test_daemonset_args_run(layout: str, tmp_path: Path) -> None:
         elif arg.startswith("--listen="):
             proto = arg.split("=", 1)[1].split(":", 1)[0]
             public = "@" + arg.rsplit("@", 1)[1] if "@" in arg else ""
-            ports[proto] = _free_port()
+            ports[proto] = free_port()
             cmd.append(f"--listen={proto}:127.0.0.1:{ports[proto]}{public}")
         elif arg.startswith("--admin="):
-            ports["admin"] = _free_port()
+            ports["admin"] = free_port()
             cmd.append(f"--admin=127.0.0.1:{ports['admin']}")
         elif arg == "--workers=$(SNIFFER_WORKERS)":
             cmd.append("--workers=1")

@@ -50,6 +50,7 @@ import yaml
 
 from tests.deploy.contract import METRICS
 from tests.deploy.support import MANIFESTS, REPO, find_tool, missing, require_tool
+from tests.support.servers import free_port
 
 cryptography = pytest.importorskip("cryptography")
 from cryptography import x509  # noqa: E402
@@ -81,13 +82,6 @@ DEADLINE = 60.0  # seconds for any one wait; the whole test takes ~30-60 s
 
 
 # -- helpers -----------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def wait_for(what: str, check: Callable[[], bool], timeout: float = DEADLINE) -> None:

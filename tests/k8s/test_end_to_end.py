@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import ssl
 import subprocess
 import sys
@@ -22,6 +21,7 @@ import pytest
 
 from tests.kubeapi import objects as o
 from tests.kubeapi.certs import make_pki
+from tests.support.servers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 SNIFFER = REPO / ".venv" / "bin" / "sniffer"
@@ -42,12 +42,6 @@ def _cli_serves_kubernetes() -> bool:
 pytestmark = pytest.mark.skipif(
     not _cli_serves_kubernetes(), reason="`sniffer serve --kubernetes` is not available yet"
 )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def _eventually(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
@@ -103,7 +97,7 @@ async def _roundtrip(r: asyncio.StreamReader, w: asyncio.StreamWriter, data: byt
 
 async def test_tls_through_sniffer_follows_the_cluster(api_server, kubeconfig, tmp_path):
     backend, backend_port, ca = await _echo_backend(tmp_path)
-    listen, admin = _free_port(), _free_port()
+    listen, admin = free_port(), free_port()
     api_server.create(o.service("team-a", "web", (("https", 443, "https"),)))
     api_server.create(
         o.endpoint_slice("team-a", "web", ["127.0.0.1"], ports=(("https", backend_port),))

@@ -7,8 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import socket
 import ssl
 from dataclasses import dataclass, field
+
+
+def free_port() -> int:
+    """A port nothing listens on now, for a process the test starts (it binds it itself)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
 
 
 @dataclass
