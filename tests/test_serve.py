@@ -19,7 +19,7 @@ import pytest
 
 from sniffer.proxy.connection import tls_alert
 from tests.conftest import REPO
-from tests.proxy.test_relay import client_hello, tls_request
+from tests.proxy.test_relay import client_hello, open_tls, tls_request
 from tests.support.pki import PKI
 from tests.support.servers import TLSBackend, free_port
 
@@ -175,9 +175,7 @@ async def test_sigterm_drains_open_connections_then_exits_zero(
         routes_yaml(port, {"a": backends["a"].port}, {"app.a.example": "a"}),
         port, "--workers", "1", "--drain-grace", "20",
     )
-    reader, writer = await asyncio.open_connection(
-        "127.0.0.1", port, ssl=pki.client_context(), server_hostname="app.a.example"
-    )
+    reader, writer = await open_tls(pki, port, "app.a.example")
     writer.write(b"who\n")
     assert await reader.readline() == b"a\n"
     s.proc.send_signal(signal.SIGTERM)

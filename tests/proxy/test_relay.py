@@ -78,10 +78,17 @@ def tls_spec(
     )
 
 
-async def tls_request(pki: PKI, port: int, name: str, line: bytes = b"who\n") -> bytes:
-    reader, writer = await asyncio.open_connection(
+async def open_tls(
+    pki: PKI, port: int, name: str
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A TLS connection through sniffer that verifies the backend's certificate for `name`."""
+    return await asyncio.open_connection(
         "127.0.0.1", port, ssl=pki.client_context(), server_hostname=name
     )
+
+
+async def tls_request(pki: PKI, port: int, name: str, line: bytes = b"who\n") -> bytes:
+    reader, writer = await open_tls(pki, port, name)
     writer.write(line)
     answer = await reader.readline()
     writer.close()
@@ -126,9 +133,7 @@ async def test_large_bodies_both_ways_hash_equal(
 ) -> None:
     plane = await data_plane(tls_spec({"a": [tenants["a"].port]}, {"app.a.example": "a"}))
     port = plane.bound_ports()["main"]
-    reader, writer = await asyncio.open_connection(
-        "127.0.0.1", port, ssl=pki.client_context(), server_hostname="app.a.example"
-    )
+    reader, writer = await open_tls(pki, port, "app.a.example")
     size = 24 * 1024 * 1024 + 17
     h = hashlib.sha256()
     writer.write(f"sha {size}\n".encode())
@@ -253,9 +258,7 @@ async def test_default_backend_catches_unknown_and_missing_names(
     )
     port = plane.bound_ports()["main"]
     assert await tls_request(pki, port, "app.a.example") == b"a\n"
-    reader, writer = await asyncio.open_connection(
-        "127.0.0.1", port, ssl=pki.client_context(), server_hostname="app.b.example"
-    )
+    reader, writer = await open_tls(pki, port, "app.b.example")
     writer.write(b"who\n")
     assert await reader.readline() == b"b\n"
     writer.close()
@@ -476,9 +479,7 @@ async def test_open_connection_keeps_backend_across_table_swap(
     spec = tls_spec({"a": [tenants["a"].port]}, {"app.a.example": "a"})
     plane = await data_plane(spec)
     port = plane.bound_ports()["main"]
-    reader, writer = await asyncio.open_connection(
-        "127.0.0.1", port, ssl=pki.client_context(), server_hostname="app.a.example"
-    )
+    reader, writer = await open_tls(pki, port, "app.a.example")
     writer.write(b"who\n")
     assert await reader.readline() == b"a\n"
     # A scrape while the connection is open already counts its bytes both ways.
@@ -638,9 +639,7 @@ async def test_series_of_a_removed_backend_go_once_its_connections_close(
     )
     plane = await data_plane(spec)
     port = plane.bound_ports()["main"]
-    reader, writer = await asyncio.open_connection(
-        "127.0.0.1", port, ssl=pki.client_context(), server_hostname="app.b.example"
-    )
+    reader, writer = await open_tls(pki, port, "app.b.example")
     writer.write(b"who\n")
     assert await reader.readline() == b"b\n"
     assert await tls_request(pki, port, "app.a.example") == b"a\n"
