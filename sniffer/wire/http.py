@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from sniffer.wire.errors import BadHttpHead, InvalidHostname
 from sniffer.wire.hostname import normalize_hostname
+from sniffer.wire.reader import StickyReader
 from sniffer.wire.sentinels import NEED_DATA, NOT_HTTP, NeedData, NotHTTP
 
 __all__ = [
@@ -174,7 +175,7 @@ def parse_request_head(head: bytes) -> HttpRequestHead:
     )
 
 
-class HttpHeadReader:
+class HttpHeadReader(StickyReader[HttpRequestHead | NotHTTP]):
     """Incremental, sans-I/O reader of the request head at the start of a connection.
 
     ``feed`` each chunk read; it returns ``NEED_DATA`` until the blank line ending the
@@ -184,7 +185,7 @@ class HttpHeadReader:
     outcome is reached it is returned (or raised) again on every later ``feed``.
     """
 
-    __slots__ = ("_buf", "_error", "_method_ok", "_result", "_scanned", "max_bytes")
+    __slots__ = ("_buf", "_method_ok", "_scanned", "max_bytes")
 
     def __init__(self, max_bytes: int = DEFAULT_MAX_HEAD_BYTES) -> None:
         if not _MIN_HEAD_BYTES <= max_bytes <= _MAX_HEAD_BYTES_LIMIT:
@@ -192,33 +193,16 @@ class HttpHeadReader:
                 f"max_bytes must be in [{_MIN_HEAD_BYTES}, {_MAX_HEAD_BYTES_LIMIT}],"
                 f" got {max_bytes}"
             )
+        super().__init__()
         self.max_bytes = max_bytes
         self._buf = bytearray()
         self._scanned = 0  # bytes of _buf already searched for the end of the head
         self._method_ok = False
-        self._result: HttpRequestHead | NotHTTP | None = None
-        self._error: BadHttpHead | None = None
 
-    def feed(self, data: bytes | bytearray | memoryview) -> HttpRequestHead | NeedData | NotHTTP:
-        """Take the next bytes of the stream; see the class docstring for the outcomes."""
-        if self._result is not None:
-            return self._result
-        if self._error is not None:
-            raise self._error.with_traceback(None)
-        if not data:
-            return NEED_DATA
-        try:
-            result = self._feed(data)
-        except BadHttpHead as exc:
-            self._error = exc
-            self._buf = bytearray()
-            raise
-        if result is not NEED_DATA:
-            self._result = result
-            self._buf = bytearray()
-        return result
+    def _release(self) -> None:
+        self._buf = bytearray()
 
-    def _feed(self, data: bytes | bytearray | memoryview) -> HttpRequestHead | NeedData | NotHTTP:
+    def _step(self, data: bytes | bytearray | memoryview) -> HttpRequestHead | NeedData | NotHTTP:
         buf: bytes | bytearray
         if self._buf:
             self._buf += data

@@ -18,6 +18,7 @@ import struct
 from dataclasses import dataclass
 
 from sniffer.wire.errors import BadProxyHeader
+from sniffer.wire.reader import StickyReader
 from sniffer.wire.sentinels import NEED_DATA, NeedData
 
 __all__ = [
@@ -209,7 +210,7 @@ def _parse_v2(buf: bytes | bytearray, total: int) -> ProxyHeader:
     )
 
 
-class ProxyHeaderReader:
+class ProxyHeaderReader(StickyReader[ProxyHeader]):
     """Incremental, sans-I/O reader of the PROXY header (v1 or v2) at a stream's start.
 
     ``feed`` each chunk read; it returns ``NEED_DATA`` until the header is complete, then
@@ -218,35 +219,21 @@ class ProxyHeaderReader:
     reached it is returned (or raised) again on every later ``feed``.
     """
 
-    __slots__ = ("_buf", "_error", "_result", "max_v2_bytes")
+    __slots__ = ("_buf", "max_v2_bytes")
 
     def __init__(self, max_v2_bytes: int = DEFAULT_MAX_V2_BYTES) -> None:
         if not 16 <= max_v2_bytes <= 16 + 65535:
             raise ValueError(f"max_v2_bytes must be in [16, 65551], got {max_v2_bytes}")
+        super().__init__()
         self.max_v2_bytes = max_v2_bytes
         self._buf = bytearray()
-        self._result: ProxyHeader | None = None
-        self._error: BadProxyHeader | None = None
 
-    def feed(self, data: bytes | bytearray | memoryview) -> ProxyHeader | NeedData:
-        """Take the next bytes of the stream; see the class docstring for the outcomes."""
-        if self._result is not None:
-            return self._result
-        if self._error is not None:
-            raise self._error.with_traceback(None)
-        if not data:
-            return NEED_DATA
+    def _step(self, data: bytes | bytearray | memoryview) -> ProxyHeader | NeedData:
         self._buf += data
-        try:
-            result = self._parse(self._buf)
-        except BadProxyHeader as exc:
-            self._error = exc
-            self._buf = bytearray()
-            raise
-        if result is not NEED_DATA:
-            self._result = result
-            self._buf = bytearray()
-        return result
+        return self._parse(self._buf)
+
+    def _release(self) -> None:
+        self._buf = bytearray()
 
     def _parse(self, buf: bytearray) -> ProxyHeader | NeedData:
         if buf[0] == 0x50:  # "P"

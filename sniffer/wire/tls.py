@@ -26,6 +26,7 @@ from sniffer.wire.errors import (
     InvalidHostname,
 )
 from sniffer.wire.hostname import normalize_hostname_bytes
+from sniffer.wire.reader import StickyReader
 from sniffer.wire.sentinels import NEED_DATA, NOT_TLS, NeedData, NotTLS
 
 __all__ = [
@@ -300,7 +301,7 @@ def parse_whole_hello(data: bytes | bytearray | memoryview, max_bytes: int) -> C
     return parse_client_hello_body(buf, 9, end)
 
 
-class ClientHelloReader:
+class ClientHelloReader(StickyReader[ClientHello | NotTLS]):
     """Incremental, sans-I/O reader of the first ClientHello on a connection.
 
     ``feed`` each chunk read from the socket; it returns ``NEED_DATA`` until the
@@ -311,16 +312,7 @@ class ClientHelloReader:
     again on every later ``feed``.
     """
 
-    __slots__ = (
-        "_error",
-        "_header",
-        "_hs",
-        "_hs_total",
-        "_record_left",
-        "_result",
-        "_wire",
-        "max_bytes",
-    )
+    __slots__ = ("_header", "_hs", "_hs_total", "_record_left", "_wire", "max_bytes")
 
     def __init__(self, max_bytes: int = DEFAULT_MAX_HELLO_BYTES) -> None:
         if not _MIN_HELLO_BYTES_LIMIT <= max_bytes <= MAX_HELLO_BYTES_LIMIT:
@@ -328,43 +320,30 @@ class ClientHelloReader:
                 f"max_bytes must be in [{_MIN_HELLO_BYTES_LIMIT}, {MAX_HELLO_BYTES_LIMIT}],"
                 f" got {max_bytes}"
             )
+        super().__init__()
         self.max_bytes = max_bytes
         self._header = bytearray()  # a record header split across reads (< 5 bytes)
         self._record_left = 0  # payload bytes of the current record not yet taken
         self._hs = bytearray()  # handshake bytes reassembled from record payloads
         self._hs_total = -1  # 4 + handshake body length, once the header is in
         self._wire = 0  # bytes consumed from the stream: what the caller holds for us
-        self._result: ClientHello | NotTLS | None = None
-        self._error: HelloRejected | None = None
 
     @property
     def consumed(self) -> int:
         """Stream bytes looked at so far: the whole hello on the wire once it is returned."""
         return self._wire
 
-    def feed(self, data: bytes | bytearray | memoryview) -> ClientHello | NeedData | NotTLS:
-        """Take the next bytes of the stream; see the class docstring for the outcomes."""
-        if self._result is not None:
-            return self._result
-        if self._error is not None:
-            raise self._error.with_traceback(None)
-        if not data:
-            return NEED_DATA
-        try:
-            result: ClientHello | NeedData | NotTLS | None = None
-            if self._wire == 0 and not self._header:
-                # The first byte decides: anything but a handshake record is not TLS.
-                result = NOT_TLS if data[0] != _CONTENT_HANDSHAKE else self._feed_whole(data)
-            if result is None:
-                result = self._feed_incremental(data)
-        except HelloRejected as exc:
-            self._error = exc
-            self._hs = bytearray()
-            raise
-        if result is not NEED_DATA:
-            self._result = result
-            self._hs = bytearray()
+    def _step(self, data: bytes | bytearray | memoryview) -> ClientHello | NeedData | NotTLS:
+        result: ClientHello | NeedData | NotTLS | None = None
+        if self._wire == 0 and not self._header:
+            # The first byte decides: anything but a handshake record is not TLS.
+            result = NOT_TLS if data[0] != _CONTENT_HANDSHAKE else self._feed_whole(data)
+        if result is None:
+            result = self._feed_incremental(data)
         return result
+
+    def _release(self) -> None:
+        self._hs = bytearray()
 
     def _feed_whole(self, data: bytes | bytearray | memoryview) -> ClientHello | None:
         """The common case: one read holding one record holding the whole hello.
