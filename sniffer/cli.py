@@ -20,7 +20,7 @@ import yaml
 
 from sniffer import __version__
 from sniffer.routing.sources.file import EXAMPLE, RoutesFileError, load_routes, override_listeners
-from sniffer.routing.table import Listener, MatchKind, RouteTable, split_host_port
+from sniffer.routing.table import Listener, MatchKind, RouteTable, parse_port, split_host_port
 
 app = typer.Typer(
     add_completion=False,
@@ -58,7 +58,7 @@ def parse_listen(values: list[str]) -> tuple[Listener, ...]:
         addr, at, public = addr.partition("@")
         try:
             host, port = split_host_port(addr)
-            public_port = split_host_port(f"x:{public}")[1] if at else None
+            public_port = parse_port(public, f"public port {public!r}") if at else None
         except ValueError as exc:
             raise typer.BadParameter(f"{v!r}: {exc}") from None
         name = f"{proto}-{public_port or port}"

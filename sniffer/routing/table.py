@@ -528,9 +528,14 @@ def split_host_port(address: str) -> tuple[str, int]:
             raise ValueError(f"bad address {address!r}: expected host:port")
         if ":" in host:
             raise ValueError(f"bad address {address!r}: write IPv6 as [addr]:port")
-    if not port_s.isdigit() or not 0 < int(port_s) < 65536:
-        raise ValueError(f"bad address {address!r}: port must be 1-65535")
-    return host, int(port_s)
+    return host, parse_port(port_s, f"bad address {address!r}")
+
+
+def parse_port(text: str, what: str) -> int:
+    """A TCP port, 1-65535; raises ValueError naming `what`."""
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise ValueError(f"{what}: port must be 1-65535")
+    return int(text)
 
 
 def routed_backends(table: RouteTable) -> Iterable[Backend]:
