@@ -94,7 +94,7 @@ class DataPlane:
     async def install(self, table: RouteTable) -> None:
         """Swap in a new table; open listeners it adds and close those it drops."""
         self.table = table
-        self.stats.prune({(b.name, b.tenant) for b in table.backends.values()})
+        self.stats.prune(table.backend_keys())
         if self.draining:
             return
         wanted = {_listener_key(lis): lis for lis in table.listeners}

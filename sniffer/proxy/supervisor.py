@@ -54,7 +54,8 @@ class Supervisor:
         self.retired = Snapshot()
         """Counters and histograms of workers that died: kept so totals never go down."""
         self._retired_backends: set[tuple[str, str]] = set()
-        self._table_backends: set[tuple[str, str]] = set()
+        self._table_backends: tuple[int, set[tuple[str, str]]] = (-1, set())
+        """The current table's backend keys, made only while retired series exist."""
         self.stopping = False
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -82,7 +83,6 @@ class Supervisor:
 
     def install(self, table: RouteTable) -> None:
         base, self.table = self.table, table
-        self._table_backends = {(b.name, b.tenant) for b in table.backends.values()}
         self._forget_retired()
         delta: bytes | None = None
         for w in self.workers:
@@ -173,7 +173,9 @@ class Supervisor:
         every table and every stats report (live workers forget after they install)."""
         if not self._retired_backends:
             return
-        gone = self._retired_backends - self._table_backends
+        if self._table_backends[0] != self.table.version:
+            self._table_backends = (self.table.version, self.table.backend_keys())
+        gone = self._retired_backends - self._table_backends[1]
         for w in self.workers:  # rare: only right after backends left the table
             if gone:
                 gone -= backends_in(w.snapshot)

@@ -227,6 +227,10 @@ class RouteTable:
             built_at=time.time(),
         )
 
+    def backend_keys(self) -> set[tuple[str, str]]:
+        """(name, tenant) of every backend: the key of its metric series."""
+        return {(b.name, b.tenant) for b in self.backends.values()}
+
     def lookup(self, listener: str, host: str | None) -> Match:
         """Resolve a normalised hostname on a listener: exact, wildcard, default, none.
 
