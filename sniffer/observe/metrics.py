@@ -108,6 +108,11 @@ _FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "Failed dials to backend endpoints, by reason",
         ("backend", "tenant", "reason"),
     ),
+    "sniffer_limited_connections": (
+        "counter",
+        "Connections refused by a tenant, backend or client limit, by limit",
+        ("backend", "tenant", "limit"),
+    ),
     "sniffer_connection_duration_seconds": (
         "histogram",
         "Lifetime of routed connections",

@@ -47,6 +47,7 @@ class BackendTally:
         "durations",
         "errors",
         "key",
+        "limited",
         "log_fields",
         "routed",
         "up",
@@ -62,6 +63,8 @@ class BackendTally:
         self.up = 0
         self.down = 0
         self.errors: dict[str, int] = {}
+        self.limited: dict[str, int] = {}
+        """Connections refused by a limit, by limit (tenant_max_connections, ...)."""
         self.durations = _Hist(DURATION_BUCKETS)
         self.connect_times = _Hist(CONNECT_BUCKETS)
 
@@ -172,6 +175,8 @@ class DataPlaneStats:
                 c[("sniffer_connections", (lis, *key))] = n
             for reason, n in bt.errors.items():
                 c[("sniffer_backend_connect_errors", (*key, reason))] = n
+            for limit, n in bt.limited.items():
+                c[("sniffer_limited_connections", (*key, limit))] = n
             if not bt.routed:
                 continue  # only dial errors so far: no traffic series yet
             g[("sniffer_connections_active", key)] = bt.active
@@ -198,6 +203,7 @@ def _hist_copy(h: _Hist) -> tuple[tuple[float, ...], list[int], float]:
 _BACKEND_AT = {
     "sniffer_connections": 1,  # (listener, backend, tenant)
     "sniffer_backend_connect_errors": 0,  # (backend, tenant, reason)
+    "sniffer_limited_connections": 0,  # (backend, tenant, limit)
     "sniffer_connections_active": 0,
     "sniffer_bytes": 0,  # (backend, tenant, direction)
     "sniffer_connection_duration_seconds": 0,

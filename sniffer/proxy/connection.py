@@ -46,6 +46,8 @@ _ALERT_UNRECOGNIZED_NAME = 112
 
 # States of a client connection, in order.
 SNIFFING, DIALING, RELAYING, CLOSING, CLOSED = range(5)
+# What a connection holds of its limits (sniffer.proxy.admission), released at close.
+_NOT_ADMITTED, _ADMITTED, _DIALING = range(3)
 
 _HTTP_REASONS = {
     400: "Bad Request",
@@ -62,18 +64,20 @@ def tls_alert(description: int) -> bytes:
     return bytes((21, 3, 3, 0, 2, 2, description))
 
 
-def http_error(status: int, detail: str) -> bytes:
+def http_error(status: int, detail: str, retry_after: int | None = None) -> bytes:
     body = f"{status} {_HTTP_REASONS.get(status, 'Error')}: {detail}\n".encode()
+    retry = f"retry-after: {retry_after}\r\n" if retry_after is not None else ""
     head = (
         f"HTTP/1.1 {status} {_HTTP_REASONS.get(status, 'Error')}\r\n"
         f"content-type: text/plain; charset=utf-8\r\ncontent-length: {len(body)}\r\n"
-        "connection: close\r\n\r\n"
+        f"{retry}connection: close\r\n\r\n"
     ).encode()
     return head + body
 
 
 class ClientConnection(asyncio.Protocol):
     __slots__ = (
+        "admitted",
         "alpn",
         "backend",
         "bytes_down",
@@ -144,6 +148,7 @@ class ClientConnection(asyncio.Protocol):
         self.started = time.monotonic()
         self.routed_at = 0.0
         self.idle_mark = -1
+        self.admitted = _NOT_ADMITTED
 
     # -- asyncio callbacks -----------------------------------------------------------
 
@@ -154,6 +159,9 @@ class ClientConnection(asyncio.Protocol):
         shared = self.state_shared
         if shared.draining:
             transport.abort()
+            return
+        if len(shared.connections) >= shared.max_connections:
+            self._overloaded(transport)
             return
         shared.connections.add(self)
         self.ltally.accepted += 1
@@ -311,9 +319,51 @@ class ClientConnection(asyncio.Protocol):
             tally.errors["no_endpoints"] = tally.errors.get("no_endpoints", 0) + 1
             self._refuse("no_endpoints", _ALERT_INTERNAL_ERROR, 503)
             return
+        if not self._admit(backend, tally):
+            return
         self.tally = tally
         self.state = DIALING
         self.dial_task = shared.loop.create_task(self._dial(backend))
+
+    # -- admission (sniffer.proxy.admission): limits checked before the dial ------------
+
+    def _client_key(self) -> tuple[str, str] | None:
+        addr = self.client_addr
+        return (self.listener.name, addr[0]) if addr is not None else None
+
+    def _admit(self, backend: Backend, tally: BackendTally) -> bool:
+        """Count this connection against its tenant's, backend's and client's limits, or
+        refuse it at once (TLS internal_error / 503 with Retry-After)."""
+        refusal = self.state_shared.admission.admit(backend, self._client_key())
+        if refusal is None:
+            self.admitted = _DIALING
+            return True
+        reason, limit = refusal
+        tally.limited[limit] = tally.limited.get(limit, 0) + 1
+        self._refuse(reason, _ALERT_INTERNAL_ERROR, 503, retry_after=1)
+        return False
+
+    def _dial_over(self) -> None:
+        """The admitted dial connected, failed or was abandoned: free its slot."""
+        if self.admitted == _DIALING:
+            self.admitted = _ADMITTED
+            assert self.backend is not None
+            self.state_shared.admission.dial_done(self.backend)
+
+    def _release(self) -> None:
+        if self.admitted != _NOT_ADMITTED:
+            self._dial_over()
+            self.admitted = _NOT_ADMITTED
+            assert self.backend is not None
+            self.state_shared.admission.release(self.backend, self._client_key())
+
+    def _overloaded(self, transport: asyncio.Transport) -> None:
+        """At the process limit: close at once (not left in the backlog), counted; the
+        connections already open are untouched."""
+        self.state = CLOSED
+        self.outcome = "overloaded"
+        self.ltally.refuse("overloaded")
+        transport.abort()
 
     def dial_timed_out_now(self) -> None:
         """The plane's sweep found this dial attempt past the connect timeout.
@@ -371,6 +421,7 @@ class ClientConnection(asyncio.Protocol):
             self._relay(upstream, time.monotonic() - began)
             return
         self.tally = None
+        self._dial_over()
         self._refuse("backend_unavailable", _ALERT_INTERNAL_ERROR, 502)
 
     def _relay(self, upstream: UpstreamConnection, dial_seconds: float) -> None:
@@ -379,6 +430,7 @@ class ClientConnection(asyncio.Protocol):
         self.upstream = upstream
         self.state = RELAYING
         self.dial_task = None
+        self._dial_over()
         self.routed_at = time.monotonic()
         shared.stats.opened(self.listener.name, self, dial_seconds)
         ut = upstream.transport
@@ -408,10 +460,17 @@ class ClientConnection(asyncio.Protocol):
 
     # -- refusing and closing ------------------------------------------------------------
 
-    def _refuse(self, reason: str, alert: int | None, http_status: int | None) -> None:
+    def _refuse(
+        self,
+        reason: str,
+        alert: int | None,
+        http_status: int | None,
+        retry_after: int | None = None,
+    ) -> None:
         """Answer in the listener's protocol, count the reason, and close lingeringly."""
         if self.state >= CLOSING:
             return
+        self._release()
         self.state_shared.sniffing.discard(self)
         self.outcome = reason
         self.ltally.refuse(reason)
@@ -423,7 +482,7 @@ class ClientConnection(asyncio.Protocol):
             if alert is not None:
                 transport.write(tls_alert(alert))
         elif http_status is not None:
-            transport.write(http_error(http_status, reason.replace("_", " ")))
+            transport.write(http_error(http_status, reason.replace("_", " "), retry_after))
         if self.client_eof:
             # The client already half-closed: nothing more will come, and uvloop must not
             # be asked for write_eof() on a transport that saw EOF (it can double-free).
@@ -459,6 +518,7 @@ class ClientConnection(asyncio.Protocol):
         if self.dial_task is not None:  # the client left mid-dial: stop dialing
             self.dial_task.cancel()
             self.dial_task = None
+        self._release()
         now = time.monotonic()
         if was_relaying:
             shared.stats.closed(self, now - self.routed_at)

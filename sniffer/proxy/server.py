@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from sniffer.observe.stats import DataPlaneStats
+from sniffer.proxy.admission import Admission
 from sniffer.proxy.connection import DIALING, RELAYING, SNIFFING, ClientConnection
 from sniffer.routing.table import Listener, RouteTable
 
@@ -46,6 +48,25 @@ class ProxySettings:
     """Seconds open connections get to finish after SIGTERM."""
     reuse_port: bool = False
     """Bind listeners with SO_REUSEPORT (one socket per worker process)."""
+    max_connections: int = 0
+    """Open client connections this process holds before it sheds new ones at accept
+    (`overloaded`); 0 = what RLIMIT_NOFILE allows, see `connection_limit`."""
+
+
+FD_RESERVE_MIN = 64
+"""Descriptors kept back from the data plane (admin endpoint, log pipe, the control
+socket, a thread's files) so health checks keep answering at saturation."""
+
+
+def connection_limit(nofile: int | None = None) -> int:
+    """Client connections one process can hold: each routed one takes two descriptors
+    (client and backend), after a reserve of 1/16 of the limit, at least 64."""
+    if nofile is None:
+        nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if nofile == resource.RLIM_INFINITY:
+            nofile = 1 << 20
+    reserve = max(FD_RESERVE_MIN, nofile // 16)
+    return max(1, (nofile - reserve) // 2)
 
 
 AccessLog = Callable[[ClientConnection, float], None]
@@ -57,10 +78,13 @@ class DataPlane:
         settings: ProxySettings,
         access_log: AccessLog | None = None,
         stats: DataPlaneStats | None = None,
+        share: tuple[int, int] = (0, 1),
     ) -> None:
         # settings
         self.settings = settings
         self.access_log = access_log
+        self.max_connections = settings.max_connections or connection_limit()
+        """At this many open client connections new ones are closed at accept."""
         # shared server state
         self.loop = asyncio.get_running_loop()
         self.table = RouteTable.empty()
@@ -71,6 +95,8 @@ class DataPlane:
         """Connections waiting for their hello: the sweep's hello-timeout candidates."""
         self.dialing: set[ClientConnection] = set()
         """Connections with a dial attempt in flight: the connect-timeout candidates."""
+        self.admission = Admission(*share)
+        """Per-tenant/backend/client counts and buckets; `share` = (worker, workers)."""
         self.draining = False
         self.drained = asyncio.Event()
         """Set when draining and the last connection has closed."""
@@ -94,6 +120,7 @@ class DataPlane:
     async def install(self, table: RouteTable) -> None:
         """Swap in a new table; open listeners it adds and close those it drops."""
         self.table = table
+        self.admission.install(table)
         self.stats.prune(table.backend_keys())
         if self.draining:
             return

@@ -126,7 +126,9 @@ class Supervisor:
         reader, writer = await asyncio.open_connection(sock=parent)
         w.writer = writer
         self._count_alive()
-        await self._send(w, ("settings", {**self.settings, "index": w.index}))
+        await self._send(
+            w, ("settings", {**self.settings, "index": w.index, "workers": self.count})
+        )
         await self._send_full(w)
         self._spawn_task(self._read(w, reader))
 

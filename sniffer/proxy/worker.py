@@ -87,7 +87,12 @@ async def _worker_main(fd: int) -> int:
     )
     access = AccessLog() if cfg.get("access_log", True) else None
     stats = DataPlaneStats()
-    plane = DataPlane(ProxySettings(**cfg["proxy"]), access_log=access, stats=stats)
+    plane = DataPlane(
+        ProxySettings(**cfg["proxy"]),
+        access_log=access,
+        stats=stats,
+        share=(cfg["index"], cfg.get("workers", 1)),
+    )
     stop = asyncio.Event()
     drain_grace: list[float] = [plane.settings.drain_grace]
     loop = asyncio.get_running_loop()

@@ -18,6 +18,81 @@ ProxyProtocol = Literal["none", "v1", "v2"]
 Protocol = Literal["tls", "http"]
 
 
+LIMIT_FIELDS = ("max_connections", "connections_per_second", "burst", "max_pending_dials")
+"""Every limit a scope can set; which scopes honour which is in `SCOPE_FIELDS`."""
+SCOPE_FIELDS = {
+    "tenant": ("max_connections", "connections_per_second", "burst"),
+    "backend": LIMIT_FIELDS,
+    "client": ("max_connections",),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Limits set at one place (a default, a tenant, a backend); None leaves it to the
+    next place out (backend/tenant override -> default -> unlimited)."""
+
+    max_connections: int | None = None
+    connections_per_second: float | None = None
+    burst: int | None = None
+    """Token-bucket size for `connections_per_second` (default: one second's worth)."""
+    max_pending_dials: int | None = None
+    """Dials in flight to a backend: a blackholed backend cannot hold every slot."""
+    source: str = ""
+    """Where these were set, for `route-table` (file:line, Namespace x, flag)."""
+
+    def is_empty(self) -> bool:
+        return all(getattr(self, f) is None for f in LIMIT_FIELDS)
+
+    def as_tuple(self) -> tuple[Any, ...]:
+        return (*(getattr(self, f) for f in LIMIT_FIELDS), self.source)
+
+    def values(self) -> dict[str, float]:
+        return {f: v for f in LIMIT_FIELDS if (v := getattr(self, f)) is not None}
+
+    def under(self, outer: Limits) -> Limits:
+        """These limits with `outer`'s filling every field left unset (source: ours)."""
+        got = {f: getattr(self, f) for f in LIMIT_FIELDS}
+        for f, v in got.items():
+            if v is None:
+                got[f] = getattr(outer, f)
+        return Limits(**got, source=self.source or outer.source)
+
+
+NO_LIMITS = Limits()
+
+
+@dataclass(frozen=True, slots=True)
+class LimitDefaults:
+    """The `limits:` section: what applies where no tenant or backend says otherwise."""
+
+    tenant: Limits = NO_LIMITS
+    backend: Limits = NO_LIMITS
+    client: Limits = NO_LIMITS
+
+    def as_tuple(self) -> tuple[tuple[Any, ...], ...]:
+        return (self.tenant.as_tuple(), self.backend.as_tuple(), self.client.as_tuple())
+
+    @classmethod
+    def from_tuple(cls, t: tuple[tuple[Any, ...], ...]) -> LimitDefaults:
+        return cls(*(Limits(*x) for x in t))
+
+    def under(self, outer: LimitDefaults) -> LimitDefaults:
+        return LimitDefaults(
+            self.tenant.under(outer.tenant),
+            self.backend.under(outer.backend),
+            self.client.under(outer.client),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class EffectiveLimit:
+    """One limit in force and where it came from."""
+
+    value: float
+    source: str
+
+
 class MatchKind(StrEnum):
     EXACT = "exact"
     WILDCARD = "wildcard"
@@ -51,6 +126,8 @@ class Backend:
     """PROXY header sent to the backend before the client's bytes."""
     source: str = ""
     """Where it came from, for `route-table` (file:line or Kind ns/name)."""
+    limits: Limits = NO_LIMITS
+    """This backend's own limits (file `limits:`, Service annotations)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,15 +210,23 @@ class TableSpec:
     listeners: tuple[Listener, ...] = ()
     backends: tuple[Backend, ...] = ()
     routes: tuple[Route, ...] = ()
+    limits: LimitDefaults = LimitDefaults()
+    tenant_limits: tuple[tuple[str, Limits], ...] = ()
+    """Per-tenant overrides by tenant name (file `tenants:`, Namespace annotations)."""
 
     def merged(self, other: TableSpec) -> TableSpec:
-        """Combine two sources; on a name clash for listeners/backends the first wins."""
+        """Combine two sources; on a name clash for listeners/backends/tenants the first
+        wins, and a default limit the first leaves unset comes from the second."""
         names = {lis.name for lis in self.listeners}
         bnames = {b.name for b in self.backends}
+        tnames = {name for name, _ in self.tenant_limits}
         return TableSpec(
             listeners=self.listeners + tuple(x for x in other.listeners if x.name not in names),
             backends=self.backends + tuple(b for b in other.backends if b.name not in bnames),
             routes=self.routes + other.routes,
+            limits=self.limits.under(other.limits),
+            tenant_limits=self.tenant_limits
+            + tuple(t for t in other.tenant_limits if t[0] not in tnames),
         )
 
 
@@ -162,7 +247,17 @@ class _ListenerIndex:
 class RouteTable:
     """An immutable snapshot: listeners, backends, routes and their per-listener indices."""
 
-    __slots__ = ("_index", "backends", "built_at", "conflicts", "listeners", "routes", "version")
+    __slots__ = (
+        "_index",
+        "backends",
+        "built_at",
+        "conflicts",
+        "limits",
+        "listeners",
+        "routes",
+        "tenant_limits",
+        "version",
+    )
 
     def __init__(
         self,
@@ -173,7 +268,11 @@ class RouteTable:
         index: dict[str, _ListenerIndex],
         version: int,
         built_at: float,
+        limits: LimitDefaults = LimitDefaults(),
+        tenant_limits: Mapping[str, Limits] | None = None,
     ) -> None:
+        self.limits = limits
+        self.tenant_limits = dict(tenant_limits or {})
         self.listeners = listeners
         self.backends = dict(backends)
         self.routes = routes
@@ -225,7 +324,45 @@ class RouteTable:
             index=index,
             version=version,
             built_at=time.time(),
+            limits=spec.limits,
+            tenant_limits=dict(spec.tenant_limits),
         )
+
+    def spec(self) -> TableSpec:
+        """The spec this table was built from (for rebuilding it elsewhere)."""
+        return TableSpec(
+            self.listeners,
+            tuple(self.backends.values()),
+            self.routes,
+            self.limits,
+            tuple(self.tenant_limits.items()),
+        )
+
+    # -- limits ------------------------------------------------------------------------
+
+    def tenant_limit_set(self, tenant: str) -> Limits:
+        """A tenant's limits with the defaults filled in (values only; see `effective`)."""
+        own = self.tenant_limits.get(tenant)
+        return own.under(self.limits.tenant) if own is not None else self.limits.tenant
+
+    def effective_limits(self, scope: str, name: str = "") -> dict[str, EffectiveLimit]:
+        """Limits in force for a tenant, a backend (by name) or a client address, each
+        with where it came from; an unset limit is absent (unlimited)."""
+        if scope == "tenant":
+            own, default = self.tenant_limits.get(name, NO_LIMITS), self.limits.tenant
+        elif scope == "backend":
+            b = self.backends.get(name)
+            own, default = (b.limits if b is not None else NO_LIMITS), self.limits.backend
+        else:
+            own, default = NO_LIMITS, self.limits.client
+        out: dict[str, EffectiveLimit] = {}
+        for f in SCOPE_FIELDS[scope]:
+            for where in (own, default):
+                value = getattr(where, f)
+                if value is not None:
+                    out[f] = EffectiveLimit(value, where.source)
+                    break
+        return out
 
     def backend_keys(self) -> set[tuple[str, str]]:
         """(name, tenant) of every backend: the key of its metric series."""
@@ -279,8 +416,25 @@ class RouteTable:
                     "endpoints": [str(e) for e in b.endpoints],
                     "proxy_protocol": b.proxy_protocol,
                     "source": b.source,
+                    "limits": _limits_view(self.effective_limits("backend", b.name)),
+                    "own_limits": _own_limits(b.limits),
                 }
                 for b in self.backends.values()
+            ],
+            "limits": {
+                "tenant": _own_limits(self.limits.tenant),
+                "backend": _own_limits(self.limits.backend),
+                "client": _own_limits(self.limits.client),
+            },
+            "tenants": [
+                {
+                    "name": t,
+                    "limits": _limits_view(self.effective_limits("tenant", t)),
+                    "own_limits": _own_limits(self.tenant_limits.get(t)),
+                }
+                for t in sorted({b.tenant for b in self.backends.values()}.union(
+                    self.tenant_limits
+                ))
             ],
             "routes": [
                 {
@@ -331,6 +485,7 @@ class RouteTable:
                     endpoints=eps,
                     proxy_protocol=b.get("proxy_protocol", "none"),
                     source=b.get("source", ""),
+                    limits=_limits_from(b.get("own_limits")),
                 )
             )
         routes = []
@@ -350,8 +505,19 @@ class RouteTable:
                     precedence=(float(prec[0]), str(prec[1])),
                 )
             )
+        lim = data.get("limits") or {}
         table = cls.build(
-            TableSpec(tuple(listeners), tuple(backends), tuple(routes)),
+            TableSpec(
+                tuple(listeners),
+                tuple(backends),
+                tuple(routes),
+                LimitDefaults(*(_limits_from(lim.get(k)) for k in ("tenant", "backend", "client"))),
+                tuple(
+                    (t["name"], _limits_from(t["own_limits"]))
+                    for t in data.get("tenants", [])
+                    if t.get("own_limits")
+                ),
+            ),
             version=int(data.get("version", 0)),
         )
         table.built_at = float(data.get("built_at", table.built_at))
@@ -371,6 +537,8 @@ class RouteTable:
                 tuple(map(_listener_tuple, self.listeners)),
                 tuple(map(_backend_tuple, self.backends.values())),
                 tuple(map(_route_tuple, self.routes)),
+                self.limits.as_tuple(),
+                tuple((t, lim.as_tuple()) for t, lim in self.tenant_limits.items()),
             ),
         )
 
@@ -392,6 +560,8 @@ class RouteTable:
             tuple(map(_listener_tuple, self.listeners)),
             tuple(_ref_or(b_pos, b, _backend_tuple) for b in self.backends.values()),
             tuple(_ref_or(r_pos, r, _route_tuple) for r in self.routes),
+            self.limits.as_tuple(),
+            tuple((t, lim.as_tuple()) for t, lim in self.tenant_limits.items()),
         )
 
     def apply(self, delta: TableDelta) -> RouteTable:
@@ -406,6 +576,8 @@ class RouteTable:
             tuple(Listener(*x) for x in delta.listeners),
             tuple(old_b[x] if isinstance(x, int) else _backend(*x) for x in delta.backends),
             tuple(old_r[x] if isinstance(x, int) else _route(*x) for x in delta.routes),
+            LimitDefaults.from_tuple(delta.limits),
+            tuple((t, Limits(*x)) for t, x in delta.tenant_limits),
         )
         table = RouteTable.build(spec, delta.version)
         table.built_at = delta.built_at
@@ -423,6 +595,8 @@ class TableDelta(NamedTuple):
     """Per backend, in order: its position in the base table, or its fields."""
     routes: tuple[int | tuple[Any, ...], ...]
     """Per route, in order: its position in the base table, or its fields."""
+    limits: tuple[tuple[Any, ...], ...] = ((), (), ())
+    tenant_limits: tuple[tuple[str, tuple[Any, ...]], ...] = ()
 
     @property
     def reused(self) -> int:
@@ -458,13 +632,26 @@ def _backend_tuple(b: Backend) -> tuple[Any, ...]:
         tuple((e.host, e.port) for e in b.endpoints),
         b.proxy_protocol,
         b.source,
+        None if b.limits.is_empty() else b.limits.as_tuple(),
     )
 
 
 def _backend(
-    name: str, tenant: str, eps: tuple[tuple[str, int], ...], pp: ProxyProtocol, source: str
+    name: str,
+    tenant: str,
+    eps: tuple[tuple[str, int], ...],
+    pp: ProxyProtocol,
+    source: str,
+    limits: tuple[Any, ...] | None = None,
 ) -> Backend:
-    return Backend(name, tenant, tuple(Endpoint(h, p) for h, p in eps), pp, source)
+    return Backend(
+        name,
+        tenant,
+        tuple(Endpoint(h, p) for h, p in eps),
+        pp,
+        source,
+        NO_LIMITS if limits is None else Limits(*limits),
+    )
 
 
 def _route_tuple(r: Route) -> tuple[Any, ...]:
@@ -502,11 +689,15 @@ def _unpickle_table(
     listeners: tuple[tuple[Any, ...], ...],
     backends: tuple[tuple[Any, ...], ...],
     routes: tuple[tuple[Any, ...], ...],
+    limits: tuple[tuple[Any, ...], ...] = ((), (), ()),
+    tenant_limits: tuple[tuple[str, tuple[Any, ...]], ...] = (),
 ) -> RouteTable:
     spec = TableSpec(
         tuple(Listener(*x) for x in listeners),
         tuple(_backend(*x) for x in backends),
         tuple(_route(*x) for x in routes),
+        LimitDefaults.from_tuple(limits),
+        tuple((t, Limits(*x)) for t, x in tenant_limits),
     )
     table = RouteTable.build(spec, version)
     table.built_at = built_at
@@ -549,3 +740,20 @@ def routed_backends(table: RouteTable) -> Iterable[Backend]:
         names.update(w.backend for w in r.backends)
     names.update(lis.default_backend for lis in table.listeners if lis.default_backend)
     return [table.backends[n] for n in sorted(names) if n in table.backends]
+
+
+def _limits_view(eff: Mapping[str, EffectiveLimit]) -> dict[str, dict[str, Any]]:
+    return {f: {"value": e.value, "from": e.source} for f, e in eff.items()}
+
+
+def _own_limits(lim: Limits | None) -> dict[str, Any] | None:
+    if lim is None or lim.is_empty():
+        return None
+    return {**lim.values(), "source": lim.source}
+
+
+def _limits_from(data: Mapping[str, Any] | None) -> Limits:
+    """Inverse of `_own_limits` (for tables read back from `/routes`)."""
+    if not data:
+        return NO_LIMITS
+    return Limits(**{f: data.get(f) for f in LIMIT_FIELDS}, source=data.get("source", ""))

@@ -22,8 +22,11 @@ import yaml
 from sniffer.observe import metrics
 from sniffer.routing.sources import Publish, Update
 from sniffer.routing.table import (
+    SCOPE_FIELDS,
     Backend,
     Endpoint,
+    LimitDefaults,
+    Limits,
     Listener,
     Route,
     TableSpec,
@@ -57,9 +60,9 @@ class RoutesFileError(ValueError):
         super().__init__("\n".join(p.format(filename) for p in problems))
 
 
-_TOP = {"listeners", "backends", "routes"}
+_TOP = {"listeners", "backends", "routes", "limits", "tenants"}
 _LISTENER_KEYS = {"name", "address", "protocol", "default_backend", "proxy_protocol_in"}
-_BACKEND_KEYS = {"name", "endpoints", "proxy_protocol", "tenant"}
+_BACKEND_KEYS = {"name", "endpoints", "proxy_protocol", "tenant", "limits"}
 _ROUTE_KEYS = {"host", "backend", "backends", "listeners"}
 
 
@@ -126,6 +129,26 @@ class _Checker:
         self.fail(path, node, f"expected a whole number from {low} to {high}")
         return None
 
+    def limits(self, path: str, node: yaml.Node | None, scope: str, source: str) -> Limits:
+        """A `limits:` mapping of `scope` (tenant, backend, client); absent = none set."""
+        if node is None:
+            return Limits()
+        m = self.mapping(path, node, set(SCOPE_FIELDS[scope]))
+        got: dict[str, float] = {}
+        for key, vnode in m.items():
+            if key == "connections_per_second" and isinstance(vnode, yaml.ScalarNode) and (
+                vnode.tag == "tag:yaml.org,2002:float"
+            ):
+                rate = float(vnode.value)
+                if 0 < rate <= 10_000_000:
+                    got[key] = rate
+                    continue
+            low = 0 if key == "max_connections" else 1
+            value = self.integer(f"{path}.{key}", vnode, low, 10_000_000)
+            if value is not None:
+                got[key] = value
+        return Limits(**got, source=source)  # type: ignore[arg-type]
+
 
 def parse_routes(text: str, filename: str = "<routes>") -> TableSpec:
     """Parse a routes file; raise `RoutesFileError` listing every problem found."""
@@ -139,9 +162,10 @@ def parse_routes(text: str, filename: str = "<routes>") -> TableSpec:
     if root is None:
         raise RoutesFileError(filename, [Problem("", None, "empty file")])
     top = chk.mapping("", root, _TOP)
+    defaults, tenant_limits = _parse_limits(chk, top, filename)
 
     listeners: list[Listener] = []
-    defaults: list[tuple[str, yaml.Node, str]] = []
+    default_backends: list[tuple[str, yaml.Node, str]] = []
     for i, node in enumerate(chk.sequence("listeners", top.get("listeners"))):
         p = f"listeners[{i}]"
         m = chk.mapping(p, node, _LISTENER_KEYS)
@@ -164,7 +188,7 @@ def parse_routes(text: str, filename: str = "<routes>") -> TableSpec:
             chk.fail(f"{p}.name", m["name"], f"duplicate listener name {name!r}")
         default = chk.string(f"{p}.default_backend", m.get("default_backend"))
         if default is not None:
-            defaults.append((f"{p}.default_backend", m["default_backend"], default))
+            default_backends.append((f"{p}.default_backend", m["default_backend"], default))
         if name and host_port and proto:
             listeners.append(
                 Listener(
@@ -203,6 +227,8 @@ def parse_routes(text: str, filename: str = "<routes>") -> TableSpec:
             chk.fail(f"{p}.proxy_protocol", m.get("proxy_protocol"), "must be none, v1 or v2")
             pp = "none"
         tenant = chk.string(f"{p}.tenant", m.get("tenant"))
+        line = node.start_mark.line + 1
+        limits = chk.limits(f"{p}.limits", m.get("limits"), "backend", f"{p} {filename}:{line}")
         if name is None:
             continue
         if name in backends:
@@ -213,10 +239,11 @@ def parse_routes(text: str, filename: str = "<routes>") -> TableSpec:
             tenant=tenant or name,
             endpoints=tuple(endpoints),
             proxy_protocol="v1" if pp == "v1" else "v2" if pp == "v2" else "none",
-            source=f"file {filename}:{node.start_mark.line + 1}",
+            source=f"file {filename}:{line}",
+            limits=limits,
         )
 
-    for path, dnode, default in defaults:
+    for path, dnode, default in default_backends:
         if default not in backends:
             chk.fail(path, dnode, f"unknown backend {default!r}")
 
@@ -280,7 +307,49 @@ def parse_routes(text: str, filename: str = "<routes>") -> TableSpec:
             )
     if chk.problems:
         raise RoutesFileError(filename, sorted(chk.problems, key=lambda p: p.line or 0))
-    return TableSpec(tuple(listeners), tuple(backends.values()), tuple(routes))
+    return TableSpec(
+        tuple(listeners), tuple(backends.values()), tuple(routes), defaults, tenant_limits
+    )
+
+
+def _parse_limits(
+    chk: _Checker, top: dict[str, yaml.Node], filename: str
+) -> tuple[LimitDefaults, tuple[tuple[str, Limits], ...]]:
+    """The `limits:` defaults and the `tenants:` overrides."""
+    defaults = LimitDefaults()
+    if "limits" in top:
+        node = top["limits"]
+        m = chk.mapping("limits", node, set(SCOPE_FIELDS))
+        defaults = LimitDefaults(
+            *(
+                chk.limits(
+                    f"limits.{scope}",
+                    m.get(scope),
+                    scope,
+                    f"limits.{scope} {filename}:{m[scope].start_mark.line + 1}"
+                    if scope in m
+                    else "",
+                )
+                for scope in ("tenant", "backend", "client")
+            )
+        )
+    tenants: dict[str, Limits] = {}
+    for i, node in enumerate(chk.sequence("tenants", top.get("tenants"))):
+        p = f"tenants[{i}]"
+        m = chk.mapping(p, node, {"name", "limits"})
+        name = chk.string(f"{p}.name", m.get("name"))
+        if "name" not in m and isinstance(node, yaml.MappingNode):
+            chk.fail(p, node, "missing 'name'")
+        lim = chk.limits(
+            f"{p}.limits", m.get("limits"), "tenant", f"{p} {filename}:{node.start_mark.line + 1}"
+        )
+        if name is None:
+            continue
+        if name in tenants:
+            chk.fail(f"{p}.name", m["name"], f"duplicate tenant {name!r}")
+            continue
+        tenants[name] = lim
+    return defaults, tuple(tenants.items())
 
 
 def load_routes(path: str | os.PathLike[str]) -> TableSpec:
@@ -316,7 +385,7 @@ def override_listeners(spec: TableSpec, listeners: tuple[Listener, ...]) -> Tabl
         routes.append(
             replace(r, listeners=frozenset(lis.name for lis in listeners if lis.protocol in protos))
         )
-    return TableSpec(new_listeners, spec.backends, tuple(routes))
+    return replace(spec, listeners=new_listeners, routes=tuple(routes))
 
 
 class FileSource:
