@@ -2,8 +2,9 @@
 
 `Admission` keeps, per process, how many connections each tenant, backend and client
 address holds, how many dials each backend has in flight, and a token bucket per
-tenant and backend with a rate. `admit` runs once per routed connection (a handful of
-dict probes), `release` once at close; nothing here is touched while bytes flow.
+tenant and backend with a rate. A routed connection takes its backend's `Ticket` (one dict
+probe), `check`s it (a few attribute compares and adds), and gives its counts back at
+close; nothing here is touched while bytes flow.
 
 A pod's limits are split between its worker processes: worker i of n enforces
 `limit // n` (plus one for the first `limit % n` workers), rates `rate / n`, so the
@@ -15,9 +16,9 @@ worker sees about 1/n of every tenant's connections). This module never touches 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from typing import Protocol
 
-from sniffer.routing.table import Backend, Limits, RouteTable
+from sniffer.routing.table import Backend, Limits, Listener, RouteTable
 
 # Refusal reasons (the `reason` label of sniffer_refused_connections_total) and the
 # `limit` label of sniffer_limited_connections_total that goes with each check.
@@ -30,7 +31,8 @@ OVERLOADED = "overloaded"
 Refusal = tuple[str, str]
 """(reason, limit): e.g. ("backend_limit", "max_pending_dials")."""
 
-_UNLIMITED = -1
+_FAR = float("inf")
+"""The maximum of what has no limit: every count is below it."""
 
 
 class TokenBucket:
@@ -56,13 +58,58 @@ class TokenBucket:
         return True
 
 
-@dataclass(slots=True)
-class _Rule:
-    """One tenant's or backend's limits, already cut to this worker's share."""
+class _Count:
+    """What one tenant or backend holds in this process; outlives tables."""
 
-    max_connections: int
-    bucket: TokenBucket | None
-    max_pending_dials: int
+    __slots__ = ("active", "pending")
+
+    def __init__(self) -> None:
+        self.active = 0
+        self.pending = 0
+        """Dials in flight (backends only)."""
+
+
+class Ticket:
+    """A backend's limits under one table, cut to this worker's share, with the counts
+    they are checked against; an admitted connection holds it until it closes."""
+
+    __slots__ = ("backend", "backend_bucket", "backend_max", "pending_max", "tenant",
+                 "tenant_bucket", "tenant_max")
+
+    def __init__(
+        self,
+        tenant: _Count,
+        backend: _Count,
+        tenant_lim: tuple[float, TokenBucket | None],
+        backend_lim: tuple[float, TokenBucket | None],
+        pending_max: float,
+    ) -> None:
+        self.tenant = tenant
+        self.backend = backend
+        self.tenant_max, self.tenant_bucket = tenant_lim
+        self.backend_max, self.backend_bucket = backend_lim
+        self.pending_max = pending_max
+
+    def check(self) -> Refusal | None:
+        """Every tenant and backend limit for one new connection; on success it counts."""
+        tenant, backend = self.tenant, self.backend
+        if tenant.active >= self.tenant_max:
+            return TENANT_LIMIT, "tenant_max_connections"
+        if backend.active >= self.backend_max:
+            return BACKEND_LIMIT, "backend_max_connections"
+        if backend.pending >= self.pending_max:
+            return BACKEND_LIMIT, "max_pending_dials"
+        tb, bb = self.tenant_bucket, self.backend_bucket
+        if tb is not None or bb is not None:
+            now = time.monotonic()
+            if tb is not None and not tb.take(now):
+                return RATE_LIMITED, "tenant_connections_per_second"
+            if bb is not None and not bb.take(now):
+                return RATE_LIMITED, "backend_connections_per_second"
+        tenant.active += 1
+        backend.active += 1
+        backend.pending += 1
+        return None
 
 
 def split(value: int, index: int, count: int) -> int:
@@ -74,57 +121,63 @@ class Admission:
     """Per-process admission state; `install` each new table."""
 
     __slots__ = (
-        "_backend_rules",
         "_buckets",
         "_table",
-        "_tenant_rules",
-        "backend_active",
+        "_tickets",
+        "backends",
         "client_active",
         "client_max",
         "count",
         "index",
-        "pending",
-        "tenant_active",
+        "tenants",
     )
 
     def __init__(self, index: int = 0, count: int = 1) -> None:
         self.index = index
         self.count = max(1, count)
-        self.tenant_active: dict[str, int] = {}
-        self.backend_active: dict[str, int] = {}
+        self.tenants: dict[str, _Count] = {}
+        self.backends: dict[str, _Count] = {}
         self.client_active: dict[tuple[str, str], int] = {}
-        self.pending: dict[str, int] = {}
-        """Dials in flight per backend."""
-        self.client_max = _UNLIMITED
+        """Open connections per (listener, client address); kept only while a client
+        limit is set (a limit set later counts the connections opened from then on)."""
+        self.client_max: float = _FAR
         self._table = RouteTable.empty()
-        self._tenant_rules: dict[str, _Rule] = {}
-        self._backend_rules: dict[str, _Rule] = {}
+        self._tickets: dict[str, Ticket] = {}
         self._buckets: dict[tuple[str, str], TokenBucket] = {}
         """Kept across tables while a bucket's rate and burst stay the same, so an
         unrelated route change does not refill anyone's bucket."""
 
     def install(self, table: RouteTable) -> None:
-        """Take limits from `table`. Rules are made lazily, on a tenant's or backend's
-        first connection under this table: installing costs nothing per tenant."""
+        """Take limits from `table`. Tickets are made lazily, on a backend's first
+        connection under this table: installing costs nothing per tenant."""
         self._table = table
-        self._tenant_rules = {}
-        self._backend_rules = {}
-        if len(self._buckets) > 2 * len(table.backends) + 64:
-            # Tenants and backends come and go for weeks: forget buckets of gone ones.
-            live = {("backend", n) for n in table.backends}
-            live.update(("tenant", b.tenant) for b in table.backends.values())
-            self._buckets = {k: v for k, v in self._buckets.items() if k in live}
+        self._tickets = {}
         client = table.limits.client.max_connections
-        self.client_max = (
-            _UNLIMITED if client is None else split(client, self.index, self.count)
-        )
+        self.client_max = _FAR if client is None else split(client, self.index, self.count)
+        if client is None:
+            self.client_active.clear()
+        if len(self._buckets) + len(self.tenants) + len(self.backends) > (
+            4 * len(table.backends) + 64
+        ):
+            self._forget(table)
 
-    def _rule(self, scope: str, name: str, lim: Limits) -> _Rule:
+    def _forget(self, table: RouteTable) -> None:
+        """Tenants and backends come and go for weeks: drop state of gone idle ones."""
+        names = set(table.backends)
+        tenants = {b.tenant for b in table.backends.values()}
+        self.tenants = {k: c for k, c in self.tenants.items() if k in tenants or c.active}
+        self.backends = {
+            k: c for k, c in self.backends.items() if k in names or c.active or c.pending
+        }
+        self._buckets = {
+            k: v
+            for k, v in self._buckets.items()
+            if (k[1] in tenants if k[0] == "tenant" else k[1] in names)
+        }
+
+    def _share(self, scope: str, name: str, lim: Limits) -> tuple[float, TokenBucket | None]:
         n, i = self.count, self.index
-        maxc = _UNLIMITED if lim.max_connections is None else split(lim.max_connections, i, n)
-        pend = (
-            _UNLIMITED if lim.max_pending_dials is None else split(lim.max_pending_dials, i, n)
-        )
+        maxc = _FAR if lim.max_connections is None else split(lim.max_connections, i, n)
         bucket = None
         if lim.connections_per_second is not None:
             rate = lim.connections_per_second / n
@@ -134,70 +187,84 @@ class Admission:
             bucket = self._buckets.get(key)
             if bucket is None or bucket.rate != rate or bucket.burst != burst:
                 bucket = self._buckets[key] = TokenBucket(rate, burst)
-        return _Rule(maxc, bucket, pend)
+        return maxc, bucket
 
-    def _tenant_rule(self, tenant: str) -> _Rule:
-        rule = self._tenant_rules[tenant] = self._rule(
-            "tenant", tenant, self._table.tenant_limit_set(tenant)
+    def ticket(self, backend: Backend) -> Ticket:
+        """The backend's ticket under the current table (made on first use)."""
+        t = self._tickets.get(backend.name)
+        if t is not None:
+            return t
+        table = self._table
+        blim = backend.limits.under(table.limits.backend)
+        pend = blim.max_pending_dials
+        tenant = self.tenants.get(backend.tenant)
+        if tenant is None:
+            tenant = self.tenants[backend.tenant] = _Count()
+        bcount = self.backends.get(backend.name)
+        if bcount is None:
+            bcount = self.backends[backend.name] = _Count()
+        t = self._tickets[backend.name] = Ticket(
+            tenant,
+            bcount,
+            self._share("tenant", backend.tenant, table.tenant_limit_set(backend.tenant)),
+            self._share("backend", backend.name, blim),
+            _FAR if pend is None else split(pend, self.index, self.count),
         )
-        return rule
+        return t
 
-    def _backend_rule(self, backend: Backend) -> _Rule:
-        lim = backend.limits.under(self._table.limits.backend)
-        rule = self._backend_rules[backend.name] = self._rule("backend", backend.name, lim)
-        return rule
+    def admit(self, conn: Holder, backend: Backend) -> Refusal | None:
+        """Check every limit for `conn`'s new connection to `backend`: None and the
+        connection holds its counts (and one dial slot) until `release`, or a refusal."""
+        client = None
+        if self.client_max != _FAR:
+            addr = conn.client_addr
+            if addr is not None:
+                client = (conn.listener.name, addr[0])
+                if self.client_active.get(client, 0) >= self.client_max:
+                    return CLIENT_LIMIT, "client_max_connections"
+        ticket = self._tickets.get(backend.name) or self.ticket(backend)
+        refusal = ticket.check()
+        if refusal is None:
+            conn.ticket = ticket
+            conn.dial_held = True
+            if client is not None:
+                self.client_active[client] = self.client_active.get(client, 0) + 1
+                conn.client_key = client
+        return refusal
 
-    def admit(self, backend: Backend, client: tuple[str, str] | None) -> Refusal | None:
-        """Check every limit for one new connection to `backend` from `client`
-        ((listener, address)); on success count it (and its dial) and return None."""
-        tenant = backend.tenant
-        name = backend.name
-        trule = self._tenant_rules.get(tenant) or self._tenant_rule(tenant)
-        brule = self._backend_rules.get(name) or self._backend_rule(backend)
-        if (
-            client is not None
-            and self.client_max != _UNLIMITED
-            and self.client_active.get(client, 0) >= self.client_max
-        ):
-            return CLIENT_LIMIT, "client_max_connections"
-        t_active = self.tenant_active.get(tenant, 0)
-        if trule.max_connections != _UNLIMITED and t_active >= trule.max_connections:
-            return TENANT_LIMIT, "tenant_max_connections"
-        b_active = self.backend_active.get(name, 0)
-        if brule.max_connections != _UNLIMITED and b_active >= brule.max_connections:
-            return BACKEND_LIMIT, "backend_max_connections"
-        pending = self.pending.get(name, 0)
-        if brule.max_pending_dials != _UNLIMITED and pending >= brule.max_pending_dials:
-            return BACKEND_LIMIT, "max_pending_dials"
-        if trule.bucket is not None or brule.bucket is not None:
-            now = time.monotonic()
-            if trule.bucket is not None and not trule.bucket.take(now):
-                return RATE_LIMITED, "tenant_connections_per_second"
-            if brule.bucket is not None and not brule.bucket.take(now):
-                return RATE_LIMITED, "backend_connections_per_second"
-        self.tenant_active[tenant] = t_active + 1
-        self.backend_active[name] = b_active + 1
-        self.pending[name] = pending + 1
-        if client is not None:
-            self.client_active[client] = self.client_active.get(client, 0) + 1
-        return None
+    @staticmethod
+    def dial_done(conn: Holder) -> None:
+        """The admitted dial connected, failed or was abandoned: free its slot."""
+        if conn.dial_held:
+            conn.dial_held = False
+            conn.ticket.backend.pending -= 1  # type: ignore[union-attr]
 
-    def dial_done(self, backend: Backend) -> None:
-        """A dial admitted for `backend` connected, failed or was abandoned."""
-        _drop(self.pending, backend.name)
-
-    def release(self, backend: Backend, client: tuple[str, str] | None) -> None:
-        """An admitted connection closed."""
-        _drop(self.tenant_active, backend.tenant)
-        _drop(self.backend_active, backend.name)
-        if client is not None:
-            _drop(self.client_active, client)
+    def release(self, conn: Holder) -> None:
+        """An admitted connection closed (or was refused after all): give back its counts."""
+        ticket = conn.ticket
+        if ticket is None:
+            return
+        conn.ticket = None
+        ticket.tenant.active -= 1
+        ticket.backend.active -= 1
+        if conn.dial_held:
+            conn.dial_held = False
+            ticket.backend.pending -= 1
+        key = conn.client_key
+        if key is not None:
+            conn.client_key = None
+            n = self.client_active.get(key, 0) - 1
+            if n > 0:
+                self.client_active[key] = n
+            else:
+                self.client_active.pop(key, None)
 
 
-def _drop(counts: dict[str, int] | dict[tuple[str, str], int], key: object) -> None:
-    """Count one down; forget keys at zero so the dicts hold only what is open now."""
-    n = counts[key] - 1  # type: ignore[index]
-    if n:
-        counts[key] = n  # type: ignore[index]
-    else:
-        del counts[key]  # type: ignore[arg-type]
+class Holder(Protocol):
+    """What admission needs of a connection: its client and what it holds."""
+
+    client_addr: tuple[str, int] | None
+    listener: Listener
+    ticket: Ticket | None
+    dial_held: bool
+    client_key: tuple[str, str] | None

@@ -22,6 +22,7 @@ import time
 from typing import TYPE_CHECKING, cast
 
 from sniffer.observe.stats import BackendTally, ListenerTally
+from sniffer.proxy.admission import Ticket
 from sniffer.routing.table import (
     Backend,
     Endpoint,
@@ -46,8 +47,7 @@ _ALERT_UNRECOGNIZED_NAME = 112
 
 # States of a client connection, in order.
 SNIFFING, DIALING, RELAYING, CLOSING, CLOSED = range(5)
-# What a connection holds of its limits (sniffer.proxy.admission), released at close.
-_NOT_ADMITTED, _ADMITTED, _DIALING = range(3)
+
 
 _HTTP_REASONS = {
     400: "Bad Request",
@@ -77,14 +77,15 @@ def http_error(status: int, detail: str, retry_after: int | None = None) -> byte
 
 class ClientConnection(asyncio.Protocol):
     __slots__ = (
-        "admitted",
         "alpn",
         "backend",
         "bytes_down",
         "bytes_up",
         "client_addr",
         "client_eof",
+        "client_key",
         "dial_began",
+        "dial_held",
         "dial_task",
         "dial_timed_out",
         "endpoint",
@@ -106,6 +107,7 @@ class ClientConnection(asyncio.Protocol):
         "state",
         "state_shared",
         "tally",
+        "ticket",
         "transport",
         "upstream",
         "upstream_eof",
@@ -148,7 +150,10 @@ class ClientConnection(asyncio.Protocol):
         self.started = time.monotonic()
         self.routed_at = 0.0
         self.idle_mark = -1
-        self.admitted = _NOT_ADMITTED
+        # what this connection holds of its limits (sniffer.proxy.admission)
+        self.ticket: Ticket | None = None
+        self.dial_held = False
+        self.client_key: tuple[str, str] | None = None
 
     # -- asyncio callbacks -----------------------------------------------------------
 
@@ -327,35 +332,16 @@ class ClientConnection(asyncio.Protocol):
 
     # -- admission (sniffer.proxy.admission): limits checked before the dial ------------
 
-    def _client_key(self) -> tuple[str, str] | None:
-        addr = self.client_addr
-        return (self.listener.name, addr[0]) if addr is not None else None
-
     def _admit(self, backend: Backend, tally: BackendTally) -> bool:
         """Count this connection against its tenant's, backend's and client's limits, or
         refuse it at once (TLS internal_error / 503 with Retry-After)."""
-        refusal = self.state_shared.admission.admit(backend, self._client_key())
+        refusal = self.state_shared.admission.admit(self, backend)
         if refusal is None:
-            self.admitted = _DIALING
             return True
         reason, limit = refusal
         tally.limited[limit] = tally.limited.get(limit, 0) + 1
         self._refuse(reason, _ALERT_INTERNAL_ERROR, 503, retry_after=1)
         return False
-
-    def _dial_over(self) -> None:
-        """The admitted dial connected, failed or was abandoned: free its slot."""
-        if self.admitted == _DIALING:
-            self.admitted = _ADMITTED
-            assert self.backend is not None
-            self.state_shared.admission.dial_done(self.backend)
-
-    def _release(self) -> None:
-        if self.admitted != _NOT_ADMITTED:
-            self._dial_over()
-            self.admitted = _NOT_ADMITTED
-            assert self.backend is not None
-            self.state_shared.admission.release(self.backend, self._client_key())
 
     def _overloaded(self, transport: asyncio.Transport) -> None:
         """At the process limit: close at once (not left in the backlog), counted; the
@@ -421,7 +407,7 @@ class ClientConnection(asyncio.Protocol):
             self._relay(upstream, time.monotonic() - began)
             return
         self.tally = None
-        self._dial_over()
+        shared.admission.release(self)
         self._refuse("backend_unavailable", _ALERT_INTERNAL_ERROR, 502)
 
     def _relay(self, upstream: UpstreamConnection, dial_seconds: float) -> None:
@@ -430,7 +416,7 @@ class ClientConnection(asyncio.Protocol):
         self.upstream = upstream
         self.state = RELAYING
         self.dial_task = None
-        self._dial_over()
+        shared.admission.dial_done(self)
         self.routed_at = time.monotonic()
         shared.stats.opened(self.listener.name, self, dial_seconds)
         ut = upstream.transport
@@ -470,7 +456,8 @@ class ClientConnection(asyncio.Protocol):
         """Answer in the listener's protocol, count the reason, and close lingeringly."""
         if self.state >= CLOSING:
             return
-        self._release()
+        if self.ticket is not None:
+            self.state_shared.admission.release(self)
         self.state_shared.sniffing.discard(self)
         self.outcome = reason
         self.ltally.refuse(reason)
@@ -518,7 +505,8 @@ class ClientConnection(asyncio.Protocol):
         if self.dial_task is not None:  # the client left mid-dial: stop dialing
             self.dial_task.cancel()
             self.dial_task = None
-        self._release()
+        if self.ticket is not None:
+            shared.admission.release(self)
         now = time.monotonic()
         if was_relaying:
             shared.stats.closed(self, now - self.routed_at)
