@@ -22,7 +22,7 @@ from sniffer.proxy.server import DataPlane, ProxySettings
 from sniffer.proxy.supervisor import Supervisor
 from sniffer.routing.controller import RouteController
 from sniffer.routing.sources import RouteSource
-from sniffer.routing.table import RouteTable
+from sniffer.routing.table import NO_LIMIT_DEFAULTS, LimitDefaults, RouteTable
 
 log = logging.getLogger("sniffer")
 
@@ -34,11 +34,13 @@ class ServeOptions:
     workers: int = 0
     access_log: bool = True
     log_level: str = "info"
+    limits: LimitDefaults = NO_LIMIT_DEFAULTS
+    """Limit defaults from `serve` flags, under any a routes file sets."""
 
 
 async def serve(sources: list[RouteSource], opts: ServeOptions) -> int:
     loop = asyncio.get_running_loop()
-    controller = RouteController(sources)
+    controller = RouteController(sources, opts.limits)
     metrics.BUILD_INFO.labels(__version__).set(1)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -113,7 +115,7 @@ async def serve(sources: list[RouteSource], opts: ServeOptions) -> int:
             if dropped:
                 log.warning("dropped %d connections still open after the grace", dropped)
             if plane.access_log is not None and isinstance(plane.access_log, AccessLog):
-                plane.access_log.flush()
+                plane.access_log.close()
         if supervisor is not None:
             await supervisor.drain(opts.proxy.drain_grace)
         if installer is not None:

@@ -108,6 +108,28 @@ def serve(
     max_hello_bytes: Annotated[int, typer.Option(help="ClientHello cap (<= 65536).")] = 16384,
     access_log: Annotated[bool, typer.Option(help="JSON access log on stdout.")] = True,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
+    max_connections: Annotated[
+        int,
+        typer.Option(help="Connections per worker before shedding (0 = from RLIMIT_NOFILE)."),
+    ] = 0,
+    tenant_max_connections: Annotated[
+        int | None, typer.Option(help="Default per-tenant connection limit (per pod).")
+    ] = None,
+    tenant_connections_per_second: Annotated[
+        float | None, typer.Option(help="Default per-tenant new connections a second.")
+    ] = None,
+    tenant_connections_burst: Annotated[
+        int | None, typer.Option(help="Token-bucket size for the per-tenant rate.")
+    ] = None,
+    backend_max_connections: Annotated[
+        int | None, typer.Option(help="Default per-backend connection limit (per pod).")
+    ] = None,
+    backend_max_pending_dials: Annotated[
+        int | None, typer.Option(help="Default per-backend dials in flight (per pod).")
+    ] = None,
+    client_max_connections: Annotated[
+        int | None, typer.Option(help="Default connections per client address and listener.")
+    ] = None,
 ) -> None:
     """Run the router."""
     from sniffer.app import ServeOptions
@@ -123,6 +145,16 @@ def serve(
     )
     if not 0 < max_hello_bytes <= 65536:
         raise typer.BadParameter("--max-hello-bytes must be 1..65536")
+    if max_connections < 0:
+        raise typer.BadParameter("--max-connections must be 0 (automatic) or more")
+    flag_limits = _flag_limits(
+        tenant_max_connections,
+        tenant_connections_per_second,
+        tenant_connections_burst,
+        backend_max_connections,
+        backend_max_pending_dials,
+        client_max_connections,
+    )
     listeners = parse_listen(listen or [])
     sources: list[RouteSource] = []
     if kubernetes:
@@ -155,16 +187,53 @@ def serve(
             connect_timeout=connect_timeout,
             max_hello_bytes=max_hello_bytes,
             drain_grace=drain_grace,
+            max_connections=max_connections,
         ),
         admin=admin_addr,
         workers=workers,
         access_log=access_log,
         log_level=log_level,
+        limits=flag_limits,
     )
     import uvloop
 
     code = uvloop.run(run_serve(sources, opts))
     raise typer.Exit(code)
+
+
+def _flag_limits(
+    tenant_max: int | None,
+    tenant_rate: float | None,
+    tenant_burst: int | None,
+    backend_max: int | None,
+    backend_pending: int | None,
+    client_max: int | None,
+) -> Any:
+    """`serve`'s limit flags as table defaults (a routes file's `limits:` wins)."""
+    from sniffer.routing.table import LimitDefaults, Limits
+
+    for flag, value in (
+        ("--tenant-max-connections", tenant_max),
+        ("--tenant-connections-per-second", tenant_rate),
+        ("--tenant-connections-burst", tenant_burst),
+        ("--backend-max-connections", backend_max),
+        ("--backend-max-pending-dials", backend_pending),
+        ("--client-max-connections", client_max),
+    ):
+        if value is not None and value < 0:
+            raise typer.BadParameter(f"{flag} must not be negative")
+    return LimitDefaults(
+        tenant=Limits(
+            max_connections=tenant_max,
+            connections_per_second=tenant_rate,
+            burst=tenant_burst,
+            source="serve flags",
+        ),
+        backend=Limits(
+            max_connections=backend_max, max_pending_dials=backend_pending, source="serve flags"
+        ),
+        client=Limits(max_connections=client_max, source="serve flags"),
+    )
 
 
 @app.command()

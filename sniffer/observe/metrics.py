@@ -123,6 +123,16 @@ _FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "Time to connect to a backend endpoint",
         ("backend", "tenant"),
     ),
+    "sniffer_access_log_dropped": (
+        "counter",
+        "Access-log lines dropped because stdout did not keep up (or failed)",
+        (),
+    ),
+    "sniffer_event_loop_lag_seconds": (
+        "histogram",
+        "How late a periodic timer fired: time the event loop was busy elsewhere",
+        ("worker",),
+    ),
     "sniffer_sniff_duration_seconds": (
         "histogram",
         "From accept to a routing decision",

@@ -21,6 +21,9 @@ DURATION_BUCKETS = (0.005, 0.025, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0, 600.0, 3600.0
 CONNECT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 1.0, 5.0)
 # A hello arrives in one read (microseconds) or dribbles in over a slow link.
 SNIFF_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.025, 0.1, 0.5, 1.0, 5.0)
+# Timer lateness: a healthy loop is late by well under a millisecond; the goal for
+# sniffer's own stalls is 10 ms, and a starved CPU shows up in the tail.
+LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 class _Hist:
     """A fixed-bucket histogram as plain ints: `observe` is a bisect and two adds."""
@@ -82,6 +85,12 @@ class ListenerTally:
         self.refused[reason] = self.refused.get(reason, 0) + 1
 
 
+class Dropping(Protocol):
+    """The access log, as far as the stats care."""
+
+    dropped: int
+
+
 class OpenConnection(Protocol):
     """What the stats need from a live connection to report its bytes while open."""
 
@@ -110,7 +119,12 @@ class DataPlaneStats:
     bumps their attributes directly; nothing here is touched per read.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, worker: str = "0") -> None:
+        self.worker = worker
+        """The `worker` label of per-process series (the worker's index)."""
+        self.access_log: Dropping | None = None
+        self.loop_lag = _Hist(LAG_BUCKETS)
+        """Lateness of a periodic timer: how long the event loop was busy elsewhere."""
         self.listeners: dict[str, ListenerTally] = {}
         self.backends: dict[tuple[str, str], BackendTally] = {}
         self.open: Iterable[OpenConnection] = ()
@@ -164,6 +178,10 @@ class DataPlaneStats:
                 _fold_bytes(conn, t)
         snap = Snapshot()
         c, g, h = snap.counters, snap.gauges, snap.hists
+        if self.access_log is not None:
+            c[("sniffer_access_log_dropped", ())] = self.access_log.dropped
+        if any(self.loop_lag.counts):
+            h[("sniffer_event_loop_lag_seconds", (self.worker,))] = _hist_copy(self.loop_lag)
         for lis, lt in self.listeners.items():
             c[("sniffer_accepted_connections", (lis,))] = lt.accepted
             for reason, n in lt.refused.items():

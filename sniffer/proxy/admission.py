@@ -73,8 +73,15 @@ class Ticket:
     """A backend's limits under one table, cut to this worker's share, with the counts
     they are checked against; an admitted connection holds it until it closes."""
 
-    __slots__ = ("backend", "backend_bucket", "backend_max", "pending_max", "tenant",
-                 "tenant_bucket", "tenant_max")
+    __slots__ = (
+        "backend",
+        "backend_bucket",
+        "backend_max",
+        "pending_max",
+        "tenant",
+        "tenant_bucket",
+        "tenant_max",
+    )
 
     def __init__(
         self,

@@ -14,10 +14,13 @@ by two write buffers, whatever the speed difference of the peers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import json
 import logging
 import random
+import socket
+import struct
 import time
 from typing import TYPE_CHECKING, cast
 
@@ -213,6 +216,11 @@ class ClientConnection(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None and self.state == RELAYING:
+            self.outcome = "client_reset"
+            upstream = self.upstream
+            if upstream is not None and upstream.transport is not None:
+                reset(upstream.transport)
         if self.state == SNIFFING and not self.outcome:
             self.outcome = "client_reset" if exc else "client_closed"
             self.ltally.refuse(self.outcome)
@@ -535,6 +543,8 @@ class ClientConnection(asyncio.Protocol):
 
     def on_upstream_lost(self, exc: Exception | None) -> None:
         if self.state == RELAYING:
+            if exc is not None and self.transport is not None:
+                reset(self.transport)
             self._finish("backend_reset" if exc else "closed")
 
     def log_line(self, now: float) -> str:
@@ -649,6 +659,17 @@ class UpstreamConnection(asyncio.Protocol):
 
 
 _UNREACHABLE = {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ETIMEDOUT}
+_LINGER_ZERO = struct.pack("ii", 1, 0)
+
+
+def reset(transport: asyncio.Transport) -> None:
+    """Close with an RST, as the peer on the other side did: `abort()` alone sends a FIN,
+    which a client without its own framing would take for a complete response."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
+    transport.abort()
 
 
 def _choose(backends: tuple[WeightedBackend, ...]) -> WeightedBackend | None:

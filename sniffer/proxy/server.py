@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from sniffer.observe.accesslog import AccessLog as BufferedAccessLog
 from sniffer.observe.stats import DataPlaneStats
 from sniffer.proxy.admission import Admission
 from sniffer.proxy.connection import DIALING, RELAYING, SNIFFING, ClientConnection
@@ -52,6 +53,9 @@ class ProxySettings:
     """Open client connections this process holds before it sheds new ones at accept
     (`overloaded`); 0 = what RLIMIT_NOFILE allows, see `connection_limit`."""
 
+
+LAG_INTERVAL = 0.05
+"""Seconds between event-loop lag samples: often enough to see a 10 ms stall."""
 
 FD_RESERVE_MIN = 64
 """Descriptors kept back from the data plane (admin endpoint, log pipe, the control
@@ -89,6 +93,8 @@ class DataPlane:
         self.loop = asyncio.get_running_loop()
         self.table = RouteTable.empty()
         self.stats = stats if stats is not None else DataPlaneStats()
+        if isinstance(access_log, BufferedAccessLog):
+            self.stats.access_log = access_log
         self.connections: set[ClientConnection] = set()
         self.stats.open = self.connections  # one registry of open connections, not two
         self.sniffing: set[ClientConnection] = set()
@@ -144,6 +150,7 @@ class DataPlane:
             self._sweepers = [
                 self.loop.create_task(self._sweep_idle()),
                 self.loop.create_task(self._sweep_deadlines()),
+                self.loop.create_task(self._watch_lag()),
             ]
         self.installed_version = table.version
 
@@ -228,6 +235,17 @@ class DataPlane:
                 late = [c for c in self.dialing if c.state == DIALING and c.dial_began <= limit]
                 for conn in late:
                     conn.dial_timed_out_now()
+
+    async def _watch_lag(self) -> None:
+        """Time how late a periodic timer fires: whatever held the loop (a long callback,
+        a table install, a garbage collection, a starved CPU) delayed every connection
+        of this process by as much. Exported as sniffer_event_loop_lag_seconds."""
+        loop = self.loop
+        observe = self.stats.loop_lag.observe
+        while True:
+            due = loop.time() + LAG_INTERVAL
+            await asyncio.sleep(LAG_INTERVAL)
+            observe(max(0.0, loop.time() - due))
 
     def stop_accepting(self) -> None:
         self.draining = True

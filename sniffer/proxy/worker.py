@@ -86,7 +86,7 @@ async def _worker_main(fd: int) -> int:
         format=f"%(asctime)s %(levelname)s worker-{cfg['index']} %(name)s: %(message)s",
     )
     access = AccessLog() if cfg.get("access_log", True) else None
-    stats = DataPlaneStats()
+    stats = DataPlaneStats(worker=str(cfg["index"]))
     plane = DataPlane(
         ProxySettings(**cfg["proxy"]),
         access_log=access,
@@ -128,7 +128,7 @@ async def _worker_main(fd: int) -> int:
     await stop.wait()
     await plane.drain(drain_grace[0])
     if access is not None:
-        access.flush()
+        access.close()
     for t in tasks:
         t.cancel()
     with contextlib.suppress(ConnectionError, RuntimeError):

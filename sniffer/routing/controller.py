@@ -15,7 +15,13 @@ from typing import Any
 
 from sniffer.observe import metrics
 from sniffer.routing.sources import RouteSource, Update
-from sniffer.routing.table import RouteTable, TableSpec, routed_backends
+from sniffer.routing.table import (
+    NO_LIMIT_DEFAULTS,
+    LimitDefaults,
+    RouteTable,
+    TableSpec,
+    routed_backends,
+)
 
 log = logging.getLogger("sniffer.routes")
 
@@ -23,8 +29,12 @@ Subscriber = Callable[[RouteTable], None]
 
 
 class RouteController:
-    def __init__(self, sources: Sequence[RouteSource]) -> None:
+    def __init__(
+        self, sources: Sequence[RouteSource], limits: LimitDefaults = NO_LIMIT_DEFAULTS
+    ) -> None:
         self.sources = tuple(sources)
+        self.limits = limits
+        """Limit defaults under whatever the sources set (from `serve` flags)."""
         self.table = RouteTable.empty()
         self._specs: dict[str, TableSpec] = {}
         self._subscribers: list[Subscriber] = []
@@ -63,6 +73,7 @@ class RouteController:
             part = self._specs.get(src.name)
             if part is not None:
                 spec = spec.merged(part)
+        spec = spec.merged(TableSpec(limits=self.limits))
         self._version += 1
         table = RouteTable.build(spec, version=self._version)
         metrics.REBUILD_SECONDS.observe(time.perf_counter() - started)

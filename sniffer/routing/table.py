@@ -85,6 +85,9 @@ class LimitDefaults:
         )
 
 
+NO_LIMIT_DEFAULTS = LimitDefaults()
+
+
 @dataclass(frozen=True, slots=True)
 class EffectiveLimit:
     """One limit in force and where it came from."""
@@ -210,7 +213,7 @@ class TableSpec:
     listeners: tuple[Listener, ...] = ()
     backends: tuple[Backend, ...] = ()
     routes: tuple[Route, ...] = ()
-    limits: LimitDefaults = LimitDefaults()
+    limits: LimitDefaults = NO_LIMIT_DEFAULTS
     tenant_limits: tuple[tuple[str, Limits], ...] = ()
     """Per-tenant overrides by tenant name (file `tenants:`, Namespace annotations)."""
 
@@ -268,7 +271,7 @@ class RouteTable:
         index: dict[str, _ListenerIndex],
         version: int,
         built_at: float,
-        limits: LimitDefaults = LimitDefaults(),
+        limits: LimitDefaults = NO_LIMIT_DEFAULTS,
         tenant_limits: Mapping[str, Limits] | None = None,
     ) -> None:
         self.limits = limits
