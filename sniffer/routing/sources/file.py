@@ -402,7 +402,9 @@ class FileSource:
         self.path = Path(path)
         self.listeners = listeners
         self.poll_interval = poll_interval
-        """Seconds between stat() calls; cheap, and needs no inotify support."""
+        """Seconds between reads of the file (a few KB to a few MB; needs no inotify)."""
+        self.polls = 0
+        """Polls done since start (tests wait on it instead of sleeping)."""
         self._synced = False
         self._last_error: str | None = None
         self._loaded_at: float | None = None
@@ -419,21 +421,29 @@ class FileSource:
             "loaded_at": self._loaded_at,
         }
 
-    def _stamp(self) -> tuple[int, int, int, int] | None:
+    def _read(self) -> bytes | None:
         try:
-            st = os.stat(self.path)
+            return self.path.read_bytes()
         except OSError:
             return None
-        return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns)
 
-    def load(self) -> TableSpec:
-        spec = load_routes(self.path)
+    def load(self, text: bytes | None = None) -> TableSpec:
+        if text is None:
+            spec = load_routes(self.path)
+        else:
+            try:
+                decoded = text.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise RoutesFileError(
+                    str(self.path), [Problem("", None, f"cannot read: {exc}")]
+                ) from None
+            spec = parse_routes(decoded, str(self.path))
         return override_listeners(spec, self.listeners) if self.listeners else spec
 
-    def _reload(self, publish: Publish) -> None:
+    def _reload(self, publish: Publish, text: bytes | None = None) -> None:
         started = time.monotonic()
         try:
-            spec = self.load()
+            spec = self.load(text)
         except RoutesFileError as exc:
             self._last_error = str(exc)
             metrics.RELOADS.labels("error").inc()
@@ -446,15 +456,27 @@ class FileSource:
         publish(Update(spec, oldest_event=started))
 
     async def run(self, publish: Publish) -> None:
-        stamp = self._stamp()
-        self._reload(publish)
+        """Load the file, then poll it; a changed content is applied only once two polls
+        in a row read the same bytes. A file rewritten in place (truncated, then written
+        in pieces) can parse half-written, listeners and backends without `routes:`;
+        waiting for a quiet poll keeps that from being served. Writing by rename (as a
+        ConfigMap mount does) is atomic and needs no such wait."""
+        applied = self._read()
+        self._reload(publish, applied)
+        seen = applied
         while True:
             await asyncio.sleep(self.poll_interval)
-            new = self._stamp()
-            if new != stamp:
-                stamp = new
-                if new is None:
+            text = self._read()
+            self.polls += 1
+            if text is None:
+                if seen is not None:
                     log.error("routes file %s is gone; keeping the previous table", self.path)
-                    continue
+                seen = None
+                continue
+            if text != seen:  # changing (or just changed): wait for it to settle
+                seen = text
+                continue
+            if text != applied:
+                applied = text
                 log.info("routes file %s changed; reloading", self.path)
-                self._reload(publish)
+                self._reload(publish, text)
