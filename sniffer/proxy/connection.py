@@ -478,9 +478,11 @@ class ClientConnection(asyncio.Protocol):
                 transport.write(tls_alert(alert))
         elif http_status is not None:
             transport.write(http_error(http_status, reason.replace("_", " "), retry_after))
-        if self.client_eof:
+        if self.client_eof or retry_after is not None:
             # The client already half-closed: nothing more will come, and uvloop must not
             # be asked for write_eof() on a transport that saw EOF (it can double-free).
+            # A limit refusal (its whole hello was read) closes at once too: a flood of
+            # refused clients must not hold a descriptor each for the linger.
             transport.close()
             return
         # Half-close and linger briefly so the client reads our answer instead of an RST
