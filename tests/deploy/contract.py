@@ -75,6 +75,7 @@ EXPECTED_RBAC: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("networking.k8s.io", "ingresses", READ),
     ("networking.k8s.io", "ingressclasses", READ),
     ("", "services", READ),
+    ("", "namespaces", ("list", "watch")),
     ("discovery.k8s.io", "endpointslices", READ),
     ("gateway.networking.k8s.io", "gateways", READ),
     ("gateway.networking.k8s.io", "gatewayclasses", READ),

@@ -266,8 +266,8 @@ class Informer:
             if rv:
                 self.resource_version = str(rv)
             return
-        ns = sys.intern(str(meta.get("namespace") or ""))
         name = str(meta.get("name") or "")
+        ns = self.kind.bucket(sys.intern(str(meta.get("namespace") or "")), name)
         if etype in ("ADDED", "MODIFIED"):
             keyed = self._record(obj, self.problems)
             if keyed is None:
@@ -288,6 +288,7 @@ class Informer:
         try:
             rec = self._parse(obj)
             ns, name = object_key(obj)
+            ns = self.kind.bucket(ns, name)
             return ns, sys.intern(name) if self.kind.shared_names else name, rec
         except (MalformedObject, ValueError, TypeError, KeyError, AttributeError) as exc:
             meta = obj.get("metadata") if isinstance(obj, Mapping) else None

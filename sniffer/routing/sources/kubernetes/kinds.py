@@ -44,6 +44,13 @@ class Kind:
     """Names repeat across namespaces and in other kinds (a Service's name is every one of
     its slices' label): interned. Other names are unique (an intern-table entry per
     object would cost more than it saves)."""
+    filed_by_name: bool = False
+    """Cluster-scoped objects that describe a namespace (a Namespace) are filed under
+    their own name instead of "": a change then dirties the namespace it describes."""
+
+    def bucket(self, namespace: str, name: str) -> str:
+        """The cache bucket (namespace key) an object of this kind is filed under."""
+        return sys.intern(name) if self.filed_by_name else namespace
 
     def path(self, version: str, namespace: str | None = None, name: str | None = None) -> str:
         base = "/api/" + version if not self.group else f"/apis/{self.group}/{version}"
@@ -67,6 +74,7 @@ TLS_ROUTE = Kind("TLSRoute", GATEWAY_GROUP, "tlsroutes", ("v1", "v1alpha3", "v1a
 REFERENCE_GRANT = Kind(
     "ReferenceGrant", GATEWAY_GROUP, "referencegrants", ("v1", "v1beta1"), True, True
 )
+NAMESPACE = Kind("Namespace", "", "namespaces", ("v1",), False, filed_by_name=True)
 
 ALL_KINDS = (
     INGRESS_CLASS,
@@ -77,6 +85,7 @@ ALL_KINDS = (
     GATEWAY,
     TLS_ROUTE,
     REFERENCE_GRANT,
+    NAMESPACE,
 )
 
 _READ = ("get", "list", "watch")
@@ -89,6 +98,9 @@ RBAC_RULES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     (GATEWAY_GROUP, "gateways", _READ),
     (GATEWAY_GROUP, "tlsroutes", _READ),
     (GATEWAY_GROUP, "referencegrants", _READ),
+    # Namespace labels (`allowedRoutes.namespaces.from: Selector`) and `sniffer.dev/*`
+    # annotations (per-tenant limits); only the informer's list and watch.
+    ("", "namespaces", ("list", "watch")),
     # Status writes are merge patches (the TLSRoute one carries a resourceVersion
     # precondition so other controllers' parent entries are never overwritten).
     (GATEWAY_GROUP, "gatewayclasses/status", ("patch",)),
@@ -352,6 +364,28 @@ class ReferenceGrantRec:
     """(group, kind, name or None for all) that may be referred to."""
 
 
+NAMESPACE_ANNOTATION_PREFIX = "sniffer.dev/"
+"""Namespace annotations kept in `NamespaceRec` (per-tenant settings); others are dropped."""
+
+
+@dataclass(frozen=True, slots=True)
+class NamespaceRec:
+    """A Namespace, filed under its own name: its labels and `sniffer.dev/*` annotations."""
+
+    name: str
+    labels: tuple[tuple[str, str], ...]
+    """(key, value) sorted by key: what label selectors (`from: Selector`) match."""
+    annotations: tuple[tuple[str, str], ...]
+    """(key, value) of the `sniffer.dev/` annotations only, sorted by key."""
+
+    def label_map(self) -> dict[str, str]:
+        return dict(self.labels)
+
+    def annotation(self, key: str) -> str | None:
+        """The value of annotation `key` (a `sniffer.dev/` one), or None."""
+        return next((v for k, v in self.annotations if k == key), None)
+
+
 Record = (
     IngressClassRec
     | IngressRec
@@ -361,6 +395,7 @@ Record = (
     | GatewayRec
     | TLSRouteRec
     | ReferenceGrantRec
+    | NamespaceRec
 )
 
 
@@ -681,3 +716,25 @@ def parse_reference_grant(obj: JSON) -> ReferenceGrantRec:
         if isinstance(t, Mapping)
     )
     return ReferenceGrantRec(ns, name, from_, to)
+
+
+def _string_pairs(value: object, what: str, prefix: str = "") -> tuple[tuple[str, str], ...]:
+    pairs = []
+    for k, v in _map(value, what).items():
+        if not isinstance(k, str) or not k.startswith(prefix):
+            continue
+        if not isinstance(v, str):
+            raise MalformedObject(f"{what}[{k!r}] is not a string")
+        pairs.append((_s(k), _s(v)))
+    return tuple(sorted(pairs))
+
+
+def parse_namespace(obj: JSON) -> NamespaceRec:
+    _, name, meta = _meta(obj)
+    return NamespaceRec(
+        sys.intern(name),
+        _string_pairs(meta.get("labels"), "metadata.labels"),
+        _string_pairs(
+            meta.get("annotations"), "metadata.annotations", NAMESPACE_ANNOTATION_PREFIX
+        ),
+    )

@@ -2,11 +2,12 @@
 
 This module owns the source's life cycle: discovery (which TLSRoute version the cluster
 serves), one informer per kind (one watch set per process), the dirty-namespace
-bookkeeping (an event dirties its namespace and the namespaces that read it; cluster-wide
-kinds dirty all), the debouncer (quiet period, maximum delay), the per-namespace result
-cache that makes a rebuild touch only what changed, publishing, health, and the one-shot
-`compute_spec`. It must never build a `RouteTable` for the data plane, touch the
-controller's metrics (rebuilds, lag), or drop its last view because the API went away.
+bookkeeping (an event dirties its namespace and the namespaces that read it; a Namespace
+object dirties the namespace it describes; other cluster-wide kinds dirty all), the
+debouncer (quiet period, maximum delay), the per-namespace result cache that makes a
+rebuild touch only what changed, publishing, health, and the one-shot `compute_spec`.
+It must never build a `RouteTable` for the data plane, touch the controller's metrics
+(rebuilds, lag), or drop its last view because the API went away.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from sniffer.routing.sources.kubernetes.kinds import (
     INGRESS,
     INGRESS_CLASS,
     JSON,
+    NAMESPACE,
     REFERENCE_GRANT,
     SERVICE,
     TLS_ROUTE,
@@ -38,6 +40,7 @@ from sniffer.routing.sources.kubernetes.kinds import (
     parse_gateway_class,
     parse_ingress,
     parse_ingress_class,
+    parse_namespace,
     parse_reference_grant,
     parse_service,
     parse_tls_route,
@@ -170,6 +173,7 @@ def _parsers(settings: KubernetesSettings) -> dict[str, Callable[[JSON], Record]
         GATEWAY.name: parse_gateway,
         TLS_ROUTE.name: lambda o: parse_tls_route(o, controller),
         REFERENCE_GRANT.name: parse_reference_grant,
+        NAMESPACE.name: parse_namespace,
     }
 
 

@@ -32,6 +32,7 @@ from sniffer.routing.sources.kubernetes.kinds import (
     GatewayRec,
     IngressClassRec,
     IngressRec,
+    NamespaceRec,
     ParentRef,
     PortRef,
     ReferenceGrantRec,
@@ -82,6 +83,10 @@ class ClusterView:
 
     def grants(self, ns: str) -> Mapping[str, ReferenceGrantRec]:
         return self._bucket("ReferenceGrant", ns)  # type: ignore[return-value]
+
+    def namespace(self, ns: str) -> NamespaceRec | None:
+        """The Namespace object `ns` (labels, `sniffer.dev/*` annotations), if cached."""
+        return self._bucket("Namespace", ns).get(ns)  # type: ignore[return-value]
 
     def namespaces(self) -> set[str]:
         out: set[str] = set()
