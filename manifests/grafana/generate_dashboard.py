@@ -132,6 +132,20 @@ LAYOUT: tuple[Row | Panel, ...] = (
             ),
         ),
     ),
+    Panel(
+        "Limited connections/s per tenant",
+        "Connections refused by a limit (tenant/backend max_connections, rates, "
+        "max_pending_dials, per-client max_connections), per tenant and limit: the noisy "
+        "neighbour, shed at the door before it reaches the others.",
+        "cps",
+        (
+            q(
+                f"sum by (tenant, limit) "
+                f"(rate(sniffer_limited_connections_total{{{TENANT}}}[{RI}]))",
+                "{{tenant}} {{limit}}",
+            ),
+        ),
+    ),
     Row("Backends"),
     Panel(
         "Backend connect errors/s by reason",
@@ -272,6 +286,28 @@ LAYOUT: tuple[Row | Panel, ...] = (
             q(
                 f"sum by (instance) (increase(sniffer_worker_restarts_total[{RI}]))",
                 "{{instance}}",
+            ),
+        ),
+    ),
+    Panel(
+        "Event-loop lag p50 / p99 per worker",
+        "How late a periodic timer fires in each data-plane process: time its event loop "
+        "was busy elsewhere (long callbacks, table installs, garbage collection, a starved "
+        "CPU), added to every connection of that worker.",
+        "s",
+        quantiles("sniffer_event_loop_lag_seconds", "worker"),
+    ),
+    Panel(
+        "Access-log lines dropped/s and bad annotations",
+        "Access-log lines dropped because stdout did not drain (the log shipper is stuck: "
+        "the data plane never waits for it), and malformed sniffer.dev/ limit annotations "
+        "ignored (Kubernetes source; see route-table for which).",
+        "ops",
+        (
+            q(f"sum(rate(sniffer_access_log_dropped_total[{RI}]))", "log lines dropped"),
+            q(
+                f"sum by (kind) (increase(sniffer_annotation_errors_total[{RI}]))",
+                "bad annotations {{kind}}",
             ),
         ),
     ),

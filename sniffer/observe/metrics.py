@@ -77,6 +77,12 @@ WATCH_UP = Gauge(
 OBJECTS_CACHED = Gauge(
     "sniffer_objects_cached", "Objects held by each informer", ["kind"], registry=REGISTRY
 )
+ANNOTATION_ERRORS = Counter(
+    "sniffer_annotation_errors",
+    "Malformed sniffer.dev/ annotations ignored, by the kind of object carrying them",
+    ["kind"],
+    registry=REGISTRY,
+)
 WORKERS = Gauge("sniffer_workers", "Data-plane worker processes", ["state"], registry=REGISTRY)
 WORKER_RESTARTS = Counter(
     "sniffer_worker_restarts", "Data-plane workers restarted after dying", registry=REGISTRY

@@ -39,6 +39,10 @@ METRICS: dict[str, tuple[str, frozenset[str]]] = {
         ("sniffer_workers", GAUGE, ("state",)),
         ("sniffer_worker_restarts_total", COUNTER, ()),
         ("sniffer_build_info", GAUGE, ("version",)),
+        ("sniffer_limited_connections_total", COUNTER, ("backend", "tenant", "limit")),
+        ("sniffer_access_log_dropped_total", COUNTER, ()),
+        ("sniffer_event_loop_lag_seconds", HISTOGRAM, ("worker",)),
+        ("sniffer_annotation_errors_total", COUNTER, ("kind",)),
     )
 }
 

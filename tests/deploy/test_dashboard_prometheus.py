@@ -7,7 +7,8 @@ The chain a user relies on, end to end on loopback:
 
 Traffic: tenant-a gets three times tenant-b's connections and larger payloads; a few
 connections carry an unknown SNI (refused: unknown_name); a few go to tenant-c, whose
-only endpoint is a closed port (backend connect errors). Some tenant-a and tenant-b
+only endpoint is a closed port (backend connect errors); a few go to tenant-d, whose limit
+of 0 connections refuses them all (limited connections). Some tenant-a and tenant-b
 connections stay open so that the active-connections gauge has something to show.
 Traffic comes in rounds; after each round the test polls Prometheus until the scrape
 shows it, so rate() windows see increases, with no fixed sleeps.
@@ -59,7 +60,7 @@ from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 from cryptography.x509.oid import NameOID  # noqa: E402
 
 DASHBOARD = MANIFESTS / "grafana" / "sniffer.json"
-TENANTS = "tenant-a|tenant-b|tenant-c"
+TENANTS = "tenant-a|tenant-b|tenant-c|tenant-d"
 RATE_INTERVAL = "15s"
 # Rounds of traffic; more make a longer, livelier docs/dashboard.png.
 ROUNDS = int(os.environ.get("SNIFFER_DASHBOARD_ROUNDS", "10"))
@@ -68,13 +69,14 @@ ROUNDS = int(os.environ.get("SNIFFER_DASHBOARD_ROUNDS", "10"))
 def per_round(rnd: int) -> dict[str, int]:
     """Connections per round, varied so the graphs show change; tenant-a always > tenant-b."""
     return {"tenant-a": 4 + 2 * (rnd % 3), "tenant-b": 1 + rnd % 2,
-            "unknown": 1 + (rnd % 4 == 0), "tenant-c": 1}
+            "unknown": 1 + (rnd % 4 == 0), "tenant-c": 1, "tenant-d": 1}
 
 
 HELD = {"tenant-a": 3, "tenant-b": 1}
 PAYLOAD = {"tenant-a": (2048, 16384), "tenant-b": (512, 4096)}  # (request, response) bytes
 HOSTS = {"tenant-a": "www.tenant-a.test", "tenant-b": "shop.tenant-b.test",
-         "tenant-c": "api.tenant-c.test", "unknown": "nobody.unrouted.test"}
+         "tenant-c": "api.tenant-c.test", "tenant-d": "app.tenant-d.test",
+         "unknown": "nobody.unrouted.test"}
 # Metrics that only the Kubernetes source produces.
 KUBERNETES_ONLY = {"sniffer_watch_events_total", "sniffer_watch_relists_total",
                    "sniffer_watch_errors_total", "sniffer_watch_up", "sniffer_objects_cached"}
@@ -287,11 +289,15 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
             {"name": "router-b", "tenant": "tenant-b",
              "endpoints": [f"127.0.0.1:{backends['tenant-b'].port}"]},
             {"name": "router-c", "tenant": "tenant-c", "endpoints": [f"127.0.0.1:{dead_port}"]},
+            # tenant-d may hold no connection at all: every one is refused by its limit.
+            {"name": "router-d", "tenant": "tenant-d", "endpoints": [f"127.0.0.1:{dead_port}"]},
         ],
+        "tenants": [{"name": "tenant-d", "limits": {"max_connections": 0}}],
         "routes": [
             {"host": HOSTS["tenant-a"], "backend": "router"},
             {"host": HOSTS["tenant-b"], "backend": "router-b"},
             {"host": HOSTS["tenant-c"], "backend": "router-c"},
+            {"host": HOSTS["tenant-d"], "backend": "router-d"},
         ],
     }
     routes_file = tmp_path / "routes.yaml"
@@ -388,12 +394,25 @@ def expectations(start: float, end: float) -> dict[str, Check]:
     def endpoints(r: list[list[dict[str, Any]]]) -> None:
         got = by(r[0], "tenant", "backend")
         assert got == {("tenant-a", "router"): 1, ("tenant-b", "router-b"): 1,
-                       ("tenant-c", "router-c"): 1}, got
+                       ("tenant-c", "router-c"): 1, ("tenant-d", "router-d"): 1}, got
 
     def connect_errors(r: list[list[dict[str, Any]]]) -> None:
         got = by(r[0], "tenant", "backend", "reason")
         assert got.get(("tenant-c", "router-c", "refused"), 0) > 0, got
         assert not [k for k in got if k[0] != "tenant-c" and got[k] > 0], got
+
+    def limited(r: list[list[dict[str, Any]]]) -> None:
+        got = by(r[0], "tenant", "limit")
+        assert got.get(("tenant-d", "tenant_max_connections"), 0) > 0, got
+        assert not [k for k in got if k[0] != "tenant-d" and got[k] > 0], got
+
+    def loop_lag(r: list[list[dict[str, Any]]]) -> None:
+        for res in r:
+            got = by(res, "worker")
+            assert finite([got[("0",)]]) and got[("0",)] < 1.0, got
+
+    def dropped(r: list[list[dict[str, Any]]]) -> None:
+        assert [float(x["value"][1]) for x in r[0]] == [0.0]  # the test reads stdout
 
     def accepted(r: list[list[dict[str, Any]]]) -> None:
         assert by(r[0], "listener")[("tls",)] > 0
@@ -409,7 +428,7 @@ def expectations(start: float, end: float) -> dict[str, Check]:
 
     def table_size(r: list[list[dict[str, Any]]]) -> None:
         routes, backends, conflicts = (float(x[0]["value"][1]) for x in r)
-        assert (routes, backends, conflicts) == (3, 3, 0)
+        assert (routes, backends, conflicts) == (4, 4, 0)
 
     def rebuilds(r: list[list[dict[str, Any]]]) -> None:
         # File source: one load at start, nothing since: rates are 0 but the series exist.
@@ -441,6 +460,7 @@ def expectations(start: float, end: float) -> dict[str, Check]:
         "Bytes/s backend → client": bytes_panel,
         "Connection duration p50 / p99": quantile_by_tenant,
         "Ready endpoints per routed backend": endpoints,
+        "Limited connections/s per tenant": limited,
         "Backend connect errors/s by reason": connect_errors,
         "Backend connect latency p50 / p99": quantile_by_tenant,
         "Accepted connections/s by listener": accepted,
@@ -456,6 +476,8 @@ def expectations(start: float, end: float) -> dict[str, Check]:
         "Objects cached by kind": valid_only,  # Kubernetes source only
         "Workers alive": workers,
         "Worker restarts": restarts,
+        "Event-loop lag p50 / p99 per worker": loop_lag,
+        "Access-log lines dropped/s and bad annotations": dropped,
         "Versions running": versions,
     }
 
@@ -475,6 +497,8 @@ def drive_traffic(s: Stack, held: list[ssl.SSLSocket]) -> tuple[float, float]:
             expect_refusal(ctx, s.tls_port, HOSTS["unknown"])
         for _ in range(counts["tenant-c"]):
             expect_refusal(ctx, s.tls_port, HOSTS["tenant-c"])
+        for _ in range(counts["tenant-d"]):
+            expect_refusal(ctx, s.tls_port, HOSTS["tenant-d"])
         if rnd == ROUNDS // 2:
             for tenant, n in HELD.items():
                 for _ in range(n):
@@ -507,6 +531,7 @@ def test_metrics_page_matches_the_contract(stack: Stack) -> None:
         exchange(ctx, stack.tls_port, "tenant-a")
         expect_refusal(ctx, stack.tls_port, HOSTS["unknown"])
         expect_refusal(ctx, stack.tls_port, HOSTS["tenant-c"])
+        expect_refusal(ctx, stack.tls_port, HOSTS["tenant-d"])
 
         def page_has_data_plane() -> bool:
             return "sniffer_connections_total{" in http_get(f"{stack.admin}/metrics")[1]

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
+from sniffer.routing.sources.kubernetes.limits import limit_annotations
+
 _T = TypeVar("_T")
 
 JSON = Mapping[str, Any]
@@ -244,6 +246,8 @@ class ServiceRec:
     ports: tuple[ServicePort, ...]
     http_port: PortRef | None
     """The http-port annotation's value: where plaintext HTTP listeners send this host."""
+    limit_annotations: tuple[tuple[str, str], ...] = ()
+    """(key, value) of its `sniffer.dev/` limit annotations (see kubernetes/limits.py)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -509,13 +513,17 @@ def parse_service(obj: JSON, http_port_annotation: str, keep_cluster_ip: bool = 
                 )
             )
         )
-    http = _annotations(meta).get(http_port_annotation)
+    ann = _annotations(meta)
+    http = ann.get(http_port_annotation)
     rec = ServiceRec(
         stype,
         cluster_ip if keep_cluster_ip else None,
         _opt_s(spec.get("externalName")) if stype == "ExternalName" else None,
         _shared(tuple(ports)),
         _port_ref(http.strip()) if isinstance(http, str) and http.strip() else None,
+        limit_annotations(
+            (k, v) for k, v in ann.items() if isinstance(k, str) and isinstance(v, str)
+        ),
     )
     # Records without a ClusterIP or external name repeat across the cluster (a few
     # layouts); the others are unique and would only fill the shared table.

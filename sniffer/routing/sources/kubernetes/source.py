@@ -45,6 +45,7 @@ from sniffer.routing.sources.kubernetes.kinds import (
     parse_service,
     parse_tls_route,
 )
+from sniffer.routing.sources.kubernetes.limits import report_limit_problems
 from sniffer.routing.sources.kubernetes.settings import KubernetesSettings
 from sniffer.routing.sources.kubernetes.status import StatusWriter
 from sniffer.routing.sources.kubernetes.translate import (
@@ -367,6 +368,7 @@ class KubernetesSource:
                         del self._readers[dep]
             for dep in new.deps - old_deps:
                 self._readers.setdefault(dep, set()).add(ns)
+            report_limit_problems(new.problems, old.problems if old is not None else ())
             empty = not (
                 new.routes
                 or new.backends

@@ -39,8 +39,18 @@ from sniffer.routing.sources.kubernetes.kinds import (
     ServiceRec,
     TLSRouteRec,
 )
+from sniffer.routing.sources.kubernetes.limits import limits_from_annotations
 from sniffer.routing.sources.kubernetes.settings import KubernetesSettings
-from sniffer.routing.table import Backend, Endpoint, Listener, Route, TableSpec, WeightedBackend
+from sniffer.routing.table import (
+    NO_LIMITS,
+    Backend,
+    Endpoint,
+    Limits,
+    Listener,
+    Route,
+    TableSpec,
+    WeightedBackend,
+)
 from sniffer.wire.hostname import normalize_route_host
 
 Store = Mapping[str, Mapping[str, object]]
@@ -138,12 +148,15 @@ class NamespaceResult:
     """TLSRoute name -> outcome per parent of sniffer's (for status writes)."""
     attachments: dict[tuple[str, str, str], int] = field(default_factory=dict)
     """(gateway namespace, gateway name, listener name) -> routes attached."""
+    tenant_limits: Limits = NO_LIMITS
+    """The tenant's (this namespace's) limits, from its Namespace's annotations."""
 
     def same_routing(self, other: NamespaceResult) -> bool:
         return (
             self.routes == other.routes
             and self.backends == other.backends
             and self.defaults == other.defaults
+            and self.tenant_limits == other.tenant_limits
         )
 
 
@@ -197,7 +210,15 @@ class _Backends:
                 endpoints = (Endpoint(svc.external_name, number),)
         else:
             endpoints = self._endpoints(ns, service, svc, port, source)
-        self.out[name] = Backend(name=name, tenant=ns, endpoints=endpoints, source=source)
+        limits = NO_LIMITS
+        if svc is not None and svc.limit_annotations:
+            limits, bad = limits_from_annotations(
+                svc.limit_annotations, "backend", f"Service {ns}/{service}"
+            )
+            self.problems.extend(bad)
+        self.out[name] = Backend(
+            name=name, tenant=ns, endpoints=endpoints, source=source, limits=limits
+        )
         return name
 
     def _endpoints(
@@ -359,6 +380,14 @@ def translate_namespace(
             for host, names in sorted(hosts.items()):
                 routes.append(Route(host, weighted, frozenset(names), True, source, prec))
 
+    tenant_limits = NO_LIMITS
+    namespace = view.namespace(ns)
+    if namespace is not None and namespace.annotations:
+        tenant_limits, bad = limits_from_annotations(
+            namespace.annotations, "tenant", f"Namespace {ns}"
+        )
+        problems.extend(bad)
+
     return NamespaceResult(
         routes=tuple(routes),
         backends=backends.out,
@@ -367,6 +396,7 @@ def translate_namespace(
         deps=frozenset(deps - {ns}),
         route_status=route_status,
         attachments=attachments,
+        tenant_limits=tenant_limits,
     )
 
 
@@ -594,4 +624,9 @@ def assemble(listeners: tuple[Listener, ...], results: Mapping[str, NamespaceRes
         listeners=out_listeners,
         backends=tuple(backends[n] for n in sorted(backends)),
         routes=tuple(routes),
+        tenant_limits=tuple(
+            (ns, results[ns].tenant_limits)
+            for ns in sorted(results)
+            if not results[ns].tenant_limits.is_empty()
+        ),
     )
