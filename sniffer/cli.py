@@ -358,6 +358,7 @@ def _explain(table: RouteTable, host: str, listener: str | None, output: str) ->
                         "endpoints": [str(e) for e in table.backends[w.backend].endpoints]
                         if w.backend in table.backends
                         else [],
+                        "limits": _limits_json(table, w.backend),
                     }
                     for w in m.backends
                 ],
@@ -376,6 +377,13 @@ def _explain(table: RouteTable, host: str, listener: str | None, output: str) ->
             )
             typer.echo(f"{r['listener']}: {r['host']} -> {r['match']}: {targets or 'refused'}")
             typer.echo(f"  why: {r['why']}" + (f" [{r['source']}]" if r["source"] else ""))
+            for b in r["backends"]:
+                for scope, eff in b["limits"].items():
+                    if eff:
+                        shown = ", ".join(
+                            f"{k}={v['value']:g} ({v['from']})" for k, v in eff.items()
+                        )
+                        typer.echo(f"  limits ({scope}): {shown}")
     if all(r["match"] == MatchKind.NONE.value for r in results):
         raise typer.Exit(3)
 
@@ -415,7 +423,44 @@ def _render_table(table: RouteTable) -> str:
     )
     for c in table.conflicts:
         lines.append(f"conflict: {c.host} on {c.listener}: {c.winner} wins over {c.loser}")
+    lines.extend(_render_limits(table))
     return "\n".join(lines)
+
+
+def _limits_json(table: RouteTable, backend: str) -> dict[str, Any]:
+    """The limits a connection routed to `backend` meets: its backend's, its tenant's,
+    its client address's, each with where it came from."""
+    b = table.backends.get(backend)
+    views = {
+        "backend": table.effective_limits("backend", backend),
+        "tenant": table.effective_limits("tenant", b.tenant) if b is not None else {},
+        "client": table.effective_limits("client"),
+    }
+    return {
+        scope: {k: {"value": e.value, "from": e.source} for k, e in eff.items()}
+        for scope, eff in views.items()
+    }
+
+
+def _render_limits(table: RouteTable) -> list[str]:
+    """Each tenant's and backend's limits in force, with where each came from."""
+
+    def fmt(eff: dict[str, Any]) -> str:
+        return ", ".join(f"{k}={e.value:g} ({e.source})" for k, e in eff.items())
+
+    out: list[str] = []
+    client = table.effective_limits("client")
+    if client:
+        out.append(f"limits: client address: {fmt(client)}")
+    for tenant in sorted({b.tenant for b in table.backends.values()}):
+        eff = table.effective_limits("tenant", tenant)
+        if eff:
+            out.append(f"limits: tenant {tenant}: {fmt(eff)}")
+    for name in sorted(table.backends):
+        eff = table.effective_limits("backend", name)
+        if eff:
+            out.append(f"limits: backend {name}: {fmt(eff)}")
+    return out
 
 
 def main() -> None:

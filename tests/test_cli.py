@@ -165,3 +165,70 @@ def test_listen_flags() -> None:
     for bad in ("udp:0.0.0.0:53", "tls:0.0.0.0", "tls:0.0.0.0:8443@x", "tls:::443"):
         out = run("serve", "--listen", bad, "--workers", "0")
         assert out.returncode == 2 and "Invalid value" in out.stderr, (bad, out.stderr)
+
+
+LIMITS = """\
+listeners:
+  - {name: tls, address: "127.0.0.1:8443", protocol: tls}
+limits:                          # defaults; absent = unlimited, except the process limit
+  tenant:    {max_connections: 20000, connections_per_second: 2000, burst: 4000}
+  backend:   {max_connections: 10000, max_pending_dials: 256}
+  client:    {max_connections: 512}
+tenants:                         # optional per-tenant overrides, by tenant name
+  - name: tenant-a
+    limits: {max_connections: 300, connections_per_second: 50, burst: 50}
+backends:
+  - name: tenant-a
+    endpoints: ["10.0.0.5:443"]
+    limits: {max_connections: 200}   # optional per-backend override
+  - name: tenant-b
+    endpoints: ["10.0.0.6:443"]
+routes:
+  - {host: a.example, backend: tenant-a}
+  - {host: b.example, backend: tenant-b}
+"""
+
+
+def test_route_table_shows_effective_limits_and_where_they_came_from(tmp_path: Path) -> None:
+    f = tmp_path / "limits.yaml"
+    f.write_text(LIMITS)
+    data = json.loads(run("route-table", "--routes", str(f), "-o", "json", check=True).stdout)
+    backends = {b["name"]: b["limits"] for b in data["backends"]}
+    assert backends["tenant-a"]["max_connections"] == {
+        "value": 200, "from": f"backends[0] {f}:11"
+    }
+    assert backends["tenant-a"]["max_pending_dials"] == {
+        "value": 256, "from": f"limits.backend {f}:5"
+    }
+    assert backends["tenant-b"]["max_connections"]["from"] == f"limits.backend {f}:5"
+    tenants = {t["name"]: t["limits"] for t in data["tenants"]}
+    assert tenants["tenant-a"]["max_connections"]["value"] == 300
+    assert tenants["tenant-a"]["burst"] == {"value": 50, "from": f"tenants[0] {f}:8"}
+    assert tenants["tenant-b"]["max_connections"] == {
+        "value": 20000, "from": f"limits.tenant {f}:4"
+    }
+    assert data["limits"]["client"]["max_connections"] == 512
+    text = run("route-table", "--routes", str(f), check=True).stdout
+    assert f"limits: backend tenant-a: max_connections=200 (backends[0] {f}:11)" in text
+    hit = json.loads(
+        run("route-table", "--routes", str(f), "--host", "a.example", "-o", "json").stdout
+    )[0]
+    assert hit["backends"][0]["limits"]["tenant"]["connections_per_second"]["value"] == 50
+    assert hit["backends"][0]["limits"]["client"]["max_connections"]["value"] == 512
+
+
+def test_check_names_bad_limits(tmp_path: Path) -> None:
+    f = tmp_path / "bad-limits.yaml"
+    f.write_text(
+        LIMITS.replace("max_connections: 300", "max_connections: -3")
+        .replace("client:    {max_connections: 512}", "client:    {burst: 5}")
+        .replace("max_pending_dials: 256", "max_pending_dials: lots")
+    )
+    out = run("check", str(f))
+    assert out.returncode == 1
+    for line in (
+        f"{f}:5: limits.backend.max_pending_dials: expected a whole number",
+        f"{f}:6: limits.client.burst: unknown key (expected one of: max_connections)",
+        f"{f}:9: tenants[0].limits.max_connections: expected a whole number",
+    ):
+        assert line in out.stderr, out.stderr
