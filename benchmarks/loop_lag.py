@@ -130,6 +130,11 @@ async def main_async(args: argparse.Namespace) -> int:
                 await asyncio.sleep(0.2)
             held = await hold(port, args.idle, bport)
             await asyncio.sleep(2)  # settle after start-up (its first table, the idle conns)
+            canary = subprocess.Popen(  # noqa: ASYNC220 - once, before measuring
+                [sys.executable, "-c", CANARY, str(args.seconds)],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
             before = await loop.run_in_executor(None, lag, admin)
             began = time.monotonic()
             generation = 0
@@ -138,6 +143,7 @@ async def main_async(args: argparse.Namespace) -> int:
                 routes_file(path, port, bport, args.routes, args.backends, generation)
                 await asyncio.sleep(args.churn_interval)
             after = await loop.run_in_executor(None, lag, admin)
+            canary_out, _ = await loop.run_in_executor(None, canary.communicate)
             for w in held:
                 w.close()
         finally:
@@ -159,7 +165,31 @@ async def main_async(args: argparse.Namespace) -> int:
             f"over 10 ms: {over['0.01']:.0f}, over 25 ms: {over['0.025']:.0f}; "
             f"worst bucket: > {worst or '0.001'} s"
         )
+    print(f"canary (an empty uvloop process, same timer): {canary_out.strip()}")
     return 0
+
+
+CANARY = """
+import asyncio, sys, time
+import uvloop
+async def main(seconds):
+    loop = asyncio.get_running_loop()
+    over = {0.005: 0, 0.01: 0, 0.025: 0}
+    n = 0
+    end = loop.time() + seconds
+    while loop.time() < end:
+        due = loop.time() + 0.05
+        await asyncio.sleep(0.05)
+        late = loop.time() - due
+        n += 1
+        for k in over:
+            over[k] += late > k
+    print(f"{n} samples; over 5 ms: {over[0.005]}, over 10 ms: {over[0.01]}, "
+          f"over 25 ms: {over[0.025]}")
+uvloop.run(main(float(sys.argv[1])))
+"""
+"""The CPU contention every process on the machine sees (other work, the churn writer,
+the control process re-reading the file): what sniffer's own stalls are compared with."""
 
 
 def main() -> int:

@@ -254,7 +254,7 @@ def run_proxy(
                 )
                 assert flood.stdout is not None
                 _, admitted, refused = flood.stdout.readline().decode().split()
-                out["flood"] = {"admitted": int(admitted), "refused": int(refused)}
+                out["flood_clients"] = {"admitted": int(admitted), "refused": int(refused)}
             before = loop_lag(admin) if name == "sniffer" else {}
             try:
                 result = wrk(prefix, d, port, args.conns, args.duration)
@@ -300,8 +300,8 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
             )
     lines.append("")
     for name, res in results.items():
-        if "flood" in res and isinstance(res["flood"], dict) and "admitted" in res["flood"]:
-            f = res["flood"]
+        f = res.get("flood_clients")
+        if f is not None:
             lines.append(
                 f"- {name}: flood connections admitted {f['admitted']}, "
                 f"refused or timed out {f['refused']}"

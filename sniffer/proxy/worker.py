@@ -21,6 +21,7 @@ import sys
 from typing import Any
 
 from sniffer.observe.stats import DataPlaneStats
+from sniffer.proxy.server import without_gc
 from sniffer.routing.table import RouteTable, TableDelta
 
 _HEADER = struct.Struct("!I")
@@ -53,7 +54,7 @@ async def receive(reader: asyncio.StreamReader) -> tuple[str, Any]:
         # GIL's switch interval lets the event loop keep relaying meanwhile instead of
         # stalling every connection of this worker for the whole rebuild.
         message: tuple[str, Any] = await asyncio.get_running_loop().run_in_executor(
-            None, pickle.loads, data
+            None, without_gc, pickle.loads, data
         )
     else:
         message = pickle.loads(data)
@@ -70,7 +71,7 @@ async def _apply(base: RouteTable, delta: TableDelta) -> RouteTable:
     if len(delta.routes) <= _INLINE_DELTA:
         return base.apply(delta)
     # As with a large frame: the index rebuild must not stall relaying meanwhile.
-    return await asyncio.get_running_loop().run_in_executor(None, base.apply, delta)
+    return await asyncio.get_running_loop().run_in_executor(None, without_gc, base.apply, delta)
 
 
 async def _worker_main(fd: int) -> int:

@@ -8,6 +8,7 @@ table-level metrics. It never does network I/O of its own.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -73,7 +74,7 @@ class RouteController:
             part = self._specs.get(src.name)
             if part is not None:
                 spec = spec.merged(part)
-        spec = spec.merged(TableSpec(limits=self.limits))
+        spec = _reusing(spec.merged(TableSpec(limits=self.limits)), self.table)
         self._version += 1
         table = RouteTable.build(spec, version=self._version)
         metrics.REBUILD_SECONDS.observe(time.perf_counter() - started)
@@ -118,3 +119,20 @@ class RouteController:
                 log.exception("route source %s failed; restarting in %.0fs", src.name, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
+
+
+def _reusing(spec: TableSpec, previous: RouteTable) -> TableSpec:
+    """`spec` with every backend and route equal to one of `previous` replaced by that
+    very object. A source that re-reads everything (the routes file) then changes only
+    what changed: the workers receive a delta of references (see
+    `RouteTable.delta_from`) instead of every route again, which at 10,000 routes was a
+    730 KB frame whose unpickling held a worker's event loop for over 10 ms."""
+    if not previous.routes and not previous.backends:
+        return spec
+    backends = {b: b for b in previous.backends.values()}
+    routes = {r: r for r in previous.routes}
+    return dataclasses.replace(
+        spec,
+        backends=tuple(backends.get(b, b) for b in spec.backends),
+        routes=tuple(routes.get(r, r) for r in spec.routes),
+    )

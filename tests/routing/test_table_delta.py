@@ -97,3 +97,40 @@ def test_a_delta_refuses_a_base_it_was_not_made_from() -> None:
     other = RouteTable.build(spec_of(parts, LISTENERS), version=5)
     with pytest.raises(ValueError, match="version 1 applied to 5"):
         other.apply(new.delta_from(base))
+
+
+def test_a_reread_file_ships_only_what_changed(tmp_path: object) -> None:
+    """The file source re-parses everything; the controller reuses equal objects so the
+    delta to the workers carries references, not every route again."""
+    from sniffer.routing.controller import RouteController
+    from sniffer.routing.sources import Update
+    from sniffer.routing.sources.file import parse_routes
+
+    backends = "".join(f"  - {{name: b{i}, endpoints: ['127.0.0.1:2']}}\n" for i in range(50))
+    routes = "".join(f"  - {{host: h{i}.example, backend: b{i % 50}}}\n" for i in range(500))
+    head = (
+        "listeners: [{name: tls, address: '127.0.0.1:1', protocol: tls}]\n"
+        "limits: {tenant: {max_connections: 5}}\n"
+        f"backends:\n{backends}routes:\n{routes}"
+    )
+
+    class Source:
+        name = "file"
+        synced = True
+
+        def health(self) -> dict[str, object]:
+            return {}
+
+        async def run(self, publish: object) -> None:
+            raise NotImplementedError
+
+    controller = RouteController([Source()])  # type: ignore[list-item]
+    publish = controller._publisher(controller.sources[0])  # type: ignore[arg-type]
+    publish(Update(parse_routes(head)))
+    first = controller.table
+    publish(Update(parse_routes(head + "  - {host: new.example, backend: b0}\n")))
+    delta = controller.table.delta_from(first)
+    assert delta.reused == 50 + 500  # only the new route travels as fields
+    worker_side = first.apply(pickle.loads(pickle.dumps(delta)))
+    assert worker_side.to_dict() | {"built_at": 0} == controller.table.to_dict() | {"built_at": 0}
+    assert worker_side.effective_limits("tenant", "b1")["max_connections"].value == 5
