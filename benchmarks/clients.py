@@ -139,3 +139,29 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+async def tls_flood(
+    port: int, name: str, count: int, concurrency: int, ctx: ssl.SSLContext, timeout: float = 15
+) -> tuple[list[asyncio.StreamWriter], int]:
+    """`count` TLS connections for `name`, `concurrency` handshakes at a time: the ones
+    that completed (held open, for the caller to close) and how many failed."""
+    held: list[asyncio.StreamWriter] = []
+    failed = 0
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one() -> None:
+        nonlocal failed
+        async with gate:
+            try:
+                _, writer = await asyncio.wait_for(
+                    asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname=name),
+                    timeout,
+                )
+            except (OSError, ssl.SSLError, TimeoutError):
+                failed += 1
+                return
+            held.append(writer)
+
+    await asyncio.gather(*(one() for _ in range(count)))
+    return held, failed

@@ -28,7 +28,6 @@ import contextlib
 import json
 import re
 import resource
-import ssl
 import subprocess
 import sys
 import tempfile
@@ -37,6 +36,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from .clients import client_context, tls_flood
 from .env import Bench, Process, free_port, name_mapping, raise_nofile, tls_get, wait_port
 from .workloads import WRK_LUA
 
@@ -49,29 +49,7 @@ NOFILE = 2048
 
 
 async def _flood(port: int, count: int, concurrency: int) -> None:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    held: list[asyncio.StreamWriter] = []
-    refused = 0
-    gate = asyncio.Semaphore(concurrency)
-
-    async def one() -> None:
-        nonlocal refused
-        async with gate:
-            try:
-                _, w = await asyncio.wait_for(
-                    asyncio.open_connection(
-                        "127.0.0.1", port, ssl=ctx, server_hostname="a.bench.test"
-                    ),
-                    15,
-                )
-            except (OSError, ssl.SSLError, TimeoutError):
-                refused += 1
-                return
-            held.append(w)
-
-    await asyncio.gather(*(one() for _ in range(count)))
+    held, refused = await tls_flood(port, "a.bench.test", count, concurrency, client_context())
     print(f"done {len(held)} {refused}", flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
     for w in held:

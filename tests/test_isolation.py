@@ -8,11 +8,9 @@ so that the flood's own CPU work does not run in the event loop that times tenan
 from __future__ import annotations
 
 import asyncio
-import resource
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -21,52 +19,7 @@ from tests.conftest import REPO
 from tests.proxy.test_relay import client_hello, tls_request
 from tests.support.pki import PKI
 from tests.support.servers import RawBackend, TLSBackend, free_port
-from tests.test_serve import Sniffer
-
-Start = Callable[..., "asyncio.Future[Sniffer]"]
-
-
-@pytest.fixture
-def start_limited(tmp_path: Path) -> Iterator[object]:
-    """Start `sniffer serve` with RLIMIT_NOFILE set to `nofile` (soft and hard)."""
-    procs: list[subprocess.Popen[bytes]] = []
-
-    async def start(routes_text: str, port: int, nofile: int, *extra: str) -> Sniffer:
-        routes = tmp_path / "routes.yaml"
-        routes.write_text(routes_text)
-        admin_port = free_port()
-        stdout, stderr = tmp_path / "stdout.log", tmp_path / "stderr.log"
-
-        def limit() -> None:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
-
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "sniffer",
-                "serve",
-                "--routes",
-                str(routes),
-                "--admin",
-                f"127.0.0.1:{admin_port}",
-                *extra,
-            ],
-            stdout=stdout.open("wb"),
-            stderr=stderr.open("wb"),
-            cwd=REPO,
-            preexec_fn=limit,
-        )
-        procs.append(proc)
-        s = Sniffer(proc, f"http://127.0.0.1:{admin_port}", port, routes, stdout, stderr)
-        await s.wait_for(lambda: s.get("/readyz")[0] == 200, timeout=30)
-        return s
-
-    yield start
-    for p in procs:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
+from tests.test_serve import Sniffer, start_sniffer  # noqa: F401 - a fixture
 
 
 def _routes(port: int, backends: dict[str, int], extra: str = "") -> str:
@@ -98,13 +51,14 @@ async def _closed_at_once(port: int, hello: bytes) -> bool:
 
 @pytest.mark.parametrize("workers", ["0", "1"])
 async def test_overload_sheds_at_accept_and_health_keeps_answering(
-    start_limited: object, workers: str
+    start_sniffer: object,  # noqa: F811 - the fixture imported from test_serve
+    workers: str,
 ) -> None:
     raw = await RawBackend().start()
     port = free_port()
     # 256 descriptors: (256 - 64 reserved) // 2 = 96 client connections per process.
-    s: Sniffer = await start_limited(  # type: ignore[operator]
-        _routes(port, {"r": raw.port}), port, 256, "--workers", workers
+    s: Sniffer = await start_sniffer(  # type: ignore[operator]
+        _routes(port, {"r": raw.port}), port, "--workers", workers, nofile=256
     )
     hello = client_hello("app.r.example")
     held: list[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = []
@@ -154,7 +108,7 @@ async def test_overload_sheds_at_accept_and_health_keeps_answering(
     ],
 )
 async def test_noisy_neighbour_cannot_take_the_edge_from_others(
-    start_limited: object,
+    start_sniffer: object,  # noqa: F811 - the fixture imported from test_serve
     pki: PKI,
     tmp_path: Path,
     cap: int,
@@ -193,8 +147,9 @@ async def test_noisy_neighbour_cannot_take_the_edge_from_others(
         line = await loop.run_in_executor(None, neighbour.stdout.readline)
         a_port = int(line.split()[1])
         tenants = f"tenants:\n  - {{name: team-a, limits: {{max_connections: {cap}}}}}\n"
-        s: Sniffer = await start_limited(  # type: ignore[operator]
-            _routes(port, {"a": a_port, "b": b.port}, tenants), port, nofile, "--workers", "2"
+        s: Sniffer = await start_sniffer(  # type: ignore[operator]
+            _routes(port, {"a": a_port, "b": b.port}, tenants), port, "--workers", "2",
+            nofile=nofile,
         )
         # Without the cap A's flood would hold more than both workers may open.
         assert 2 * ((nofile - max(64, nofile // 16)) // 2) < flood

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -101,21 +102,30 @@ async def backends(pki: PKI) -> AsyncIterator[dict[str, TLSBackend]]:
 def start_sniffer(tmp_path: Path) -> Iterator[object]:
     procs: list[subprocess.Popen[bytes]] = []
 
-    async def start(routes_text: str, port: int, *extra: str) -> Sniffer:
+    async def start(
+        routes_text: str, port: int, *extra: str, nofile: int | None = None
+    ) -> Sniffer:
+        """`sniffer serve`; with `nofile`, under that RLIMIT_NOFILE (soft and hard)."""
         routes = tmp_path / "routes.yaml"
         routes.write_text(routes_text)
         admin_port = free_port()
         stdout, stderr = tmp_path / "stdout.log", tmp_path / "stderr.log"
+
+        def limit() -> None:
+            if nofile is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
         proc = subprocess.Popen(
             [sys.executable, "-m", "sniffer", "serve", "--routes", str(routes),
              "--admin", f"127.0.0.1:{admin_port}", *extra],
             stdout=stdout.open("wb"),
             stderr=stderr.open("wb"),
             cwd=REPO,
+            preexec_fn=limit,
         )
         procs.append(proc)
         s = Sniffer(proc, f"http://127.0.0.1:{admin_port}", port, routes, stdout, stderr)
-        await s.wait_for(lambda: s.get("/readyz")[0] == 200)
+        await s.wait_for(lambda: s.get("/readyz")[0] == 200, timeout=30)
         return s
 
     yield start

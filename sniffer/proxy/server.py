@@ -126,6 +126,7 @@ class DataPlane:
         self._rr: dict[str, int] = {}
         self._servers: dict[tuple[str, str, int, str, bool], asyncio.Server] = {}
         self._sweepers: list[asyncio.Task[None]] = []
+        self._lag_timer: asyncio.TimerHandle | None = None
         self.listen_errors: dict[str, str] = {}
         self.installed_version = -1
         """Version of the table whose listeners are open (readiness waits for it)."""
@@ -173,8 +174,8 @@ class DataPlane:
             self._sweepers = [
                 self.loop.create_task(self._sweep_idle()),
                 self.loop.create_task(self._sweep_deadlines()),
-                self.loop.create_task(self._watch_lag()),
             ]
+            self._lag_tick(self.loop.time() + LAG_INTERVAL)
         self.installed_version = table.version
 
     async def _listen(self, lis: Listener) -> asyncio.Server:
@@ -259,16 +260,14 @@ class DataPlane:
                 for conn in late:
                     conn.dial_timed_out_now()
 
-    async def _watch_lag(self) -> None:
+    def _lag_tick(self, due: float) -> None:
         """Time how late a periodic timer fires: whatever held the loop (a long callback,
         a table install, a garbage collection, a starved CPU) delayed every connection
-        of this process by as much. Exported as sniffer_event_loop_lag_seconds."""
-        loop = self.loop
-        observe = self.stats.loop_lag.observe
-        while True:
-            due = loop.time() + LAG_INTERVAL
-            await asyncio.sleep(LAG_INTERVAL)
-            observe(max(0.0, loop.time() - due))
+        of this process by as much. Exported as sniffer_event_loop_lag_seconds. A bare
+        timer callback, not a task: it runs 20 times a second for the process's life."""
+        now = self.loop.time()
+        self.stats.loop_lag.observe(now - due if now > due else 0.0)
+        self._lag_timer = self.loop.call_at(now + LAG_INTERVAL, self._lag_tick, now + LAG_INTERVAL)
 
     def stop_accepting(self) -> None:
         self.draining = True
@@ -298,6 +297,8 @@ class DataPlane:
             conn.abort()
         for task in self._sweepers:
             task.cancel()
+        if self._lag_timer is not None:
+            self._lag_timer.cancel()
         return dropped
 
 

@@ -15,7 +15,7 @@ from sniffer.proxy.server import DataPlane, ProxySettings
 from sniffer.routing.table import RouteTable
 from tests.conftest import PlaneFactory
 from tests.proxy.test_relay import client_hello, tls_spec
-from tests.support.servers import RawBackend
+from tests.support.servers import RawBackend, answering_backend
 
 LINGER_ZERO = struct.pack("ii", 1, 0)
 
@@ -98,13 +98,7 @@ async def test_stalled_log_pipe_never_blocks_relaying() -> None:
     """stdout is a pipe nobody reads: relaying goes on, lines beyond the buffer are
     dropped and counted, and what was kept comes out whole once the pipe drains."""
 
-    class Answer(asyncio.Protocol):
-        def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            transport.write(b"ok")  # type: ignore[attr-defined]
-            transport.close()
-
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(Answer, "127.0.0.1", 0)
+    server = await answering_backend()
     bport = server.sockets[0].getsockname()[1]
     read_end, write_end = os.pipe()
     log = AccessLog(fd=write_end, flush_interval=0.01, max_buffer=16 * 1024)

@@ -7,7 +7,6 @@ alert internal_error (or HTTP 503 with Retry-After) read off the socket.
 from __future__ import annotations
 
 import asyncio
-import socket
 import ssl
 import time
 from dataclasses import replace
@@ -20,7 +19,7 @@ from sniffer.routing.table import Backend, Endpoint, LimitDefaults, Limits, Rout
 from tests.conftest import PlaneFactory
 from tests.proxy.test_relay import client_hello, open_tls, tls_request, tls_spec
 from tests.support.pki import PKI
-from tests.support.servers import RawBackend, TLSBackend
+from tests.support.servers import RawBackend, TLSBackend, answering_backend, blackholed_port
 
 INTERNAL_ERROR = tls_alert(80)
 
@@ -48,6 +47,17 @@ async def _hello_answer(port: int, name: str, proxy: bytes = b"") -> bytes:
         writer.close()
 
 
+async def _hold_tls(pki: PKI, port: int, name: str, n: int) -> list[asyncio.StreamWriter]:
+    """`n` TLS connections through sniffer, each checked to reach its backend, held open."""
+    held = []
+    for _ in range(n):
+        reader, writer = await open_tls(pki, port, name)
+        writer.write(b"who\n")
+        assert await reader.readline() == name.split(".")[1].encode() + b"\n"
+        held.append(writer)
+    return held
+
+
 async def test_tenant_cap_refuses_excess_and_spares_other_tenants(
     data_plane: PlaneFactory, pki: PKI, tenants: dict[str, TLSBackend]
 ) -> None:
@@ -58,12 +68,7 @@ async def test_tenant_cap_refuses_excess_and_spares_other_tenants(
     spec = replace(spec, tenant_limits=(("tenant-a", Limits(max_connections=5)),))
     plane = await data_plane(spec)
     port = plane.bound_ports()["main"]
-    held = []
-    for _ in range(5):
-        reader, writer = await open_tls(pki, port, "app.a.example")
-        writer.write(b"who\n")
-        assert await reader.readline() == b"a\n"
-        held.append(writer)
+    held = await _hold_tls(pki, port, "app.a.example", 5)
     with pytest.raises(ssl.SSLError, match="INTERNAL_ERROR"):
         await tls_request(pki, port, "app.a.example")
     assert await _hello_answer(port, "app.a.example") == INTERNAL_ERROR
@@ -87,12 +92,7 @@ async def test_limits_change_without_restart_and_counts_survive(
     spec = tls_spec({"a": [tenants["a"].port]}, {"app.a.example": "a"})
     plane = await data_plane(spec)
     port = plane.bound_ports()["main"]
-    held = []
-    for _ in range(3):
-        reader, writer = await open_tls(pki, port, "app.a.example")
-        writer.write(b"who\n")
-        assert await reader.readline() == b"a\n"
-        held.append(writer)
+    held = await _hold_tls(pki, port, "app.a.example", 3)
     # A backend limit of 3 arrives with a new table: the 3 open ones count against it.
     limited = replace(
         spec,
@@ -129,13 +129,7 @@ async def test_http_refusal_is_503_with_retry_after(data_plane: PlaneFactory) ->
 async def test_token_bucket_admits_what_the_rate_allows(data_plane: PlaneFactory) -> None:
     """Start full (burst), then `rate` a second: within 10% over a few seconds."""
 
-    class Answer(asyncio.Protocol):
-        def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            transport.write(b"ok")  # type: ignore[attr-defined]
-            transport.close()
-
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(Answer, "127.0.0.1", 0)
+    server = await answering_backend()
     bport = server.sockets[0].getsockname()[1]
     rate, burst = 40.0, 10
     spec = tls_spec({"r": [bport]}, {"app.r.example": "r"})
@@ -204,18 +198,15 @@ async def test_client_address_limit_uses_the_proxy_header_source(
 async def test_max_pending_dials_against_a_blackholed_endpoint(
     data_plane: PlaneFactory, pki: PKI, tenants: dict[str, TLSBackend]
 ) -> None:
-    # A listener whose accept queue is full drops SYNs: dials to it hang (a dead host).
-    hung = socket.socket()
-    hung.bind(("127.0.0.1", 0))
-    hung.listen(0)
-    fillers = []
-    for _ in range(4):
-        s = socket.socket()
-        s.setblocking(False)
-        s.connect_ex(hung.getsockname())
-        fillers.append(s)
+    with blackholed_port() as dead:
+        await _pending_dials_capped(data_plane, pki, tenants, dead)
+
+
+async def _pending_dials_capped(
+    data_plane: PlaneFactory, pki: PKI, tenants: dict[str, TLSBackend], dead_port: int
+) -> None:
     spec = tls_spec(
-        {"dead": [hung.getsockname()[1]], "b": [tenants["b"].port]},
+        {"dead": [dead_port], "b": [tenants["b"].port]},
         {"app.dead.example": "dead", "app.b.example": "b"},
     )
     spec = replace(spec, limits=LimitDefaults(backend=Limits(max_pending_dials=3)))
@@ -241,8 +232,6 @@ async def test_max_pending_dials_against_a_blackholed_endpoint(
             await asyncio.sleep(0.01)
     for w in stuck:
         w.close()
-    for s in [*fillers, hung]:
-        s.close()
 
 
 def test_worker_shares_add_up_to_the_pod_limit() -> None:

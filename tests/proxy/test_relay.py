@@ -27,7 +27,12 @@ from sniffer.routing.table import (
 )
 from tests.conftest import PlaneFactory
 from tests.support.pki import PKI
-from tests.support.servers import RawBackend, TLSBackend, pseudo_random_chunks
+from tests.support.servers import (
+    RawBackend,
+    TLSBackend,
+    blackholed_port,
+    pseudo_random_chunks,
+)
 
 
 def client_hello(name: str | None, alpn: list[str] | None = None) -> bytes:
@@ -498,27 +503,15 @@ async def test_open_connection_keeps_backend_across_table_swap(
 async def test_connect_timeout_moves_on_to_the_next_endpoint(
     data_plane: PlaneFactory, pki: PKI, tenants: dict[str, TLSBackend]
 ) -> None:
-    # A listener whose accept queue is full drops further SYNs: connecting to it hangs,
-    # which is what a dead host looks like, without leaving loopback.
-    hung = socket.socket()
-    hung.bind(("127.0.0.1", 0))
-    hung.listen(0)
-    fillers = []
-    for _ in range(4):
-        s = socket.socket()
-        s.setblocking(False)
-        s.connect_ex(hung.getsockname())
-        fillers.append(s)
-    plane = await data_plane(
-        tls_spec({"a": [hung.getsockname()[1], tenants["a"].port]}, {"app.a.example": "a"}),
-        connect_timeout=0.3,
-    )
-    port = plane.bound_ports()["main"]
-    assert await tls_request(pki, port, "app.a.example") == b"a\n"  # first try: endpoint 0
+    with blackholed_port() as dead:
+        plane = await data_plane(
+            tls_spec({"a": [dead, tenants["a"].port]}, {"app.a.example": "a"}),
+            connect_timeout=0.3,
+        )
+        port = plane.bound_ports()["main"]
+        assert await tls_request(pki, port, "app.a.example") == b"a\n"  # first: endpoint 0
     c = plane.stats.snapshot().counters
     assert c[("sniffer_backend_connect_errors", ("a", "tenant-a", "timeout"))] == 1
-    for s in [*fillers, hung]:
-        s.close()
 
 
 async def test_ipv6_listener_and_backend(data_plane: PlaneFactory) -> None:

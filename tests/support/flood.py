@@ -14,6 +14,8 @@ import asyncio
 import ssl
 import sys
 
+from benchmarks.clients import tls_flood
+
 
 async def main(argv: list[str]) -> None:
     port, name, count, concurrency = int(argv[0]), argv[1], int(argv[2]), int(argv[3])
@@ -40,26 +42,7 @@ async def main(argv: list[str]) -> None:
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdin), sys.stdin)
     await stdin.readline()
     client_ctx = ssl.create_default_context(cafile=ca)
-    held: list[asyncio.StreamWriter] = []
-    refused = 0
-    gate = asyncio.Semaphore(concurrency)
-
-    async def one() -> None:
-        nonlocal refused
-        async with gate:
-            try:
-                _, writer = await asyncio.wait_for(
-                    asyncio.open_connection(
-                        "127.0.0.1", port, ssl=client_ctx, server_hostname=name
-                    ),
-                    30,
-                )
-            except (ssl.SSLError, OSError, TimeoutError):
-                refused += 1
-                return
-            held.append(writer)
-
-    await asyncio.gather(*(one() for _ in range(count)))
+    held, refused = await tls_flood(port, name, count, concurrency, client_ctx, timeout=30)
     print(f"done {len(held)} {refused}", flush=True)
     await stdin.read()
     for w in held:

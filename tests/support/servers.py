@@ -6,9 +6,11 @@ Each runs on the test's event loop on 127.0.0.1 with an OS-chosen port.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import socket
 import ssl
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 
@@ -124,3 +126,34 @@ class RawBackend:
     async def close(self) -> None:
         if self.server is not None:
             self.server.close()
+
+
+@contextlib.contextmanager
+def blackholed_port() -> Iterator[int]:
+    """A port whose dials hang, as to a dead host, without leaving loopback: a listener
+    whose accept queue is full drops further SYNs."""
+    hung = socket.socket()
+    hung.bind(("127.0.0.1", 0))
+    hung.listen(0)
+    fillers = []
+    for _ in range(4):
+        s = socket.socket()
+        s.setblocking(False)
+        s.connect_ex(hung.getsockname())
+        fillers.append(s)
+    try:
+        yield hung.getsockname()[1]
+    finally:
+        for s in [*fillers, hung]:
+            s.close()
+
+
+async def answering_backend(answer: bytes = b"ok") -> asyncio.Server:
+    """A backend that writes `answer` to every connection at once and closes it."""
+
+    class Answer(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            transport.write(answer)  # type: ignore[attr-defined]
+            transport.close()
+
+    return await asyncio.get_running_loop().create_server(Answer, "127.0.0.1", 0)
