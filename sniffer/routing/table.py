@@ -331,16 +331,6 @@ class RouteTable:
             tenant_limits=dict(spec.tenant_limits),
         )
 
-    def spec(self) -> TableSpec:
-        """The spec this table was built from (for rebuilding it elsewhere)."""
-        return TableSpec(
-            self.listeners,
-            tuple(self.backends.values()),
-            self.routes,
-            self.limits,
-            tuple(self.tenant_limits.items()),
-        )
-
     # -- limits ------------------------------------------------------------------------
 
     def tenant_limit_set(self, tenant: str) -> Limits:
