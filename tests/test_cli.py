@@ -232,3 +232,42 @@ def test_check_names_bad_limits(tmp_path: Path) -> None:
         f"{f}:9: tenants[0].limits.max_connections: expected a whole number",
     ):
         assert line in out.stderr, out.stderr
+
+
+def test_serve_limit_flags_fill_in_under_the_file(tmp_path: Path) -> None:
+    """`serve` flags are defaults: a routes file's `limits:` wins, the flags fill the rest."""
+    from sniffer.cli import _flag_limits
+    from sniffer.routing.controller import RouteController
+    from sniffer.routing.sources import Update
+    from sniffer.routing.sources.file import parse_routes
+
+    flags = _flag_limits(100, 2.5, None, 9, None, 7)
+
+    class Source:
+        name = "file"
+        synced = True
+
+        def health(self) -> dict[str, object]:
+            return {}
+
+        async def run(self, publish: object) -> None:
+            raise NotImplementedError
+
+    controller = RouteController([Source()], flags)  # type: ignore[list-item]
+    publish = controller._publisher(controller.sources[0])  # type: ignore[arg-type]
+    publish(Update(parse_routes(LIMITS)))
+    table = controller.table
+    tenant_b = table.effective_limits("tenant", "tenant-b")
+    assert tenant_b["max_connections"].value == 20000  # the file's limits.tenant wins
+    assert table.effective_limits("client")["max_connections"].value == 512
+    # The same file without its `limits:` and `tenants:` sections.
+    listeners, rest = LIMITS.split("limits:", 1)
+    publish(Update(parse_routes(listeners + "backends:" + rest.split("backends:", 1)[1])))
+    table = controller.table
+    assert table.effective_limits("tenant", "tenant-b")["max_connections"].source == (
+        "serve flags"
+    )
+    assert table.effective_limits("tenant", "tenant-b")["connections_per_second"].value == 2.5
+    assert table.effective_limits("client")["max_connections"].value == 7
+    assert table.effective_limits("backend", "tenant-b")["max_connections"].value == 9
+    assert table.effective_limits("backend", "tenant-a")["max_connections"].value == 200
