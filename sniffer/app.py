@@ -15,7 +15,7 @@ from typing import Any
 
 from sniffer import __version__
 from sniffer.observe import metrics
-from sniffer.observe.accesslog import AccessLog
+from sniffer.observe.accesslog import MAX_BUFFER, AccessLog
 from sniffer.observe.admin import AdminServer
 from sniffer.observe.metrics import DataPlaneCollector
 from sniffer.proxy.server import DataPlane, ProxySettings
@@ -33,6 +33,8 @@ class ServeOptions:
     admin: tuple[str, int] | None = ("127.0.0.1", 9190)
     workers: int = 0
     access_log: bool = True
+    access_log_buffer: int = MAX_BUFFER
+    """Bytes of access log a process holds for a slow stdout before dropping lines."""
     log_level: str = "info"
     limits: LimitDefaults = NO_LIMIT_DEFAULTS
     """Limit defaults from `serve` flags, under any a routes file sets."""
@@ -50,7 +52,10 @@ async def serve(sources: list[RouteSource], opts: ServeOptions) -> int:
     supervisor: Supervisor | None = None
     installer: asyncio.Task[None] | None = None
     if opts.workers == 0:
-        plane = DataPlane(opts.proxy, access_log=AccessLog() if opts.access_log else None)
+        plane = DataPlane(
+            opts.proxy,
+            access_log=AccessLog(max_buffer=opts.access_log_buffer) if opts.access_log else None,
+        )
         local = plane
         collector = DataPlaneCollector(lambda: [local.stats.snapshot()])
         tables: asyncio.Queue[RouteTable] = asyncio.Queue()
@@ -70,6 +75,7 @@ async def serve(sources: list[RouteSource], opts: ServeOptions) -> int:
             {
                 "proxy": {**asdict(opts.proxy), "reuse_port": True},
                 "access_log": opts.access_log,
+                "access_log_buffer": opts.access_log_buffer,
                 "log_level": opts.log_level,
             },
         )

@@ -107,6 +107,9 @@ def serve(
     connect_timeout: Annotated[float, typer.Option(help="Seconds per backend dial.")] = 5.0,
     max_hello_bytes: Annotated[int, typer.Option(help="ClientHello cap (<= 65536).")] = 16384,
     access_log: Annotated[bool, typer.Option(help="JSON access log on stdout.")] = True,
+    access_log_buffer: Annotated[
+        int, typer.Option(help="Bytes of log held for a slow stdout before dropping lines.")
+    ] = 1024 * 1024,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
     max_connections: Annotated[
         int,
@@ -145,6 +148,8 @@ def serve(
     )
     if not 0 < max_hello_bytes <= 65536:
         raise typer.BadParameter("--max-hello-bytes must be 1..65536")
+    if access_log_buffer < 4096:
+        raise typer.BadParameter("--access-log-buffer must be at least 4096 bytes")
     if max_connections < 0:
         raise typer.BadParameter("--max-connections must be 0 (automatic) or more")
     flag_limits = _flag_limits(
@@ -192,6 +197,7 @@ def serve(
         admin=admin_addr,
         workers=workers,
         access_log=access_log,
+        access_log_buffer=access_log_buffer,
         log_level=log_level,
         limits=flag_limits,
     )

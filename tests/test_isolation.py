@@ -8,6 +8,9 @@ so that the flood's own CPU work does not run in the event loop that times tenan
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -18,7 +21,7 @@ import pytest
 from tests.conftest import REPO
 from tests.proxy.test_relay import client_hello, tls_request
 from tests.support.pki import PKI
-from tests.support.servers import RawBackend, TLSBackend, free_port
+from tests.support.servers import RawBackend, TLSBackend, answering_backend, free_port
 from tests.test_serve import Sniffer, start_sniffer  # noqa: F401 - a fixture
 
 
@@ -210,3 +213,43 @@ async def test_noisy_neighbour_cannot_take_the_edge_from_others(
             neighbour.kill()
             neighbour.wait()
         await b.close()
+
+
+async def test_stdout_pipe_nobody_reads_never_stalls_the_data_plane(tmp_path: Path) -> None:
+    """`sniffer serve` whose stdout is a pipe nobody reads (a stuck log shipper): every
+    connection is still relayed, the lines beyond the buffer are dropped and counted, and
+    SIGTERM still exits promptly."""
+    backend = await answering_backend()
+    port, admin = free_port(), free_port()
+    routes = tmp_path / "routes.yaml"
+    routes.write_text(_routes(port, {"r": backend.sockets[0].getsockname()[1]}))
+    read_end, write_end = os.pipe()
+    fcntl.fcntl(write_end, 1031, 4096)  # F_SETPIPE_SZ: the smallest pipe, full sooner
+    stderr = tmp_path / "stderr.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sniffer", "serve", "--routes", str(routes), "--workers", "1",
+         "--admin", f"127.0.0.1:{admin}", "--access-log-buffer", "4096"],
+        stdout=write_end, stderr=stderr.open("wb"), cwd=REPO,
+    )
+    os.close(write_end)
+    s = Sniffer(proc, f"http://127.0.0.1:{admin}", port, routes, tmp_path / "none", stderr)
+    try:
+        await s.wait_for(lambda: s.get("/readyz")[0] == 200, timeout=30)
+        hello = client_hello("app.r.example")
+        for _ in range(200):  # ~50 KB of log lines: pipe and buffer overflow many times
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(hello)
+            assert await asyncio.wait_for(reader.read(), 10) == b"ok"
+            writer.close()
+        key = "sniffer_access_log_dropped_total"
+        await s.wait_for(lambda: s.metrics().get(key, 0) > 0)
+        assert s.get("/healthz")[0] == 200
+        proc.send_signal(signal.SIGTERM)
+        loop = asyncio.get_running_loop()
+        assert await loop.run_in_executor(None, proc.wait, 30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(read_end)
+        backend.close()

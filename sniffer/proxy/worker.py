@@ -75,7 +75,7 @@ async def _apply(base: RouteTable, delta: TableDelta) -> RouteTable:
 
 
 async def _worker_main(fd: int) -> int:
-    from sniffer.observe.accesslog import AccessLog
+    from sniffer.observe.accesslog import MAX_BUFFER, AccessLog
     from sniffer.proxy.server import DataPlane, ProxySettings
 
     sock = socket.socket(fileno=fd)
@@ -86,7 +86,11 @@ async def _worker_main(fd: int) -> int:
         level=cfg.get("log_level", "INFO").upper(),
         format=f"%(asctime)s %(levelname)s worker-{cfg['index']} %(name)s: %(message)s",
     )
-    access = AccessLog() if cfg.get("access_log", True) else None
+    access = (
+        AccessLog(max_buffer=cfg.get("access_log_buffer", MAX_BUFFER))
+        if cfg.get("access_log", True)
+        else None
+    )
     stats = DataPlaneStats(worker=str(cfg["index"]))
     plane = DataPlane(
         ProxySettings(**cfg["proxy"]),

@@ -149,11 +149,15 @@ def blackholed_port() -> Iterator[int]:
 
 
 async def answering_backend(answer: bytes = b"ok") -> asyncio.Server:
-    """A backend that writes `answer` to every connection at once and closes it."""
+    """A backend that writes `answer` to every connection at once and closes it once the
+    client's first bytes arrive (closing with them unread would send a reset instead)."""
 
     class Answer(asyncio.Protocol):
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = transport
             transport.write(answer)  # type: ignore[attr-defined]
-            transport.close()
+
+        def data_received(self, data: bytes) -> None:
+            self.transport.close()
 
     return await asyncio.get_running_loop().create_server(Answer, "127.0.0.1", 0)
