@@ -51,7 +51,6 @@ _ALERT_UNRECOGNIZED_NAME = 112
 # States of a client connection, in order.
 SNIFFING, DIALING, RELAYING, CLOSING, CLOSED = range(5)
 
-
 _HTTP_REASONS = {
     400: "Bad Request",
     408: "Request Timeout",
