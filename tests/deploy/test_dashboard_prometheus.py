@@ -77,7 +77,8 @@ HOSTS = {"tenant-a": "www.tenant-a.test", "tenant-b": "shop.tenant-b.test",
          "tenant-c": "api.tenant-c.test", "unknown": "nobody.unrouted.test"}
 # Metrics that only the Kubernetes source produces.
 KUBERNETES_ONLY = {"sniffer_watch_events_total", "sniffer_watch_relists_total",
-                   "sniffer_watch_errors_total", "sniffer_watch_up", "sniffer_objects_cached"}
+                   "sniffer_watch_errors_total", "sniffer_watch_up", "sniffer_objects_cached",
+                   "sniffer_leader", "sniffer_status_writes_total"}
 DEADLINE = 60.0  # seconds for any one wait; the whole test takes ~30-60 s
 
 

@@ -189,7 +189,8 @@ class Informer:
     async def _sleep_backoff(self) -> None:
         self.state = "backoff"
         self._state()
-        await asyncio.sleep(self._backoff.next_delay())
+        if await self.api.pause(self._backoff.next_delay()):
+            self._backoff.reset()  # the server is back: the next error starts small again
 
     async def list_all(self, reason: str) -> None:
         """List every page, swap the cache in, report namespaces that differ."""
