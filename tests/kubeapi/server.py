@@ -7,12 +7,13 @@ snapshots, expiring with history) and `resourceVersion`, watch with `resourceVer
 older than the bounded history, JSON `Status` bodies for errors, create/update/delete,
 status subresource PUT/PATCH (merge, strategic-as-merge, JSON patch, apply-as-merge) with
 resourceVersion preconditions (409 Conflict on a stale one, as for Lease updates),
-`metadata.generation` bumped on spec changes only, and Gateway API objects validated against the upstream
-CRD schemas read from the shared folder. Fault injection: go down (sockets closed, new
-connections refused), go silent (open streams stay open and say nothing), expire history,
-410 or close every stream, answer 403 to everything (an authorizer still loading after a
-restart). It must never be used outside tests and never listen beyond
-loopback.
+`metadata.generation` bumped on spec changes only, Leases (coordination.k8s.io/v1), and
+Gateway API objects validated against the upstream CRD schemas read from the shared
+folder. Fault injection: go down (sockets closed, new connections refused), go silent
+(open streams stay open and say nothing), expire history, 410 or close every stream,
+answer 403 to everything (an authorizer still loading after a restart), fail the next
+status writes with given codes. It must never be used outside tests and never listen
+beyond loopback.
 """
 
 from __future__ import annotations
@@ -255,6 +256,8 @@ class KubeApiServer:
         self.requests: deque[tuple[str, str, str]] = deque(maxlen=5000)
         self.watch_opened = 0
         self.status_writes: list[tuple[str, str, str]] = []
+        self.status_faults: deque[int] = deque()
+        """HTTP codes the next status writes answer with (409, 429, 500...) before applying."""
         self.changed = asyncio.Condition()
         # network
         self._tmp = Path(tempfile.mkdtemp(prefix="kubeapi-"))
@@ -642,6 +645,9 @@ class KubeApiServer:
             new["apiVersion"] = f"{group}/{version}" if group else version
             if sub == "status":
                 self.status_writes.append((res.kind, namespace or "", name))
+                if self.status_faults:
+                    code = self.status_faults.popleft()
+                    raise ApiFailure(code, "Injected", f"injected status-write fault {code}")
             out = self.update(new, status=sub == "status")
             return web.json_response(self._out(out, res, version))
         raise ApiFailure(405, "MethodNotAllowed", "method not allowed")
