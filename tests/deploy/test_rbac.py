@@ -102,8 +102,8 @@ def test_lease_role_is_namespaced_and_matches_code() -> None:
     sa = find(objs, "ServiceAccount", "sniffer")
     assert role["metadata"]["namespace"] == sa["metadata"]["namespace"]
     assert _expand(role["rules"]) == _normalise(leader.LEASE_RBAC_RULES)
-    for group, resource, verbs in _manifest_rules():
-        assert resource != "leases", "leases belong in the namespaced Role, not the ClusterRole"
+    cluster_wide = {resource for _, resource, _ in _manifest_rules()}
+    assert "leases" not in cluster_wide, "leases belong in the namespaced Role only"
     binding = find(objs, "RoleBinding", "sniffer-leader-election")
     assert binding["metadata"]["namespace"] == sa["metadata"]["namespace"]
     assert binding["roleRef"] == {
