@@ -2,7 +2,8 @@
 
 This module owns the meaning of the objects: which Ingresses are sniffer's, how a rule or
 a TLSRoute becomes `Route`s on which listeners, how a Service port becomes a `Backend`
-(EndpointSlices or ClusterIP), how Gateway listeners, hostnames and ReferenceGrants gate
+(EndpointSlices or ClusterIP), how Gateway listeners (kinds, `allowedRoutes.namespaces`
+including a selector on the route namespace's labels), hostnames and ReferenceGrants gate
 a TLSRoute, and the per-parent outcome its status reports. Everything here is a pure
 function of a `ClusterView`, so the source can recompute only the namespaces that changed
 and `compute_spec` can run it once. It must never do I/O or touch metrics.
