@@ -77,6 +77,14 @@ def test_cluster_role_is_read_only_except_status() -> None:
             assert writes <= {"update", "patch"}
 
 
+def _binds_service_account(binding: dict[str, Any], sa: dict[str, Any]) -> None:
+    assert binding["subjects"] == [{
+        "kind": "ServiceAccount",
+        "name": sa["metadata"]["name"],
+        "namespace": sa["metadata"]["namespace"],
+    }]
+
+
 def test_binding_grants_the_role_to_the_daemonsets_account() -> None:
     objs = render("base")
     binding = find(objs, "ClusterRoleBinding", "sniffer")
@@ -85,11 +93,7 @@ def test_binding_grants_the_role_to_the_daemonsets_account() -> None:
     assert binding["roleRef"] == {
         "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "sniffer"
     }
-    assert binding["subjects"] == [{
-        "kind": "ServiceAccount",
-        "name": sa["metadata"]["name"],
-        "namespace": sa["metadata"]["namespace"],
-    }]
+    _binds_service_account(binding, sa)
     assert ds["spec"]["template"]["spec"]["serviceAccountName"] == sa["metadata"]["name"]
     assert ds["metadata"]["namespace"] == sa["metadata"]["namespace"]
 
@@ -109,11 +113,7 @@ def test_lease_role_is_namespaced_and_matches_code() -> None:
     assert binding["roleRef"] == {
         "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "sniffer-leader-election"
     }
-    assert binding["subjects"] == [{
-        "kind": "ServiceAccount",
-        "name": sa["metadata"]["name"],
-        "namespace": sa["metadata"]["namespace"],
-    }]
+    _binds_service_account(binding, sa)
 
 
 def test_daemonset_gives_the_pod_its_lease_identity() -> None:

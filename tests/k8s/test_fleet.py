@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import os
 import signal
 import subprocess
 import sys
@@ -25,13 +24,11 @@ from typing import Any
 
 import pytest
 
-from tests.k8s.conftest import needs_crds
+from tests.k8s.conftest import SNIFFER, needs_crds, spawn_sniffer
 from tests.kubeapi import objects as o
 from tests.kubeapi.server import KubeApiServer
 from tests.support.servers import free_port
 
-REPO = Path(__file__).resolve().parents[2]
-SNIFFER = REPO / ".venv" / "bin" / "sniffer"
 NS = "sniffer-system"
 LEASE, RENEW, RETRY = 3.0, 2.0, 0.5
 
@@ -45,31 +42,18 @@ class Pod:
     def __init__(self, name: str, kubeconfig: Path) -> None:
         self.name = name
         self.admin = free_port()
-        env = dict(os.environ, PYTHONUNBUFFERED="1", POD_NAME=name, POD_NAMESPACE=NS)
-        self.proc = subprocess.Popen(
-            [
-                str(SNIFFER),
-                "serve",
-                "--kubernetes",
-                "--kubeconfig",
-                str(kubeconfig),
-                "--listen",
-                f"tls:127.0.0.1:{free_port()}@443",
-                "--admin",
-                f"127.0.0.1:{self.admin}",
-                "--workers",
-                "0",
-                "--no-access-log",
-                "--drain-grace",
-                "1",
-                f"--lease-duration={LEASE}",
-                f"--lease-renew-deadline={RENEW}",
-                f"--lease-retry-period={RETRY}",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=REPO,
+        self.proc = spawn_sniffer(
+            kubeconfig,
+            f"tls:127.0.0.1:{free_port()}@443",
+            self.admin,
+            "--workers=0",
+            "--no-access-log",
+            "--drain-grace=1",
+            f"--lease-duration={LEASE}",
+            f"--lease-renew-deadline={RENEW}",
+            f"--lease-retry-period={RETRY}",
+            POD_NAME=name,
+            POD_NAMESPACE=NS,
         )
 
     def get(self, path: str) -> str | None:

@@ -686,21 +686,25 @@ def parse_gateway(obj: JSON) -> GatewayRec:
     )
 
 
+def parent_ref_key(ref: JSON) -> tuple[object, ...]:
+    """A status entry's `parentRef` as a comparable key, the API's defaults filled in."""
+    return (
+        ref.get("group", GATEWAY_GROUP),
+        ref.get("kind", "Gateway"),
+        ref.get("namespace"),
+        ref.get("name"),
+        ref.get("sectionName"),
+        ref.get("port"),
+    )
+
+
 def route_parents_sig(parents: list[Any], controller: str) -> int:
     """Hash of the `status.parents` entries owned by `controller`, order-independent."""
     rows = []
     for p in parents:
         if not isinstance(p, Mapping) or p.get("controllerName") != controller:
             continue
-        ref = _map(p.get("parentRef"), "parentRef")
-        key = (
-            ref.get("group", GATEWAY_GROUP),
-            ref.get("kind", "Gateway"),
-            ref.get("namespace"),
-            ref.get("name"),
-            ref.get("sectionName"),
-            ref.get("port"),
-        )
+        key = parent_ref_key(_map(p.get("parentRef"), "parentRef"))
         rows.append((repr(key), _conditions_sig(_list(p.get("conditions"), "conditions"))))
     return hash(tuple(sorted(rows)))
 

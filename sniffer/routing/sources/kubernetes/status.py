@@ -42,6 +42,7 @@ from sniffer.routing.sources.kubernetes.kinds import (
     Kind,
     _conditions_sig,
     gateway_status_sig,
+    parent_ref_key,
     route_parents_sig,
 )
 from sniffer.routing.sources.kubernetes.settings import KubernetesSettings
@@ -60,7 +61,6 @@ log = logging.getLogger("sniffer.kubernetes.status")
 # A write we made shows up as a watch event shortly after; until then the cache still
 # holds the old status, and this long we trust our own write instead of repeating it.
 _WRITE_MEMORY_SECONDS = 30.0
-_REF_DEFAULTS = (("group", GATEWAY_GROUP), ("kind", "Gateway"))
 
 Key = tuple[str, str, str]
 """(kind, namespace, name)."""
@@ -198,19 +198,6 @@ def desired_gateway_status(
         "conditions": [_condition_json(c, gen, stamp) for c in conds],
         "listeners": out_listeners,
     }
-
-
-def _ref_key(ref: object) -> tuple[object, ...]:
-    """A parentRef as a comparable key (defaults filled in, as `route_parents_sig` does)."""
-    ref = ref if isinstance(ref, Mapping) else {}
-    return (
-        ref.get("group", GATEWAY_GROUP),
-        ref.get("kind", "Gateway"),
-        ref.get("namespace"),
-        ref.get("name"),
-        ref.get("sectionName"),
-        ref.get("port"),
-    )
 
 
 def keep_transition_times(new: list[dict[str, Any]], old: object) -> None:
@@ -434,13 +421,13 @@ class StatusWriter:
             if route_parents_sig(parents, controller) == w.sig:
                 return None
             ours = {
-                _ref_key(p.get("parentRef")): p
+                parent_ref_key(p.get("parentRef") or {}): p
                 for p in parents
                 if isinstance(p, Mapping) and p.get("controllerName") == controller
             }
             entries: list[dict[str, Any]] = copy.deepcopy(w.desired["parents"])
             for e in entries:
-                prev = ours.get(_ref_key(e["parentRef"]))
+                prev = ours.get(parent_ref_key(e["parentRef"]))
                 if prev is not None:
                     keep_transition_times(e["conditions"], prev.get("conditions"))
             others = [
