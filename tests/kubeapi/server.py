@@ -271,6 +271,8 @@ class KubeApiServer:
         self.forbidden = False
         """Answer 403 to every request, as a restarting server does until its authorizer
         has loaded."""
+        self.forbidden_resources: set[str] = set()
+        """Plurals answered with 403 (an RBAC that does not grant them)."""
 
     # -- life cycle ----------------------------------------------------------------------
 
@@ -604,6 +606,8 @@ class KubeApiServer:
         res = BY_PLURAL.get(plural)
         if res is None or res.group != group or version not in self._served(res):
             raise ApiFailure(404, "NotFound", "the server could not find the requested resource")
+        if plural in self.forbidden_resources:
+            raise ApiFailure(403, "Forbidden", f"{plural} is forbidden: RBAC does not allow it")
         name = rest[0] if rest else None
         sub = rest[1] if len(rest) > 1 else None
         if sub not in (None, "status"):

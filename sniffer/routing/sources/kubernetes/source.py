@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 
 from sniffer.routing.sources import Publish, Update
-from sniffer.routing.sources.kubernetes.api import ApiError, KubeApi, NotFound
+from sniffer.routing.sources.kubernetes.api import ApiError, KubeApi, NotFound, Unauthorized
 from sniffer.routing.sources.kubernetes.informer import Backoff, Informer
 from sniffer.routing.sources.kubernetes.kinds import (
     ALL_KINDS,
@@ -452,7 +452,14 @@ async def compute_spec(
         informers = _make_informers(client, settings, versions, lambda k, ns, t: None)
         for infs in informers.values():
             for inf in infs:
-                await inf.list_all("oneshot")
+                try:
+                    await inf.list_all("oneshot")
+                except Unauthorized as exc:
+                    if inf.kind is not NAMESPACE:
+                        raise
+                    # A user allowed to read only some namespaces still gets their table;
+                    # only `from: Selector` listeners need the Namespace objects.
+                    problems.append(f"Namespaces not readable ({exc}): Selector admits none")
                 problems.extend(inf.problems.values())
         view = ClusterView({name: _KindStore(infs) for name, infs in informers.items()})
         results: dict[str, NamespaceResult] = {}
