@@ -131,8 +131,9 @@ class LeaderElector:
         try:
             acquired = await self._try_acquire_or_renew(started)
         except ApiError as exc:
+            if str(exc) != self.last_error:  # once per distinct error, not every retry
+                log.warning("leader election: Lease %s: %s", self._path, exc)
             self.last_error = str(exc)
-            log.debug("leader election: %s", exc)
             return
         self.last_error = None
         if acquired:
