@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import os
 import signal
 import subprocess
 import sys
@@ -30,7 +31,11 @@ from tests.kubeapi.server import KubeApiServer
 from tests.support.servers import free_port
 
 NS = "sniffer-system"
-LEASE, RENEW, RETRY = 3.0, 2.0, 0.5
+# Short timings keep the default run fast; SNIFFER_FLEET_LEASE="15,10,2" measures with
+# the production defaults.
+LEASE, RENEW, RETRY = (
+    float(x) for x in os.environ.get("SNIFFER_FLEET_LEASE", "3,2,0.5").split(",")
+)
 
 pytestmark = [
     needs_crds,
@@ -201,7 +206,7 @@ async def test_three_pods_one_writer_and_takeovers(api_server, kubeconfig):
         await _eventually(lambda: _holder(api_server) == last_pod.name, 10, "hand-over")
         took_term = time.monotonic() - termed_at
         print(f"SIGTERM hand-over: {took_term:.2f}s")
-        assert took_term < 2.0
+        assert took_term < max(2.0, RETRY + 0.5)
         api_server.create(o.tls_route("team-a", "r2", ["t.example.com"], [o.backend_ref("web")]))
         await _eventually(lambda: _accepted_gen(api_server, "team-a", "r2") == 1, 10, "status")
         assert new_leader.proc.wait(timeout=15) == 0
