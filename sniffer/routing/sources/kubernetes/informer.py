@@ -4,7 +4,8 @@ The informer owns the cache of one kind's records (namespace -> name -> record) 
 list/watch life cycle: bookmarks advance the resourceVersion, a 410 Gone (as an HTTP
 status or an ERROR event) clears nothing but re-lists and diffs, an inactivity timeout
 re-armed on every event reopens a silently dead stream, and errors back off with jitter
-while the cache keeps serving. It reports what changed as "namespace N is dirty" and never
+while the cache keeps serving (the backoff ends early when the API server answers again
+after an outage, see `KubeApi.pause`). It reports what changed as "namespace N is dirty" and never
 translates records to routes, builds tables or holds raw objects past one event.
 """
 

@@ -64,7 +64,9 @@ class KubernetesSettings:
     """Seconds before the first retry after an API error (doubled each time, jittered)."""
 
     backoff_max: float = 30.0
-    """Cap of the retry delay in seconds: an outage is noticed within this once it ends."""
+    """Cap of the retry delay in seconds. Only a persistent error (a 403 from RBAC) waits
+    this long: when the server answers again after an outage, callers resume within
+    `probe_interval` instead."""
 
     page_size: int = 500
     """Objects per list page (`limit`): bounds the memory of one response, as client-go."""
