@@ -36,6 +36,8 @@ METRICS: dict[str, tuple[str, frozenset[str]]] = {
         ("sniffer_watch_errors_total", COUNTER, ("kind",)),
         ("sniffer_watch_up", GAUGE, ("kind",)),
         ("sniffer_objects_cached", GAUGE, ("kind",)),
+        ("sniffer_leader", GAUGE, ()),
+        ("sniffer_status_writes_total", COUNTER, ("kind", "result")),
         ("sniffer_workers", GAUGE, ("state",)),
         ("sniffer_worker_restarts_total", COUNTER, ()),
         ("sniffer_build_info", GAUGE, ("version",)),

@@ -8,7 +8,9 @@ from collections.abc import Callable
 
 import pytest
 
+from sniffer.routing.sources.kubernetes import KubernetesSettings, compute_spec
 from sniffer.routing.sources.kubernetes.kinds import MalformedObject, parse_namespace
+from tests.k8s.conftest import TLS
 from tests.kubeapi import objects as o
 
 
@@ -72,3 +74,15 @@ async def test_namespace_changes_reach_the_view_and_dirty_that_namespace(
 
     api_server.delete("Namespace", None, "team-b")
     await _poll(lambda: view.namespace("team-b") is None)
+
+
+async def test_one_shot_table_without_namespace_rights(api_server, kubeconfig) -> None:
+    """`route-table -n` as a user who may not list Namespaces: a table and a problem."""
+    api_server.create(o.service("team-a", "web"))
+    api_server.create(o.endpoint_slice("team-a", "web", ["10.0.0.1"]))
+    api_server.create(o.ingress("team-a", "ing", [("a.example", "web", 443)]))
+    api_server.forbidden_resources.add("namespaces")
+    settings = KubernetesSettings(kubeconfig=str(kubeconfig), write_status=False)
+    spec, problems = await compute_spec(settings, (TLS,))
+    assert [r.host for r in spec.routes] == ["a.example"]
+    assert any("Namespaces not readable" in p for p in problems)

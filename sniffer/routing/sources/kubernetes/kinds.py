@@ -294,6 +294,49 @@ class GatewayClassRec:
 
 
 @dataclass(frozen=True, slots=True)
+class LabelSelector:
+    """A Kubernetes LabelSelector (`matchLabels` and `matchExpressions`, ANDed)."""
+
+    match_labels: tuple[tuple[str, str], ...] = ()
+    expressions: tuple[tuple[str, str, tuple[str, ...]], ...] = ()
+    """(key, operator, values); an operator other than In, NotIn, Exists, DoesNotExist
+    makes the selector match nothing (the API would have rejected it)."""
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        if any(labels.get(k) != v for k, v in self.match_labels):
+            return False
+        for key, op, values in self.expressions:
+            if op == "In":
+                ok = key in labels and labels[key] in values
+            elif op == "NotIn":
+                ok = key not in labels or labels[key] not in values
+            elif op == "Exists":
+                ok = key in labels
+            elif op == "DoesNotExist":
+                ok = key not in labels
+            else:
+                ok = False
+            if not ok:
+                return False
+        return True
+
+
+def parse_label_selector(value: object, what: str) -> LabelSelector:
+    sel = _map(value, what)
+    labels = []
+    for k, v in _map(sel.get("matchLabels"), f"{what}.matchLabels").items():
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise MalformedObject(f"{what}.matchLabels must map strings to strings")
+        labels.append((_s(k), _s(v)))
+    exprs = []
+    for e in _list(sel.get("matchExpressions"), f"{what}.matchExpressions"):
+        e = _map(e, f"{what}.matchExpressions[]")
+        values = tuple(_s(v) for v in _list(e.get("values"), f"{what}.matchExpressions[].values"))
+        exprs.append((_s(e.get("key") or ""), _s(e.get("operator") or ""), values))
+    return LabelSelector(tuple(sorted(labels)), tuple(exprs))
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayListenerRec:
     name: str
     port: int
@@ -304,6 +347,8 @@ class GatewayListenerRec:
     """`allowedRoutes.namespaces.from`: Same (default), All or Selector."""
     allowed_kinds: tuple[tuple[str, str], ...]
     """(group, kind) pairs; empty means the protocol's default (TLSRoute for TLS)."""
+    selector: LabelSelector | None = None
+    """`allowedRoutes.namespaces.selector`, read when `allowed_from` is Selector."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -622,6 +667,8 @@ def parse_gateway(obj: JSON) -> GatewayRec:
         port = lis.get("port")
         if not isinstance(port, int):
             raise MalformedObject("spec.listeners[].port is not a number")
+        namespaces = _map(allowed.get("namespaces"), "namespaces")
+        selector = namespaces.get("selector")
         listeners.append(
             GatewayListenerRec(
                 _s(lis.get("name") or ""),
@@ -629,8 +676,11 @@ def parse_gateway(obj: JSON) -> GatewayRec:
                 _s(lis.get("protocol") or ""),
                 _opt_s(tls.get("mode", "Terminate") if lis.get("tls") is not None else None),
                 _opt_s(lis.get("hostname")),
-                _s(_map(allowed.get("namespaces"), "namespaces").get("from") or "Same"),
+                _s(namespaces.get("from") or "Same"),
                 kinds,
+                None
+                if selector is None
+                else parse_label_selector(selector, "allowedRoutes.namespaces.selector"),
             )
         )
     status = _map(obj.get("status"), "status")
@@ -644,21 +694,25 @@ def parse_gateway(obj: JSON) -> GatewayRec:
     )
 
 
+def parent_ref_key(ref: JSON) -> tuple[object, ...]:
+    """A status entry's `parentRef` as a comparable key, the API's defaults filled in."""
+    return (
+        ref.get("group", GATEWAY_GROUP),
+        ref.get("kind", "Gateway"),
+        ref.get("namespace"),
+        ref.get("name"),
+        ref.get("sectionName"),
+        ref.get("port"),
+    )
+
+
 def route_parents_sig(parents: list[Any], controller: str) -> int:
     """Hash of the `status.parents` entries owned by `controller`, order-independent."""
     rows = []
     for p in parents:
         if not isinstance(p, Mapping) or p.get("controllerName") != controller:
             continue
-        ref = _map(p.get("parentRef"), "parentRef")
-        key = (
-            ref.get("group", GATEWAY_GROUP),
-            ref.get("kind", "Gateway"),
-            ref.get("namespace"),
-            ref.get("name"),
-            ref.get("sectionName"),
-            ref.get("port"),
-        )
+        key = parent_ref_key(_map(p.get("parentRef"), "parentRef"))
         rows.append((repr(key), _conditions_sig(_list(p.get("conditions"), "conditions"))))
     return hash(tuple(sorted(rows)))
 
