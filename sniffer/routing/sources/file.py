@@ -421,6 +421,13 @@ class FileSource:
             "loaded_at": self._loaded_at,
         }
 
+    def _stamp(self) -> tuple[int, int, int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns)
+
     def _read(self) -> bytes | None:
         try:
             return self.path.read_bytes()
@@ -461,13 +468,18 @@ class FileSource:
         in pieces) can parse half-written, listeners and backends without `routes:`;
         waiting for a quiet poll keeps that from being served. Writing by rename (as a
         ConfigMap mount does) is atomic and needs no such wait."""
+        stamp = self._stamp()
         applied = self._read()
         self._reload(publish, applied)
         seen = applied
         while True:
             await asyncio.sleep(self.poll_interval)
-            text = self._read()
             self.polls += 1
+            new_stamp = self._stamp()
+            if new_stamp == stamp and seen == applied:
+                continue  # untouched since it was applied: a stat() is enough
+            stamp = new_stamp
+            text = self._read()
             if text is None:
                 if seen is not None:
                     log.error("routes file %s is gone; keeping the previous table", self.path)
