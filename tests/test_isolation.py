@@ -151,7 +151,10 @@ async def test_noisy_neighbour_cannot_take_the_edge_from_others(
         a_port = int(line.split()[1])
         tenants = f"tenants:\n  - {{name: team-a, limits: {{max_connections: {cap}}}}}\n"
         s: Sniffer = await start_sniffer(  # type: ignore[operator]
-            _routes(port, {"a": a_port, "b": b.port}, tenants), port, "--workers", "2",
+            _routes(port, {"a": a_port, "b": b.port}, tenants),
+            port,
+            "--workers",
+            "2",
             nofile=nofile,
         )
         # Without the cap A's flood would hold more than both workers may open.
@@ -227,9 +230,23 @@ async def test_stdout_pipe_nobody_reads_never_stalls_the_data_plane(tmp_path: Pa
     fcntl.fcntl(write_end, 1031, 4096)  # F_SETPIPE_SZ: the smallest pipe, full sooner
     stderr = tmp_path / "stderr.log"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sniffer", "serve", "--routes", str(routes), "--workers", "1",
-         "--admin", f"127.0.0.1:{admin}", "--access-log-buffer", "4096"],
-        stdout=write_end, stderr=stderr.open("wb"), cwd=REPO,
+        [
+            sys.executable,
+            "-m",
+            "sniffer",
+            "serve",
+            "--routes",
+            str(routes),
+            "--workers",
+            "1",
+            "--admin",
+            f"127.0.0.1:{admin}",
+            "--access-log-buffer",
+            "4096",
+        ],
+        stdout=write_end,
+        stderr=stderr.open("wb"),
+        cwd=REPO,
     )
     os.close(write_end)
     s = Sniffer(proc, f"http://127.0.0.1:{admin}", port, routes, tmp_path / "none", stderr)
