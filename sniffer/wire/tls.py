@@ -55,6 +55,7 @@ _HANDSHAKE_CLIENT_HELLO = 1
 _MAX_PLAINTEXT = 1 << 14  # RFC 8446 §5.1: TLSPlaintext.length MUST NOT exceed 2^14
 
 _EXT_SERVER_NAME = 0
+_EXT_SIGNATURE_ALGORITHMS = 13
 _EXT_ALPN = 16
 _EXT_SUPPORTED_VERSIONS = 43
 _EXT_ECH = 0xFE0D  # draft-ietf-tls-esni; real or GREASE ECH look the same on the wire
@@ -78,6 +79,12 @@ class ClientHello(NamedTuple):
     """supported_versions extension without GREASE values; empty if absent (TLS <= 1.2)."""
     has_ech: bool = False
     """An encrypted_client_hello extension is present (real or GREASE; SNI is the outer)."""
+    cipher_suites: bytes = b""
+    """The cipher_suites list as sent (2 bytes each, GREASE included): JA4's input."""
+    extensions: tuple[int, ...] = ()
+    """Extension types in the order sent (GREASE included): JA4's input."""
+    signature_algorithms: bytes = b""
+    """The signature_algorithms extension body as sent, undecoded: JA4's input."""
 
     @property
     def offers_tls13(self) -> bool:
@@ -228,6 +235,8 @@ def parse_client_hello_body(buf: bytes | bytearray, pos: int, end: int) -> Clien
     suites_len = buf[pos] << 8 | buf[pos + 1]
     if suites_len < 2 or suites_len & 1:
         raise _decode_error("cipher_suites length")
+    # Kept whole (a slice, no decoding) for the JA4 fingerprint, computed later if at all.
+    suites = bytes(buf[pos + 2 : pos + 2 + suites_len])
     pos += 2 + suites_len
     # legacy_compression_methods<1..2^8-1>
     if end - pos < 1:
@@ -238,7 +247,7 @@ def parse_client_hello_body(buf: bytes | bytearray, pos: int, end: int) -> Clien
     pos += 1 + methods_len
     if pos == end:
         # No extensions block at all: a pre-TLS 1.2 style hello, legal, without SNI.
-        return ClientHello(None, (), legacy_version)
+        return ClientHello(None, (), legacy_version, (), False, suites)
     if end - pos < 2 or (buf[pos] << 8 | buf[pos + 1]) != end - pos - 2:
         raise _decode_error("extensions length")
     pos += 2
@@ -264,7 +273,7 @@ def parse_client_hello_body(buf: bytes | bytearray, pos: int, end: int) -> Clien
         # Refusing closes the door on "first SNI for sniffer, second for the backend".
         raise _decode_error("an extension type appears more than once")
 
-    # Second pass: the bodies of the four types sniffer reports, the structure now sound.
+    # Second pass: the bodies of the types sniffer reports, the structure now sound.
     sni: str | None = None
     alpn: tuple[str, ...] = ()
     versions: tuple[int, ...] = ()
@@ -279,7 +288,11 @@ def parse_client_hello_body(buf: bytes | bytearray, pos: int, end: int) -> Clien
         versions = _parse_supported_versions(
             buf, at + 4, at + 4 + (buf[at + 2] << 8 | buf[at + 3])
         )
-    return ClientHello(sni, alpn, legacy_version, versions, _EXT_ECH in offsets)
+    at = offsets.get(_EXT_SIGNATURE_ALGORITHMS)
+    sigs = b"" if at is None else bytes(buf[at + 4 : at + 4 + (buf[at + 2] << 8 | buf[at + 3])])
+    return ClientHello(
+        sni, alpn, legacy_version, versions, _EXT_ECH in offsets, suites, tuple(offsets), sigs
+    )
 
 
 def parse_whole_hello(data: bytes | bytearray | memoryview, max_bytes: int) -> ClientHello | None:

@@ -1,0 +1,121 @@
+"""The JA4 TLS client fingerprint (FoxIO's JA4 specification, TLS over TCP) of a ClientHello.
+
+This module owns turning the facts `sniffer.wire.tls` kept from a ClientHello into the
+36-character JA4 string, e.g. ``t13d1516h2_8daaf6152771_e5627efa2ab1``. It must never do
+I/O or parse TLS records itself: the hello was parsed (strictly) by `tls.py`, which keeps
+the raw cipher list, the extension types in order and the signature_algorithms body
+without decoding them, so the accept path pays only for three slices.
+
+The specification (github.com/FoxIO-LLC/ja4, technical_details/JA4.md) is followed to the
+letter where implementations differ: an ALPN value whose first or last byte is not an
+ASCII letter or digit is written as the first and last characters of its hex form.
+
+Real clients send a handful of distinct hellos, so fingerprints are memoised by their
+inputs: a connection costs a tuple hash and a dict hit, not two SHA-256 runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+
+from sniffer.wire.tls import ClientHello
+
+__all__ = ["ja4"]
+
+# RFC 8701 GREASE: 0x0A0A, 0x1A1A, ... 0xFAFA. The spec: ignore them anywhere.
+_GREASE = frozenset(0x0A0A + 0x1010 * i for i in range(16))
+_VERSIONS = {
+    0x0304: "13",
+    0x0303: "12",
+    0x0302: "11",
+    0x0301: "10",
+    0x0300: "s3",
+    0x0002: "s2",
+    0xFEFF: "d1",
+    0xFEFD: "d2",
+    0xFEFC: "d3",
+}
+_EXT_SERVER_NAME = 0x0000
+_EXT_ALPN = 0x0010
+_EMPTY_HASH = "000000000000"
+_ALNUM = frozenset(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+
+# Bounded like the parser's memos: entries are ~0.3 KB, a hostile client mints a new key
+# per connection, and clearing costs only recomputation.
+_MEMO_MAX_ENTRIES = 1024
+_memo: dict[tuple[object, ...], str] = {}
+
+
+def ja4(hello: ClientHello) -> str:
+    """The JA4 fingerprint of `hello` (a ClientHello received over TCP)."""
+    key = (
+        hello.legacy_version,
+        hello.supported_versions,
+        hello.alpn[0] if hello.alpn else "",
+        hello.cipher_suites,
+        hello.extensions,
+        hello.signature_algorithms,
+    )
+    known = _memo.get(key)
+    if known is None:
+        if len(_memo) >= _MEMO_MAX_ENTRIES:
+            _memo.clear()
+        known = _memo[key] = _compute(hello)
+    return known
+
+
+def _compute(hello: ClientHello) -> str:
+    # supported_versions (GREASE already dropped by the parser) wins over legacy_version;
+    # the record layer's version is ignored, as the spec says.
+    versions = hello.supported_versions
+    version = _VERSIONS.get(max(versions) if versions else hello.legacy_version, "00")
+    exts = [e for e in hello.extensions if e not in _GREASE]
+    sni = "d" if _EXT_SERVER_NAME in exts else "i"
+    raw = hello.cipher_suites
+    ciphers = [c for c in struct.unpack(f">{len(raw) >> 1}H", raw) if c not in _GREASE]
+    part_a = (
+        f"t{version}{sni}{min(len(ciphers), 99):02d}{min(len(exts), 99):02d}"
+        f"{_alpn_chars(hello.alpn[0] if hello.alpn else '')}"
+    )
+    cipher_hash = _hash(",".join(f"{c:04x}" for c in sorted(ciphers))) if ciphers else _EMPTY_HASH
+    hashed = sorted(e for e in exts if e != _EXT_SERVER_NAME and e != _EXT_ALPN)
+    if hashed:
+        text = ",".join(f"{e:04x}" for e in hashed)
+        sigs = _signature_algorithms(hello.signature_algorithms)
+        if sigs:
+            text += "_" + ",".join(f"{s:04x}" for s in sigs)
+        ext_hash = _hash(text)
+    else:
+        ext_hash = _EMPTY_HASH
+    return f"{part_a}_{cipher_hash}_{ext_hash}"
+
+
+def _alpn_chars(first: str) -> str:
+    """First and last character of the first ALPN value ("00" when there is none).
+
+    `tls.py` decodes protocol names as latin-1, so each character is one wire byte.
+    A non-alphanumeric byte at either end switches to the value's hex form (the spec's
+    examples: 0xAB -> "ab", 0x30 0xAB -> "3b", 0x61 0x20 -> "60").
+    """
+    if not first:
+        return "00"
+    head, tail = ord(first[0]), ord(first[-1])
+    if head in _ALNUM and tail in _ALNUM:
+        return first[0] + first[-1]
+    return f"{head:02x}"[0] + f"{tail:02x}"[1]
+
+
+def _signature_algorithms(body: bytes) -> list[int]:
+    """The SignatureScheme list in the order sent, GREASE dropped.
+
+    RFC 8446 §4.2.3: supported_signature_algorithms<2..2^16-2>. The parser did not need
+    it to route, so a malformed body is read here as no list rather than refused.
+    """
+    if len(body) < 4 or (body[0] << 8 | body[1]) != len(body) - 2 or len(body) & 1:
+        return []
+    return [s for s in struct.unpack(f">{(len(body) - 2) >> 1}H", body[2:]) if s not in _GREASE]
+
+
+def _hash(text: str) -> str:
+    return hashlib.sha256(text.encode("ascii")).hexdigest()[:12]
