@@ -32,6 +32,7 @@ from sniffer.routing.table import (
 )
 from sniffer.wire.errors import WireError
 from sniffer.wire.http import HttpHeadReader, HttpRequestHead
+from sniffer.wire.ja4 import ja4
 from sniffer.wire.proxy_protocol import ProxyHeader, ProxyHeaderReader, encode_v1, encode_v2
 from sniffer.wire.sentinels import NEED_DATA, NOT_HTTP, NOT_TLS
 from sniffer.wire.tls import ClientHello, ClientHelloReader, parse_whole_hello
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sniffer.proxy")
 
+_ALERT_HANDSHAKE_FAILURE = 40
 _ALERT_INTERNAL_ERROR = 80
 _ALERT_UNRECOGNIZED_NAME = 112
 
@@ -84,6 +86,8 @@ class ClientConnection(asyncio.Protocol):
         "dial_task",
         "dial_timed_out",
         "endpoint",
+        "fingerprint",
+        "hello",
         "host",
         "idle_mark",
         "lingering",
@@ -98,6 +102,7 @@ class ClientConnection(asyncio.Protocol):
         "reported_up",
         "route",
         "routed_at",
+        "serial",
         "started",
         "state",
         "state_shared",
@@ -127,6 +132,13 @@ class ClientConnection(asyncio.Protocol):
         self.local_addr: tuple[str, int] | None = None
         self.host: str | None = None
         self.alpn: tuple[str, ...] = ()
+        # What the ClientHello told beyond the name; its JA4 is computed at most once,
+        # when first needed (a deny list at routing, else the access-log line at close).
+        self.hello: ClientHello | None = None
+        self.fingerprint: str | None = None
+        self.serial = next(state.serials)
+        """This connection's number in its process: with the process's random prefix,
+        the `id` of the access log and of the PROXY v2 PP2_TYPE_UNIQUE_ID TLV."""
         self.route = ""
         self.backend: Backend | None = None
         self.endpoint: Endpoint | None = None
@@ -276,6 +288,7 @@ class ClientConnection(asyncio.Protocol):
         if isinstance(result, ClientHello):
             self.host = result.sni
             self.alpn = result.alpn
+            self.hello = result
         else:
             assert isinstance(result, HttpRequestHead)
             self.host = result.host
@@ -295,7 +308,11 @@ class ClientConnection(asyncio.Protocol):
         shared.sniffing.discard(self)
         self.ltally.sniff_times.observe(time.monotonic() - self.started)
         table = shared.table
-        match = table.lookup(self.listener.name, self.host)
+        deny = self.listener.deny_ja4
+        if deny and self.hello is not None and self.ja4() in deny:
+            self._refuse("ja4_denied", _ALERT_HANDSHAKE_FAILURE, None)
+            return
+        match = table.lookup(self.listener.name, self.host, self.alpn)
         if match.kind is MatchKind.NONE:
             self._refuse("unknown_name" if self.host else "no_name", _ALERT_UNRECOGNIZED_NAME, 421)
             return
@@ -306,6 +323,8 @@ class ClientConnection(asyncio.Protocol):
             self._refuse("no_backend", _ALERT_INTERNAL_ERROR, 503)
             return
         self.backend = backend
+        if self.hello is not None and self.hello.has_ech:
+            self.ltally.count_ech(backend.tenant)
         tally = shared.stats.backend((backend.name, backend.tenant))
         if not backend.endpoints:
             tally.errors["no_endpoints"] = tally.errors.get("no_endpoints", 0) + 1
@@ -391,7 +410,9 @@ class ClientConnection(asyncio.Protocol):
                 sock = self.transport.get_extra_info("sockname") if self.transport else None
                 dst = (sock[0], sock[1]) if sock else None
             header = (
-                encode_v2(src, dst) if mode == "v2" else encode_v1(src, dst)
+                encode_v2(src, dst, self.host, self.conn_id)
+                if mode == "v2"
+                else encode_v1(src, dst)
             ) if src and dst else b""
             if header:
                 ut.write(header)
@@ -489,6 +510,18 @@ class ClientConnection(asyncio.Protocol):
         if self.state == RELAYING:
             self._finish("backend_reset" if exc else "closed")
 
+    @property
+    def conn_id(self) -> str:
+        """Unique across the pod's processes and restarts (see `DataPlane.id_prefix`)."""
+        return f"{self.state_shared.id_prefix}{self.serial:x}"
+
+    def ja4(self) -> str | None:
+        """The client's JA4 fingerprint (None off TLS), computed once."""
+        fp = self.fingerprint
+        if fp is None and self.hello is not None:
+            fp = self.fingerprint = ja4(self.hello)
+        return fp
+
     def log_line(self, now: float) -> str:
         """The access-log line (JSON and a newline), formatted rather than encoded.
 
@@ -505,6 +538,8 @@ class ClientConnection(asyncio.Protocol):
             # A relayed connection, nearly every line: the backend's fields come
             # preformatted from its tally, the endpoint's text from the table.
             return _ROUTED_LINE % (
+                self.state_shared.id_prefix,
+                self.serial,
                 join_host_port(*client),
                 _js(self.listener.name),
                 "sni" if self.listener.protocol == "tls" else "host",
@@ -516,9 +551,12 @@ class ClientConnection(asyncio.Protocol):
                 self.bytes_down,
                 now - self.started,
                 _js(self.outcome),
+                *self._hello_fields(),
             )
         backend = self.backend
         return _LINE % (
+            self.state_shared.id_prefix,
+            self.serial,
             "null" if client is None else f'"{join_host_port(*client)}"',
             _js(self.listener.name),
             "sni" if self.listener.protocol == "tls" else "host",
@@ -531,17 +569,45 @@ class ClientConnection(asyncio.Protocol):
             self.bytes_down,
             now - self.started,
             _js(self.outcome),
+            *self._hello_fields(),
         )
+
+    def _hello_fields(self) -> tuple[str, str, str]:
+        """`alpn`, `ja4` and `ech` of the access-log line, as JSON text."""
+        hello = self.hello
+        if hello is None:
+            return "[]", "null", "false"
+        return _alpn_js(hello.alpn), f'"{self.ja4()}"', "true" if hello.has_ech else "false"
 
 
 _LINE = (
-    '{"client":%s,"listener":%s,"%s":%s,"route":%s,"backend":%s,"tenant":%s,'
-    '"endpoint":%s,"bytes_in":%d,"bytes_out":%d,"duration":%.6f,"outcome":%s}\n'
+    '{"id":"%s%x","client":%s,"listener":%s,"%s":%s,"route":%s,"backend":%s,"tenant":%s,'
+    '"endpoint":%s,"bytes_in":%d,"bytes_out":%d,"duration":%.6f,"outcome":%s,'
+    '"alpn":%s,"ja4":%s,"ech":%s}\n'
 )
 _ROUTED_LINE = (
-    '{"client":"%s","listener":%s,"%s":"%s","route":%s,%s,'
-    '"endpoint":"%s","bytes_in":%d,"bytes_out":%d,"duration":%.6f,"outcome":%s}\n'
+    '{"id":"%s%x","client":"%s","listener":%s,"%s":"%s","route":%s,%s,'
+    '"endpoint":"%s","bytes_in":%d,"bytes_out":%d,"duration":%.6f,"outcome":%s,'
+    '"alpn":%s,"ja4":%s,"ech":%s}\n'
 )
+# The offered ALPN list in the log: enough to see what a client wanted, never a
+# client-chosen amount of log (a hello may carry hundreds of names of 255 bytes).
+_LOG_ALPN_NAMES = 8
+_LOG_ALPN_CHARS = 32
+_ALPN_JS: dict[tuple[str, ...], str] = {}
+
+
+def _alpn_js(alpn: tuple[str, ...]) -> str:
+    """The ALPN list as JSON (ASCII-escaped), truncated, memoised per distinct list."""
+    out = _ALPN_JS.get(alpn)
+    if out is None:
+        names = [name[:_LOG_ALPN_CHARS] for name in alpn[:_LOG_ALPN_NAMES]]
+        if len(alpn) > _LOG_ALPN_NAMES:
+            names.append(f"...{len(alpn) - _LOG_ALPN_NAMES} more")
+        if len(_ALPN_JS) > 1_000:  # hostile hellos must not grow it forever
+            _ALPN_JS.clear()
+        out = _ALPN_JS[alpn] = json.dumps(names)
+    return out
 _JS: dict[str, str] = {}
 
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
+import secrets
 import socket
 import time
 from collections.abc import Callable
@@ -71,6 +73,10 @@ class DataPlane:
         """Connections waiting for their hello: the sweep's hello-timeout candidates."""
         self.dialing: set[ClientConnection] = set()
         """Connections with a dial attempt in flight: the connect-timeout candidates."""
+        self.id_prefix = f"{secrets.token_hex(8)}-"
+        """Random per process start: connection ids (this and a serial) stay unique
+        across the pod's workers and restarts with nothing shared or stored."""
+        self.serials = itertools.count(1)
         self.draining = False
         self.drained = asyncio.Event()
         """Set when draining and the last connection has closed."""

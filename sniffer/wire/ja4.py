@@ -17,11 +17,12 @@ inputs: a connection costs a tuple hash and a dict hit, not two SHA-256 runs.
 from __future__ import annotations
 
 import hashlib
+import re
 import struct
 
 from sniffer.wire.tls import ClientHello
 
-__all__ = ["ja4"]
+__all__ = ["is_ja4", "ja4"]
 
 # RFC 8701 GREASE: 0x0A0A, 0x1A1A, ... 0xFAFA. The spec: ignore them anywhere.
 _GREASE = frozenset(0x0A0A + 0x1010 * i for i in range(16))
@@ -63,6 +64,14 @@ def ja4(hello: ClientHello) -> str:
             _memo.clear()
         known = _memo[key] = _compute(hello)
     return known
+
+
+_SHAPE = re.compile(r"[tqd][0-9a-z]{2}[di][0-9]{4}[0-9a-z]{2}_[0-9a-f]{12}_[0-9a-f]{12}")
+
+
+def is_ja4(text: str) -> bool:
+    """Whether `text` has the shape of a JA4 fingerprint (for validating deny lists)."""
+    return _SHAPE.fullmatch(text) is not None
 
 
 def _compute(hello: ClientHello) -> str:
