@@ -308,7 +308,7 @@ class ClientConnection(asyncio.Protocol):
         shared.sniffing.discard(self)
         self.ltally.sniff_times.observe(time.monotonic() - self.started)
         table = shared.table
-        deny = self.listener.deny_ja4
+        deny = table.deny_ja4(self.listener.name)
         if deny and self.hello is not None and self.ja4() in deny:
             self._refuse("ja4_denied", _ALERT_HANDSHAKE_FAILURE, None)
             return

@@ -171,6 +171,9 @@ class _ListenerIndex:
     """Routes with `alpn`, by hostname, in precedence order; tried before `exact`."""
     alpn_wildcard: dict[str, tuple[Match, ...]] = field(default_factory=dict)
     """Routes with `alpn`, by wildcard suffix; tried before `wildcard`."""
+    deny_ja4: frozenset[str] = frozenset()
+    """The listener's refused JA4 fingerprints, from this table (an open listening
+    socket outlives tables, so connections read the list here, not from its Listener)."""
 
 
 class RouteTable:
@@ -204,7 +207,7 @@ class RouteTable:
     def build(cls, spec: TableSpec, version: int = 1) -> RouteTable:
         """Index routes per listener; on a duplicate hostname the lowest precedence wins."""
         listener_names = [lis.name for lis in spec.listeners]
-        index = {name: _ListenerIndex() for name in listener_names}
+        index = {lis.name: _ListenerIndex(deny_ja4=lis.deny_ja4) for lis in spec.listeners}
         conflicts: list[Conflict] = []
         for route in sorted(spec.routes, key=lambda r: r.precedence):
             targets = listener_names if route.listeners is None else route.listeners
@@ -247,6 +250,11 @@ class RouteTable:
     def backend_keys(self) -> set[tuple[str, str]]:
         """(name, tenant) of every backend: the key of its metric series."""
         return {(b.name, b.tenant) for b in self.backends.values()}
+
+    def deny_ja4(self, listener: str) -> frozenset[str]:
+        """JA4 fingerprints this table refuses on `listener`."""
+        idx = self._index.get(listener)
+        return idx.deny_ja4 if idx is not None else frozenset()
 
     def lookup(self, listener: str, host: str | None, alpn: tuple[str, ...] = ()) -> Match:
         """Resolve a normalised hostname on a listener: exact, wildcard, default, none.
