@@ -136,9 +136,7 @@ async def test_tls_listener_sends_sni_and_id_to_haproxy(
     assert m.group(2).decode() == log[0]["id"]
 
 
-async def test_no_name_sends_no_authority(
-    data_plane: PlaneFactory, haproxy: StartHAProxy
-) -> None:
+async def test_no_name_sends_no_authority(data_plane: PlaneFactory, haproxy: StartHAProxy) -> None:
     # An HTTP/1.0 request without Host reaches the default backend: no name to pass on.
     plane = await data_plane(spec("http", await haproxy(""), "www.h.example"))
     port = plane.bound_ports()["main"]

@@ -40,9 +40,7 @@ async def ask(pki: PKI, port: int, name: str, alpn: list[str] | None = None) -> 
     ctx = pki.client_context()
     if alpn:
         ctx.set_alpn_protocols(alpn)
-    reader, writer = await asyncio.open_connection(
-        "127.0.0.1", port, ssl=ctx, server_hostname=name
-    )
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname=name)
     writer.write(b"who\n")
     async with asyncio.timeout(10):
         answer = await reader.readline()
@@ -65,9 +63,7 @@ def route(host: str, target: str, alpn: tuple[str, ...] = ()) -> Route:
     return Route(host, (WeightedBackend(target),), alpn=alpn)
 
 
-async def test_alpn_route_wins_for_its_protocols_only(
-    data_plane: PlaneFactory, pki: PKI
-) -> None:
+async def test_alpn_route_wins_for_its_protocols_only(data_plane: PlaneFactory, pki: PKI) -> None:
     leaf = pki.issue("app.a.example", "other.a.example", "x.w.example")
     tenant = await TLSBackend("tenant", leaf.server_context()).start()
     solver = await TLSBackend("solver", leaf.server_context()).start()
@@ -92,8 +88,14 @@ async def test_alpn_route_wins_for_its_protocols_only(
     assert await ask(pki, port, "x.w.example", ["h2"]) == b"tenant\n"
     assert await ask(pki, port, "other.a.example", ["acme-tls/1"]) == b"tenant\n"  # default
     log = await records_after(plane, 6)
-    assert [r["backend"] for r in log] == ["solver", "tenant", "tenant", "solver", "tenant",
-                                           "tenant"]
+    assert [r["backend"] for r in log] == [
+        "solver",
+        "tenant",
+        "tenant",
+        "solver",
+        "tenant",
+        "tenant",
+    ]
     assert log[0]["alpn"] == ["acme-tls/1"] and log[2]["alpn"] == []
     await tenant.close()
     await solver.close()
@@ -161,9 +163,7 @@ async def test_http_listener_log_has_no_hello_facts(data_plane: PlaneFactory) ->
     await raw.close()
 
 
-async def test_deny_ja4_refuses_matching_clients_only(
-    data_plane: PlaneFactory, pki: PKI
-) -> None:
+async def test_deny_ja4_refuses_matching_clients_only(data_plane: PlaneFactory, pki: PKI) -> None:
     tenant = await TLSBackend("tenant", pki.issue("app.a.example").server_context()).start()
     python_fp = ja4(ClientHelloReader().feed(python_hello(pki, "app.a.example", None)))  # type: ignore[arg-type]
     listener = Listener("main", "127.0.0.1", 0, "tls", deny_ja4=frozenset({python_fp}))
