@@ -86,7 +86,6 @@ class ClientConnection(asyncio.Protocol):
         "dial_task",
         "dial_timed_out",
         "endpoint",
-        "fingerprint",
         "hello",
         "host",
         "idle_mark",
@@ -132,10 +131,9 @@ class ClientConnection(asyncio.Protocol):
         self.local_addr: tuple[str, int] | None = None
         self.host: str | None = None
         self.alpn: tuple[str, ...] = ()
-        # What the ClientHello told beyond the name; its JA4 is computed at most once,
-        # when first needed (a deny list at routing, else the access-log line at close).
+        # What the ClientHello told beyond the name. Its JA4 is computed when needed (a
+        # deny list at routing, the access-log line at close), from a memo per hello.
         self.hello: ClientHello | None = None
-        self.fingerprint: str | None = None
         self.serial = next(state.serials)
         """This connection's number in its process: with the process's random prefix,
         the `id` of the access log and of the PROXY v2 PP2_TYPE_UNIQUE_ID TLV."""
@@ -308,7 +306,7 @@ class ClientConnection(asyncio.Protocol):
         shared.sniffing.discard(self)
         self.ltally.sniff_times.observe(time.monotonic() - self.started)
         table = shared.table
-        deny = table.deny_ja4(self.listener.name)
+        deny = table.denied_ja4 and table.deny_ja4(self.listener.name)
         if deny and self.hello is not None and self.ja4() in deny:
             self._refuse("ja4_denied", _ALERT_HANDSHAKE_FAILURE, None)
             return
@@ -516,11 +514,8 @@ class ClientConnection(asyncio.Protocol):
         return f"{self.state_shared.id_prefix}{self.serial:x}"
 
     def ja4(self) -> str | None:
-        """The client's JA4 fingerprint (None off TLS), computed once."""
-        fp = self.fingerprint
-        if fp is None and self.hello is not None:
-            fp = self.fingerprint = ja4(self.hello)
-        return fp
+        """The client's JA4 fingerprint (None off TLS)."""
+        return None if self.hello is None else ja4(self.hello)
 
     def log_line(self, now: float) -> str:
         """The access-log line (JSON and a newline), formatted rather than encoded.
@@ -534,6 +529,11 @@ class ClientConnection(asyncio.Protocol):
         ep = self.endpoint
         tally = self.tally
         host = self.host
+        hello = self.hello
+        # The memo probe inlined: this runs for every connection.
+        facts = (
+            _NO_HELLO if hello is None else (_HELLO_JS.get(hello[1:]) or _hello_js(hello))
+        )
         if ep is not None and tally is not None and client is not None and host is not None:
             # A relayed connection, nearly every line: the backend's fields come
             # preformatted from its tally, the endpoint's text from the table.
@@ -551,7 +551,7 @@ class ClientConnection(asyncio.Protocol):
                 self.bytes_down,
                 now - self.started,
                 _js(self.outcome),
-                *self._hello_fields(),
+                facts,
             )
         backend = self.backend
         return _LINE % (
@@ -569,44 +569,48 @@ class ClientConnection(asyncio.Protocol):
             self.bytes_down,
             now - self.started,
             _js(self.outcome),
-            *self._hello_fields(),
+            facts,
         )
-
-    def _hello_fields(self) -> tuple[str, str, str]:
-        """`alpn`, `ja4` and `ech` of the access-log line, as JSON text."""
-        hello = self.hello
-        if hello is None:
-            return "[]", "null", "false"
-        return _alpn_js(hello.alpn), f'"{self.ja4()}"', "true" if hello.has_ech else "false"
 
 
 _LINE = (
     '{"id":"%s%x","client":%s,"listener":%s,"%s":%s,"route":%s,"backend":%s,"tenant":%s,'
-    '"endpoint":%s,"bytes_in":%d,"bytes_out":%d,"duration":%.6f,"outcome":%s,'
-    '"alpn":%s,"ja4":%s,"ech":%s}\n'
+    '"endpoint":%s,"bytes_in":%d,"bytes_out":%d,"duration":%.6f,"outcome":%s'
+    '%s}\n'
 )
 _ROUTED_LINE = (
     '{"id":"%s%x","client":"%s","listener":%s,"%s":"%s","route":%s,%s,'
-    '"endpoint":"%s","bytes_in":%d,"bytes_out":%d,"duration":%.6f,"outcome":%s,'
-    '"alpn":%s,"ja4":%s,"ech":%s}\n'
+    '"endpoint":"%s","bytes_in":%d,"bytes_out":%d,"duration":%.6f,"outcome":%s'
+    '%s}\n'
 )
 # The offered ALPN list in the log: enough to see what a client wanted, never a
 # client-chosen amount of log (a hello may carry hundreds of names of 255 bytes).
 _LOG_ALPN_NAMES = 8
 _LOG_ALPN_CHARS = 32
-_ALPN_JS: dict[tuple[str, ...], str] = {}
+_NO_HELLO = ',"alpn":[],"ja4":null,"ech":false'
+_HELLO_JS: dict[tuple[object, ...], str] = {}
 
 
-def _alpn_js(alpn: tuple[str, ...]) -> str:
-    """The ALPN list as JSON (ASCII-escaped), truncated, memoised per distinct list."""
-    out = _ALPN_JS.get(alpn)
+def _hello_js(hello: ClientHello) -> str:
+    """The line's `alpn`, `ja4` and `ech` fields, memoised per distinct hello.
+
+    Everything but the name (`hello[1:]`) is the key: a client sends the same hello
+    (but for its name and random bytes) on every connection, so a line costs a dict hit,
+    not a JA4 computation. The ALPN list is JSON (ASCII-escaped) and truncated.
+    """
+    key = hello[1:]
+    out = _HELLO_JS.get(key)
     if out is None:
+        alpn = hello.alpn
         names = [name[:_LOG_ALPN_CHARS] for name in alpn[:_LOG_ALPN_NAMES]]
         if len(alpn) > _LOG_ALPN_NAMES:
             names.append(f"...{len(alpn) - _LOG_ALPN_NAMES} more")
-        if len(_ALPN_JS) > 1_000:  # hostile hellos must not grow it forever
-            _ALPN_JS.clear()
-        out = _ALPN_JS[alpn] = json.dumps(names)
+        if len(_HELLO_JS) > 1_000:  # hostile hellos must not grow it forever
+            _HELLO_JS.clear()
+        out = _HELLO_JS[key] = (
+            f',"alpn":{json.dumps(names)},"ja4":"{ja4(hello)}",'
+            f'"ech":{"true" if hello.has_ech else "false"}'
+        )
     return out
 _JS: dict[str, str] = {}
 

@@ -179,7 +179,16 @@ class _ListenerIndex:
 class RouteTable:
     """An immutable snapshot: listeners, backends, routes and their per-listener indices."""
 
-    __slots__ = ("_index", "backends", "built_at", "conflicts", "listeners", "routes", "version")
+    __slots__ = (
+        "_index",
+        "backends",
+        "built_at",
+        "conflicts",
+        "denied_ja4",
+        "listeners",
+        "routes",
+        "version",
+    )
 
     def __init__(
         self,
@@ -196,6 +205,8 @@ class RouteTable:
         self.routes = routes
         self.conflicts = conflicts
         self._index = index
+        self.denied_ja4 = any(idx.deny_ja4 for idx in index.values())
+        """Whether any listener refuses fingerprints: the data plane's one-test fast path."""
         self.version = version
         self.built_at = built_at
 
@@ -483,7 +494,10 @@ def _lookup_alpn(idx: _ListenerIndex, host: str, alpn: tuple[str, ...]) -> Match
     hostname a route whose ALPN names meet the client's offer wins over the route
     without `alpn`.
     """
-    match = _pick_alpn(idx.alpn_exact.get(host), alpn) or idx.exact.get(host)
+    for candidate in idx.alpn_exact.get(host, ()):
+        if not candidate.alpn.isdisjoint(alpn):
+            return candidate
+    match = idx.exact.get(host)
     if match is not None:
         return match
     dot = host.find(".")

@@ -46,18 +46,12 @@ _ALNUM = frozenset(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvw
 # per connection, and clearing costs only recomputation.
 _MEMO_MAX_ENTRIES = 1024
 _memo: dict[tuple[object, ...], str] = {}
+"""Keyed by the hello less its name: one per client build, not per connection."""
 
 
 def ja4(hello: ClientHello) -> str:
     """The JA4 fingerprint of `hello` (a ClientHello received over TCP)."""
-    key = (
-        hello.legacy_version,
-        hello.supported_versions,
-        hello.alpn[0] if hello.alpn else "",
-        hello.cipher_suites,
-        hello.extensions,
-        hello.signature_algorithms,
-    )
+    key = hello[1:]  # all but the name, whose presence the extension types tell
     known = _memo.get(key)
     if known is None:
         if len(_memo) >= _MEMO_MAX_ENTRIES:
