@@ -147,7 +147,8 @@ def main() -> None:
                 with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=5):
                     break
                 time.sleep(0.5)
-        loop.run_until_complete(drive(listen, 200, args.alpn))  # warm-up: imports, caches, code paths
+        # Warm-up: imports, caches, code paths.
+        loop.run_until_complete(drive(listen, 200, args.alpn))
         subprocess.run(
             ["callgrind_control", "-z", str(proc.pid)], check=True, capture_output=True
         )
