@@ -510,7 +510,10 @@ class ClientConnection(asyncio.Protocol):
 
     @property
     def conn_id(self) -> str:
-        """Unique across the pod's processes and restarts (see `DataPlane.id_prefix`)."""
+        """Unique across the pod's processes and restarts (see `DataPlane.id_prefix`).
+
+        `log_line` formats the same two parts itself, in the line's one `%`.
+        """
         return f"{self.state_shared.id_prefix}{self.serial:x}"
 
     def ja4(self) -> str | None:
@@ -612,6 +615,8 @@ def _hello_js(hello: ClientHello) -> str:
             f'"ech":{"true" if hello.has_ech else "false"}'
         )
     return out
+
+
 _JS: dict[str, str] = {}
 
 
