@@ -83,9 +83,18 @@ def spec(protocol: str, port: int, host: str) -> TableSpec:
     )
 
 
-async def _response(reader: asyncio.StreamReader) -> bytes:
+async def tlvs_seen(
+    streams: tuple[asyncio.StreamReader, asyncio.StreamWriter], request: bytes
+) -> tuple[bytes, str]:
+    """Send `request` through sniffer; HAProxy's answer: (authority, unique id) it read."""
+    reader, writer = streams
+    writer.write(request)
     async with asyncio.timeout(10):
-        return await reader.read()
+        body = await reader.read()
+    writer.close()
+    m = ANSWER.search(body)
+    assert m is not None, body
+    return m.group(1), m.group(2).decode()
 
 
 async def _closed_log(plane: object, n: int) -> list[dict[str, object]]:
@@ -102,16 +111,14 @@ async def test_http_listener_sends_host_and_id_to_haproxy(
     port = plane.bound_ports()["main"]
     ids = set()
     for i in range(3):
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(b"GET / HTTP/1.1\r\nHost: WWW.H.example:8080\r\nConnection: close\r\n\r\n")
-        body = await _response(reader)
-        writer.close()
-        m = ANSWER.search(body)
-        assert m is not None, body
-        assert m.group(1) == b"www.h.example"  # the normalised name sniffer routed on
+        authority, unique_id = await tlvs_seen(
+            await asyncio.open_connection("127.0.0.1", port),
+            b"GET / HTTP/1.1\r\nHost: WWW.H.example:8080\r\nConnection: close\r\n\r\n",
+        )
+        assert authority == b"www.h.example"  # the normalised name sniffer routed on
         log = await _closed_log(plane, i + 1)
-        assert m.group(2).decode() == log[i]["id"]
-        ids.add(log[i]["id"])
+        assert unique_id == log[i]["id"]
+        ids.add(unique_id)
     assert len(ids) == 3
 
 
@@ -123,28 +130,22 @@ async def test_tls_listener_sends_sni_and_id_to_haproxy(
     bundle.write_bytes(leaf.cert.read_bytes() + leaf.key.read_bytes())
     plane = await data_plane(spec("tls", await haproxy(f"ssl crt {bundle}"), "app.h.example"))
     port = plane.bound_ports()["main"]
-    reader, writer = await asyncio.open_connection(
-        "127.0.0.1", port, ssl=pki.client_context(), server_hostname="app.h.example"
+    authority, unique_id = await tlvs_seen(
+        await asyncio.open_connection(
+            "127.0.0.1", port, ssl=pki.client_context(), server_hostname="app.h.example"
+        ),
+        b"GET / HTTP/1.1\r\nHost: app.h.example\r\nConnection: close\r\n\r\n",
     )
-    writer.write(b"GET / HTTP/1.1\r\nHost: app.h.example\r\nConnection: close\r\n\r\n")
-    body = await _response(reader)
-    writer.close()
-    m = ANSWER.search(body)
-    assert m is not None, body
-    assert m.group(1) == b"app.h.example"
-    log = await _closed_log(plane, 1)
-    assert m.group(2).decode() == log[0]["id"]
+    assert authority == b"app.h.example"
+    assert unique_id == (await _closed_log(plane, 1))[0]["id"]
 
 
 async def test_no_name_sends_no_authority(data_plane: PlaneFactory, haproxy: StartHAProxy) -> None:
     # An HTTP/1.0 request without Host reaches the default backend: no name to pass on.
     plane = await data_plane(spec("http", await haproxy(""), "www.h.example"))
     port = plane.bound_ports()["main"]
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(b"GET / HTTP/1.0\r\n\r\n")
-    body = await _response(reader)
-    writer.close()
-    m = ANSWER.search(body)
-    assert m is not None, body
-    assert m.group(1) == b""
-    assert m.group(2).decode() == (await _closed_log(plane, 1))[0]["id"]
+    authority, unique_id = await tlvs_seen(
+        await asyncio.open_connection("127.0.0.1", port), b"GET / HTTP/1.0\r\n\r\n"
+    )
+    assert authority == b""
+    assert unique_id == (await _closed_log(plane, 1))[0]["id"]
