@@ -118,6 +118,9 @@ async def serve(sources: list[RouteSource], opts: ServeOptions) -> int:
             await supervisor.drain(opts.proxy.drain_grace)
         if installer is not None:
             installer.cancel()
+        # Let the sources finish stopping (the status Lease is released at once on
+        # cancel; this only waits for it when the drain was quicker), bounded.
+        await asyncio.wait({runner}, timeout=5.0)
     finally:
         await admin.close()
         metrics.REGISTRY.unregister(collector)

@@ -123,6 +123,28 @@ def serve(
         typer.Option(help="Data-plane processes (default: usable CPUs; 0 = in-process)."),
     ] = None,
     drain_grace: Annotated[float, typer.Option(help="Seconds to drain on SIGTERM.")] = 30.0,
+    lease_namespace: Annotated[
+        str | None,
+        typer.Option(
+            envvar="POD_NAMESPACE",
+            help="Namespace of the status Lease: only its holder writes Gateway API status "
+            "(unset: no election, this instance writes).",
+        ),
+    ] = None,
+    identity: Annotated[
+        str | None,
+        typer.Option(envvar="POD_NAME", help="Holder identity in the Lease (default: host name)."),
+    ] = None,
+    lease_name: Annotated[str, typer.Option(help="Name of the status Lease.")] = "sniffer-status",
+    lease_duration: Annotated[
+        float, typer.Option(help="Seconds before a silent leader's Lease may be taken over.")
+    ] = 15.0,
+    lease_renew_deadline: Annotated[
+        float, typer.Option(help="Seconds a leader keeps writing without renewing its Lease.")
+    ] = 10.0,
+    lease_retry_period: Annotated[
+        float, typer.Option(help="Seconds between Lease acquire/renew attempts.")
+    ] = 2.0,
     hello_timeout: Annotated[float, typer.Option(help="Seconds to receive a hello.")] = 5.0,
     idle_timeout: Annotated[float, typer.Option(help="Seconds of silence before close.")] = 3600.0,
     connect_timeout: Annotated[float, typer.Option(help="Seconds per backend dial.")] = 5.0,
@@ -157,7 +179,17 @@ def serve(
             ingress_class=ingress_class,
             gateway_class=gateway_class,
             backend_mode=backend_mode,
+            lease_namespace=lease_namespace or None,
+            identity=identity or None,
+            lease_name=lease_name,
+            lease_duration=lease_duration,
+            renew_deadline=lease_renew_deadline,
+            retry_period=lease_retry_period,
         )
+        if not 0 < settings.retry_period < settings.renew_deadline < settings.lease_duration:
+            raise typer.BadParameter(
+                "need 0 < --lease-retry-period < --lease-renew-deadline < --lease-duration"
+            )
         sources.append(KubernetesSource(settings, listeners))
     elif deny_ja4:
         if not listeners:

@@ -271,6 +271,25 @@ LAYOUT: tuple[Row | Panel, ...] = (
         "short",
         (q("max by (kind) (sniffer_objects_cached)", "{{kind}}"),),
     ),
+    Panel(
+        "Status leader",
+        "Pods holding the status Lease: exactly 1 in a healthy fleet (only the holder "
+        "writes Gateway API status; 0 for more than a lease duration means nobody does).",
+        "short",
+        (q("sum(sniffer_leader)", "pods leading"),),
+    ),
+    Panel(
+        "Status writes/s",
+        "Gateway API status writes by kind and result (ok, conflict: retried after a "
+        "fresh read, error); about one per spec change, from the leader only.",
+        "ops",
+        (
+            q(
+                f"sum by (kind, result) (rate(sniffer_status_writes_total[{RI}]))",
+                "{{kind}} {{result}}",
+            ),
+        ),
+    ),
     Row("Processes"),
     Panel(
         "Workers alive",

@@ -77,6 +77,17 @@ WATCH_UP = Gauge(
 OBJECTS_CACHED = Gauge(
     "sniffer_objects_cached", "Objects held by each informer", ["kind"], registry=REGISTRY
 )
+LEADER = Gauge(
+    "sniffer_leader",
+    "1 while this pod holds the status Lease and writes Gateway API status",
+    registry=REGISTRY,
+)
+STATUS_WRITES = Counter(
+    "sniffer_status_writes",
+    "Gateway API status writes by kind and result (ok, conflict, error)",
+    ["kind", "result"],
+    registry=REGISTRY,
+)
 WORKERS = Gauge("sniffer_workers", "Data-plane worker processes", ["state"], registry=REGISTRY)
 WORKER_RESTARTS = Counter(
     "sniffer_worker_restarts", "Data-plane workers restarted after dying", registry=REGISTRY

@@ -77,7 +77,8 @@ HOSTS = {"tenant-a": "www.tenant-a.test", "tenant-b": "shop.tenant-b.test",
          "tenant-c": "api.tenant-c.test", "unknown": "nobody.unrouted.test"}
 # Metrics that only the Kubernetes source produces.
 KUBERNETES_ONLY = {"sniffer_watch_events_total", "sniffer_watch_relists_total",
-                   "sniffer_watch_errors_total", "sniffer_watch_up", "sniffer_objects_cached"}
+                   "sniffer_watch_errors_total", "sniffer_watch_up", "sniffer_objects_cached",
+                   "sniffer_leader", "sniffer_status_writes_total"}
 DEADLINE = 60.0  # seconds for any one wait; the whole test takes ~30-60 s
 
 
@@ -423,6 +424,10 @@ def expectations(start: float, end: float) -> dict[str, Check]:
     def valid_only(r: list[list[dict[str, Any]]]) -> None:
         """Kubernetes-only or change-driven: the query ran without error; nothing more."""
 
+    def not_leading(r: list[list[dict[str, Any]]]) -> None:
+        """Routes from a file: no Lease, so the pod does not lead (the gauge is there)."""
+        assert list(by(r[0]).values()) == [0.0]
+
     def workers(r: list[list[dict[str, Any]]]) -> None:
         assert list(by(r[0], "instance").values()) == [1]
 
@@ -456,6 +461,8 @@ def expectations(start: float, end: float) -> dict[str, Check]:
         "Watch health": valid_only,  # Kubernetes source only
         "Watch events, relists and errors/s": valid_only,  # Kubernetes source only
         "Objects cached by kind": valid_only,  # Kubernetes source only
+        "Status leader": not_leading,
+        "Status writes/s": valid_only,  # Kubernetes source only
         "Workers alive": workers,
         "Worker restarts": restarts,
         "Versions running": versions,

@@ -141,6 +141,8 @@ def test_base_has_every_required_object() -> None:
         ("ServiceAccount", "sniffer"),
         ("ClusterRole", "sniffer"),
         ("ClusterRoleBinding", "sniffer"),
+        ("Role", "sniffer-leader-election"),
+        ("RoleBinding", "sniffer-leader-election"),
         ("PriorityClass", "sniffer-edge"),
         ("DaemonSet", "sniffer"),
         ("Service", "sniffer-metrics"),

@@ -77,6 +77,14 @@ def test_cluster_role_is_read_only_except_status() -> None:
             assert writes <= {"update", "patch"}
 
 
+def _binds_service_account(binding: dict[str, Any], sa: dict[str, Any]) -> None:
+    assert binding["subjects"] == [{
+        "kind": "ServiceAccount",
+        "name": sa["metadata"]["name"],
+        "namespace": sa["metadata"]["namespace"],
+    }]
+
+
 def test_binding_grants_the_role_to_the_daemonsets_account() -> None:
     objs = render("base")
     binding = find(objs, "ClusterRoleBinding", "sniffer")
@@ -85,10 +93,33 @@ def test_binding_grants_the_role_to_the_daemonsets_account() -> None:
     assert binding["roleRef"] == {
         "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "sniffer"
     }
-    assert binding["subjects"] == [{
-        "kind": "ServiceAccount",
-        "name": sa["metadata"]["name"],
-        "namespace": sa["metadata"]["namespace"],
-    }]
+    _binds_service_account(binding, sa)
     assert ds["spec"]["template"]["spec"]["serviceAccountName"] == sa["metadata"]["name"]
     assert ds["metadata"]["namespace"] == sa["metadata"]["namespace"]
+
+
+def test_lease_role_is_namespaced_and_matches_code() -> None:
+    """Leader election: get/create/update on leases, in sniffer's namespace only."""
+    leader = importlib.import_module("sniffer.routing.sources.kubernetes.leader")
+    objs = render("base")
+    role = find(objs, "Role", "sniffer-leader-election")
+    sa = find(objs, "ServiceAccount", "sniffer")
+    assert role["metadata"]["namespace"] == sa["metadata"]["namespace"]
+    assert _expand(role["rules"]) == _normalise(leader.LEASE_RBAC_RULES)
+    cluster_wide = {resource for _, resource, _ in _manifest_rules()}
+    assert "leases" not in cluster_wide, "leases belong in the namespaced Role only"
+    binding = find(objs, "RoleBinding", "sniffer-leader-election")
+    assert binding["metadata"]["namespace"] == sa["metadata"]["namespace"]
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "sniffer-leader-election"
+    }
+    _binds_service_account(binding, sa)
+
+
+def test_daemonset_gives_the_pod_its_lease_identity() -> None:
+    """POD_NAME and POD_NAMESPACE from the downward API (read by `serve`'s lease flags)."""
+    ds = find(render("base"), "DaemonSet", "sniffer")
+    (container,) = ds["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("valueFrom", {}).get("fieldRef", {}) for e in container["env"]}
+    assert env["POD_NAME"] == {"fieldPath": "metadata.name"}
+    assert env["POD_NAMESPACE"] == {"fieldPath": "metadata.namespace"}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
+import subprocess
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,8 @@ from sniffer.routing.sources.kubernetes import KubernetesSettings, KubernetesSou
 from sniffer.routing.table import Listener, MatchKind, RouteTable, TableSpec
 from tests.kubeapi.server import KubeApiServer, shared_crd_dir
 
+REPO = Path(__file__).resolve().parents[2]
+SNIFFER = REPO / ".venv" / "bin" / "sniffer"
 TLS = Listener("tls-443", "127.0.0.1", 443, "tls")
 HTTP = Listener("http-80", "127.0.0.1", 80, "http")
 
@@ -23,6 +27,30 @@ needs_crds = pytest.mark.skipif(
     shared_crd_dir() is None,
     reason="Gateway API CRDs not found: set SNIFFER_SHARED_DIR or provide <repo>/../shared/crds",
 )
+
+
+def spawn_sniffer(
+    kubeconfig: Path, listen: str, admin: int, *extra: str, **env: str
+) -> subprocess.Popen[bytes]:
+    """`sniffer serve --kubernetes` against the API test server, output captured."""
+    return subprocess.Popen(
+        [
+            str(SNIFFER),
+            "serve",
+            "--kubernetes",
+            "--kubeconfig",
+            str(kubeconfig),
+            "--listen",
+            listen,
+            "--admin",
+            f"127.0.0.1:{admin}",
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=dict(os.environ, PYTHONUNBUFFERED="1", **env),
+        cwd=REPO,
+    )
 
 
 class Harness:

@@ -8,7 +8,6 @@ connections fail with the `unrecognized_name` alert while an open one keeps work
 from __future__ import annotations
 
 import asyncio
-import os
 import ssl
 import subprocess
 import sys
@@ -19,12 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.k8s.conftest import SNIFFER, spawn_sniffer
 from tests.kubeapi import objects as o
 from tests.kubeapi.certs import make_pki
 from tests.support.servers import free_port
-
-REPO = Path(__file__).resolve().parents[2]
-SNIFFER = REPO / ".venv" / "bin" / "sniffer"
 
 
 def _cli_serves_kubernetes() -> bool:
@@ -103,26 +100,7 @@ async def test_tls_through_sniffer_follows_the_cluster(api_server, kubeconfig, t
         o.endpoint_slice("team-a", "web", ["127.0.0.1"], ports=(("https", backend_port),))
     )
     await api_server.go_down()  # sniffer starts before the API is reachable
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen(
-        [
-            str(SNIFFER),
-            "serve",
-            "--kubernetes",
-            "--kubeconfig",
-            str(kubeconfig),
-            "--listen",
-            f"tls:127.0.0.1:{listen}",
-            "--admin",
-            f"127.0.0.1:{admin}",
-            "--workers",
-            "1",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env=env,
-        cwd=REPO,
-    )
+    proc = spawn_sniffer(kubeconfig, f"tls:127.0.0.1:{listen}", admin, "--workers", "1")
     try:
 
         async def admin_answers() -> bool:

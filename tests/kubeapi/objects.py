@@ -120,6 +120,25 @@ def ingress(
     }
 
 
+def namespace(
+    name: str,
+    labels: dict[str, str] | None = None,
+    annotations: dict[str, str] | None = None,
+) -> Obj:
+    """A Namespace; the API server's `kubernetes.io/metadata.name` label is added as the
+    real one does."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": _meta(
+            name,
+            None,
+            labels={"kubernetes.io/metadata.name": name} | (labels or {}),
+            annotations=annotations,
+        ),
+    }
+
+
 def ingress_class(name: str = "sniffer", *, default: bool = False) -> Obj:
     ann = {"ingressclass.kubernetes.io/is-default-class": "true"} if default else None
     return {

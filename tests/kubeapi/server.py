@@ -6,11 +6,14 @@ snapshots, expiring with history) and `resourceVersion`, watch with `resourceVer
 `allowWatchBookmarks`, `timeoutSeconds`, BOOKMARK events and ERROR 410 when the version is
 older than the bounded history, JSON `Status` bodies for errors, create/update/delete,
 status subresource PUT/PATCH (merge, strategic-as-merge, JSON patch, apply-as-merge) with
-resourceVersion preconditions, and Gateway API objects validated against the upstream
-CRD schemas read from the shared folder. Fault injection: go down (sockets closed, new
-connections refused), go silent (open streams stay open and say nothing), expire history,
-410 or close every stream. It must never be used outside tests and never listen beyond
-loopback.
+resourceVersion preconditions (409 Conflict on a stale one, as for Lease updates),
+`metadata.generation` bumped on spec changes only, Leases (coordination.k8s.io/v1), and
+Gateway API objects validated against the upstream CRD schemas read from the shared
+folder. Fault injection: go down (sockets closed, new connections refused), go silent
+(open streams stay open and say nothing), expire history, 410 or close every stream,
+answer 403 to everything (an authorizer still loading after a restart), fail the next
+status writes with given codes. It must never be used outside tests and never listen
+beyond loopback.
 """
 
 from __future__ import annotations
@@ -50,11 +53,14 @@ class Resource:
     namespaced: bool = True
     crd: str | None = None
     """CRD file name under gateway-api/<channel>/ whose schema validates writes."""
+    generation: bool = True
+    """`metadata.generation` is kept (bumped on spec changes); Leases have none."""
 
 
 RESOURCES = (
     Resource("Service", "", "services", ("v1",)),
     Resource("Namespace", "", "namespaces", ("v1",), namespaced=False),
+    Resource("Lease", "coordination.k8s.io", "leases", ("v1",), generation=False),
     Resource("Ingress", "networking.k8s.io", "ingresses", ("v1",)),
     Resource("IngressClass", "networking.k8s.io", "ingressclasses", ("v1",), namespaced=False),
     Resource("EndpointSlice", "discovery.k8s.io", "endpointslices", ("v1",)),
@@ -250,6 +256,8 @@ class KubeApiServer:
         self.requests: deque[tuple[str, str, str]] = deque(maxlen=5000)
         self.watch_opened = 0
         self.status_writes: list[tuple[str, str, str]] = []
+        self.status_faults: deque[int] = deque()
+        """HTTP codes the next status writes answer with (409, 429, 500...) before applying."""
         self.changed = asyncio.Condition()
         # network
         self._tmp = Path(tempfile.mkdtemp(prefix="kubeapi-"))
@@ -260,6 +268,11 @@ class KubeApiServer:
         self.port = 0
         self._runner: web.AppRunner | None = None
         self.down = False
+        self.forbidden = False
+        """Answer 403 to every request, as a restarting server does until its authorizer
+        has loaded."""
+        self.forbidden_resources: set[str] = set()
+        """Plurals answered with 403 (an RBAC that does not grant them)."""
 
     # -- life cycle ----------------------------------------------------------------------
 
@@ -415,7 +428,10 @@ class KubeApiServer:
         # Test-only deviation: a creationTimestamp given by the test is kept, so conflict
         # tests can say which object is older without waiting for the clock.
         meta.setdefault("creationTimestamp", _now())
-        meta["generation"] = 1
+        if res.generation:
+            meta["generation"] = 1
+        else:
+            meta.pop("generation", None)
         meta["resourceVersion"] = str(self._bump())
         self.objects[res.plural][key] = obj
         self._record(res.plural, "ADDED", obj)
@@ -456,7 +472,7 @@ class KubeApiServer:
                     new["metadata"][k] = copy.deepcopy(meta[k])
                 else:
                     new["metadata"].pop(k, None)
-            if new.get("spec") != held.get("spec"):
+            if res.generation and new.get("spec") != held.get("spec"):
                 new["metadata"]["generation"] = held["metadata"].get("generation", 1) + 1
         self._validate(res.plural, self._version_of(res, new), new)
         if new == held:
@@ -524,6 +540,8 @@ class KubeApiServer:
         self.requests.append((request.method, request.path, request.query_string))
         if request.headers.get("Authorization") != f"Bearer {self.token}":
             return _status(401, "Unauthorized", "Unauthorized")
+        if self.forbidden:
+            return _status(403, "Forbidden", "forbidden: the authorizer is not ready yet")
         try:
             return await self._route(request)
         except ApiFailure as f:
@@ -588,6 +606,8 @@ class KubeApiServer:
         res = BY_PLURAL.get(plural)
         if res is None or res.group != group or version not in self._served(res):
             raise ApiFailure(404, "NotFound", "the server could not find the requested resource")
+        if plural in self.forbidden_resources:
+            raise ApiFailure(403, "Forbidden", f"{plural} is forbidden: RBAC does not allow it")
         name = rest[0] if rest else None
         sub = rest[1] if len(rest) > 1 else None
         if sub not in (None, "status"):
@@ -629,6 +649,9 @@ class KubeApiServer:
             new["apiVersion"] = f"{group}/{version}" if group else version
             if sub == "status":
                 self.status_writes.append((res.kind, namespace or "", name))
+                if self.status_faults:
+                    code = self.status_faults.popleft()
+                    raise ApiFailure(code, "Injected", f"injected status-write fault {code}")
             out = self.update(new, status=sub == "status")
             return web.json_response(self._out(out, res, version))
         raise ApiFailure(405, "MethodNotAllowed", "method not allowed")

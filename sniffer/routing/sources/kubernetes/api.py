@@ -4,9 +4,12 @@ kubernetes-asyncio interprets kubeconfigs (in a child process, see `credentials.
 this module sends the few calls the source makes and reads the bodies itself, because
 deserialising every list item into model objects is exactly the cost (time and memory)
 sniffer exists to avoid, and because importing the generated client alone costs ~40 MiB.
-It owns the API error hierarchy (mapped from HTTP status, as kopf does) and the one retry
-after a 401 with renewed credentials. It must never cache objects, decide anything about
-routing, or call an endpoint outside `kinds.RBAC_RULES`.
+It owns the API error hierarchy (mapped from HTTP status, as kopf does), the one retry
+after a 401 with renewed credentials, and outage recovery: while callers back off after
+the server went away, one probe asks it every `probe_interval` s, and the first answer
+(or any successful call) wakes them all, however long their backoff had grown. It must
+never cache objects, decide anything about routing, or call an endpoint outside
+`kinds.RBAC_RULES` and `leader.LEASE_RBAC_RULES` (besides discovery).
 """
 
 from __future__ import annotations
@@ -91,6 +94,14 @@ class KubeApi:
         self._ssl: ssl.SSLContext | None = None
         self._session_generation = -1
         self._tls_of: Credentials = store.current
+        # outage recovery (see `pause`)
+        self._down = False
+        """A call failed as if the server were away (unreachable, 5xx, 429) and none has
+        succeeded since."""
+        self._recovered = asyncio.Event()
+        self._pausing = 0
+        self._probe: asyncio.Task[None] | None = None
+        self.recoveries = 0
 
     @classmethod
     async def connect(cls, settings: KubernetesSettings) -> KubeApi:
@@ -102,6 +113,8 @@ class KubeApi:
         return cls(store, settings)
 
     async def close(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -167,9 +180,13 @@ class KubeApi:
                     server_hostname=creds.server_name,
                 )
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                self._mark_down()
                 raise ApiUnavailable(0, type(exc).__name__, str(exc) or repr(exc)) from exc
             if resp.status < 400:
+                self._mark_up()
                 return resp
+            if resp.status >= 500 or resp.status == 429:
+                self._mark_down()
             try:
                 raw = await resp.read()
                 payload: Any = json.loads(raw) if raw else None
@@ -183,6 +200,59 @@ class KubeApi:
                 continue
             raise error_from(resp.status, payload)
         raise AssertionError("unreachable")
+
+    # -- outage recovery -----------------------------------------------------------------
+
+    async def pause(self, delay: float) -> bool:
+        """Back off `delay` s after an error, or less: True when woken because the server
+        answers again after an outage (the caller then resets its backoff)."""
+        self._pausing += 1
+        recovered = self._recovered
+        self._ensure_probe()
+        try:
+            async with asyncio.timeout(delay):
+                await recovered.wait()
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            self._pausing -= 1
+
+    def _mark_down(self) -> None:
+        self._down = True
+        self._ensure_probe()
+
+    def _mark_up(self) -> None:
+        if self._down:
+            self._down = False
+            self.recoveries += 1
+            self._recovered.set()
+            self._recovered = asyncio.Event()
+
+    def _ensure_probe(self) -> None:
+        if self._down and self._pausing and (self._probe is None or self._probe.done()):
+            self._probe = asyncio.get_running_loop().create_task(self._probe_loop())
+
+    async def _probe_loop(self) -> None:
+        """One cheap discovery call per interval while the server is away and callers
+        wait: a fixed small load, whatever the callers' backoffs have grown to."""
+        interval = self._settings.probe_interval
+        timeout = aiohttp.ClientTimeout(
+            total=max(1.0, 2 * interval), sock_connect=self._settings.connect_timeout
+        )
+        while self._down and self._pausing:
+            await asyncio.sleep(interval)
+            if not (self._down and self._pausing):
+                break
+            try:
+                resp = await self._call("GET", "/api", timeout=timeout)
+                resp.release()
+            except ApiError:
+                # A restarting server answers 403 until its authorizer has loaded: that
+                # is still the outage, not a recovery.
+                self._down = True
+
+    # -- calls -----------------------------------------------------------------------------
 
     async def request_json(
         self,
@@ -215,6 +285,13 @@ class KubeApi:
         if continue_:
             query.append(("continue", continue_))
         return await self.request_json("GET", path, query)
+
+    async def create(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        return await self.request_json("POST", path, body=dict(body))
+
+    async def replace(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """PUT the whole object; its `metadata.resourceVersion` makes it conditional."""
+        return await self.request_json("PUT", path, body=dict(body))
 
     async def merge_patch_status(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
         return await self.request_json(

@@ -4,7 +4,8 @@ The informer owns the cache of one kind's records (namespace -> name -> record) 
 list/watch life cycle: bookmarks advance the resourceVersion, a 410 Gone (as an HTTP
 status or an ERROR event) clears nothing but re-lists and diffs, an inactivity timeout
 re-armed on every event reopens a silently dead stream, and errors back off with jitter
-while the cache keeps serving. It reports what changed as "namespace N is dirty" and never
+while the cache keeps serving (the backoff ends early when the API server answers again
+after an outage, see `KubeApi.pause`). It reports what changed as "namespace N is dirty" and never
 translates records to routes, builds tables or holds raw objects past one event.
 """
 
@@ -189,7 +190,8 @@ class Informer:
     async def _sleep_backoff(self) -> None:
         self.state = "backoff"
         self._state()
-        await asyncio.sleep(self._backoff.next_delay())
+        if await self.api.pause(self._backoff.next_delay()):
+            self._backoff.reset()  # the server is back: the next error starts small again
 
     async def list_all(self, reason: str) -> None:
         """List every page, swap the cache in, report namespaces that differ."""
@@ -266,8 +268,8 @@ class Informer:
             if rv:
                 self.resource_version = str(rv)
             return
-        ns = sys.intern(str(meta.get("namespace") or ""))
         name = str(meta.get("name") or "")
+        ns = self.kind.bucket(sys.intern(str(meta.get("namespace") or "")), name)
         if etype in ("ADDED", "MODIFIED"):
             keyed = self._record(obj, self.problems)
             if keyed is None:
@@ -288,6 +290,7 @@ class Informer:
         try:
             rec = self._parse(obj)
             ns, name = object_key(obj)
+            ns = self.kind.bucket(ns, name)
             return ns, sys.intern(name) if self.kind.shared_names else name, rec
         except (MalformedObject, ValueError, TypeError, KeyError, AttributeError) as exc:
             meta = obj.get("metadata") if isinstance(obj, Mapping) else None

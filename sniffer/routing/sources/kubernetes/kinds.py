@@ -46,6 +46,13 @@ class Kind:
     """Names repeat across namespaces and in other kinds (a Service's name is every one of
     its slices' label): interned. Other names are unique (an intern-table entry per
     object would cost more than it saves)."""
+    filed_by_name: bool = False
+    """Cluster-scoped objects that describe a namespace (a Namespace) are filed under
+    their own name instead of "": a change then dirties the namespace it describes."""
+
+    def bucket(self, namespace: str, name: str) -> str:
+        """The cache bucket (namespace key) an object of this kind is filed under."""
+        return sys.intern(name) if self.filed_by_name else namespace
 
     def path(self, version: str, namespace: str | None = None, name: str | None = None) -> str:
         base = "/api/" + version if not self.group else f"/apis/{self.group}/{version}"
@@ -69,6 +76,7 @@ TLS_ROUTE = Kind("TLSRoute", GATEWAY_GROUP, "tlsroutes", ("v1", "v1alpha3", "v1a
 REFERENCE_GRANT = Kind(
     "ReferenceGrant", GATEWAY_GROUP, "referencegrants", ("v1", "v1beta1"), True, True
 )
+NAMESPACE = Kind("Namespace", "", "namespaces", ("v1",), False, filed_by_name=True)
 
 ALL_KINDS = (
     INGRESS_CLASS,
@@ -79,6 +87,7 @@ ALL_KINDS = (
     GATEWAY,
     TLS_ROUTE,
     REFERENCE_GRANT,
+    NAMESPACE,
 )
 
 _READ = ("get", "list", "watch")
@@ -91,6 +100,9 @@ RBAC_RULES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     (GATEWAY_GROUP, "gateways", _READ),
     (GATEWAY_GROUP, "tlsroutes", _READ),
     (GATEWAY_GROUP, "referencegrants", _READ),
+    # Namespace labels (`allowedRoutes.namespaces.from: Selector`) and `sniffer.dev/*`
+    # annotations (per-tenant limits); only the informer's list and watch.
+    ("", "namespaces", ("list", "watch")),
     # Status writes are merge patches (the TLSRoute one carries a resourceVersion
     # precondition so other controllers' parent entries are never overwritten).
     (GATEWAY_GROUP, "gatewayclasses/status", ("patch",)),
@@ -287,6 +299,49 @@ class GatewayClassRec:
 
 
 @dataclass(frozen=True, slots=True)
+class LabelSelector:
+    """A Kubernetes LabelSelector (`matchLabels` and `matchExpressions`, ANDed)."""
+
+    match_labels: tuple[tuple[str, str], ...] = ()
+    expressions: tuple[tuple[str, str, tuple[str, ...]], ...] = ()
+    """(key, operator, values); an operator other than In, NotIn, Exists, DoesNotExist
+    makes the selector match nothing (the API would have rejected it)."""
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        if any(labels.get(k) != v for k, v in self.match_labels):
+            return False
+        for key, op, values in self.expressions:
+            if op == "In":
+                ok = key in labels and labels[key] in values
+            elif op == "NotIn":
+                ok = key not in labels or labels[key] not in values
+            elif op == "Exists":
+                ok = key in labels
+            elif op == "DoesNotExist":
+                ok = key not in labels
+            else:
+                ok = False
+            if not ok:
+                return False
+        return True
+
+
+def parse_label_selector(value: object, what: str) -> LabelSelector:
+    sel = _map(value, what)
+    labels = []
+    for k, v in _map(sel.get("matchLabels"), f"{what}.matchLabels").items():
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise MalformedObject(f"{what}.matchLabels must map strings to strings")
+        labels.append((_s(k), _s(v)))
+    exprs = []
+    for e in _list(sel.get("matchExpressions"), f"{what}.matchExpressions"):
+        e = _map(e, f"{what}.matchExpressions[]")
+        values = tuple(_s(v) for v in _list(e.get("values"), f"{what}.matchExpressions[].values"))
+        exprs.append((_s(e.get("key") or ""), _s(e.get("operator") or ""), values))
+    return LabelSelector(tuple(sorted(labels)), tuple(exprs))
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayListenerRec:
     name: str
     port: int
@@ -297,6 +352,8 @@ class GatewayListenerRec:
     """`allowedRoutes.namespaces.from`: Same (default), All or Selector."""
     allowed_kinds: tuple[tuple[str, str], ...]
     """(group, kind) pairs; empty means the protocol's default (TLSRoute for TLS)."""
+    selector: LabelSelector | None = None
+    """`allowedRoutes.namespaces.selector`, read when `allowed_from` is Selector."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -363,6 +420,28 @@ class ReferenceGrantRec:
     """(group, kind, name or None for all) that may be referred to."""
 
 
+NAMESPACE_ANNOTATION_PREFIX = "sniffer.dev/"
+"""Namespace annotations kept in `NamespaceRec` (per-tenant settings); others are dropped."""
+
+
+@dataclass(frozen=True, slots=True)
+class NamespaceRec:
+    """A Namespace, filed under its own name: its labels and `sniffer.dev/*` annotations."""
+
+    name: str
+    labels: tuple[tuple[str, str], ...]
+    """(key, value) sorted by key: what label selectors (`from: Selector`) match."""
+    annotations: tuple[tuple[str, str], ...]
+    """(key, value) of the `sniffer.dev/` annotations only, sorted by key."""
+
+    def label_map(self) -> dict[str, str]:
+        return dict(self.labels)
+
+    def annotation(self, key: str) -> str | None:
+        """The value of annotation `key` (a `sniffer.dev/` one), or None."""
+        return next((v for k, v in self.annotations if k == key), None)
+
+
 Record = (
     IngressClassRec
     | IngressRec
@@ -372,6 +451,7 @@ Record = (
     | GatewayRec
     | TLSRouteRec
     | ReferenceGrantRec
+    | NamespaceRec
 )
 
 
@@ -591,6 +671,8 @@ def parse_gateway(obj: JSON) -> GatewayRec:
         port = lis.get("port")
         if not isinstance(port, int):
             raise MalformedObject("spec.listeners[].port is not a number")
+        namespaces = _map(allowed.get("namespaces"), "namespaces")
+        selector = namespaces.get("selector")
         listeners.append(
             GatewayListenerRec(
                 _s(lis.get("name") or ""),
@@ -598,8 +680,11 @@ def parse_gateway(obj: JSON) -> GatewayRec:
                 _s(lis.get("protocol") or ""),
                 _opt_s(tls.get("mode", "Terminate") if lis.get("tls") is not None else None),
                 _opt_s(lis.get("hostname")),
-                _s(_map(allowed.get("namespaces"), "namespaces").get("from") or "Same"),
+                _s(namespaces.get("from") or "Same"),
                 kinds,
+                None
+                if selector is None
+                else parse_label_selector(selector, "allowedRoutes.namespaces.selector"),
             )
         )
     status = _map(obj.get("status"), "status")
@@ -613,21 +698,25 @@ def parse_gateway(obj: JSON) -> GatewayRec:
     )
 
 
+def parent_ref_key(ref: JSON) -> tuple[object, ...]:
+    """A status entry's `parentRef` as a comparable key, the API's defaults filled in."""
+    return (
+        ref.get("group", GATEWAY_GROUP),
+        ref.get("kind", "Gateway"),
+        ref.get("namespace"),
+        ref.get("name"),
+        ref.get("sectionName"),
+        ref.get("port"),
+    )
+
+
 def route_parents_sig(parents: list[Any], controller: str) -> int:
     """Hash of the `status.parents` entries owned by `controller`, order-independent."""
     rows = []
     for p in parents:
         if not isinstance(p, Mapping) or p.get("controllerName") != controller:
             continue
-        ref = _map(p.get("parentRef"), "parentRef")
-        key = (
-            ref.get("group", GATEWAY_GROUP),
-            ref.get("kind", "Gateway"),
-            ref.get("namespace"),
-            ref.get("name"),
-            ref.get("sectionName"),
-            ref.get("port"),
-        )
+        key = parent_ref_key(_map(p.get("parentRef"), "parentRef"))
         rows.append((repr(key), _conditions_sig(_list(p.get("conditions"), "conditions"))))
     return hash(tuple(sorted(rows)))
 
@@ -694,3 +783,25 @@ def parse_reference_grant(obj: JSON) -> ReferenceGrantRec:
         if isinstance(t, Mapping)
     )
     return ReferenceGrantRec(ns, name, from_, to)
+
+
+def _string_pairs(value: object, what: str, prefix: str = "") -> tuple[tuple[str, str], ...]:
+    pairs = []
+    for k, v in _map(value, what).items():
+        if not isinstance(k, str) or not k.startswith(prefix):
+            continue
+        if not isinstance(v, str):
+            raise MalformedObject(f"{what}[{k!r}] is not a string")
+        pairs.append((_s(k), _s(v)))
+    return tuple(sorted(pairs))
+
+
+def parse_namespace(obj: JSON) -> NamespaceRec:
+    _, name, meta = _meta(obj)
+    return NamespaceRec(
+        sys.intern(name),
+        _string_pairs(meta.get("labels"), "metadata.labels"),
+        _string_pairs(
+            meta.get("annotations"), "metadata.annotations", NAMESPACE_ANNOTATION_PREFIX
+        ),
+    )

@@ -64,7 +64,9 @@ class KubernetesSettings:
     """Seconds before the first retry after an API error (doubled each time, jittered)."""
 
     backoff_max: float = 30.0
-    """Cap of the retry delay in seconds: an outage is noticed within this once it ends."""
+    """Cap of the retry delay in seconds. Only a persistent error (a 403 from RBAC) waits
+    this long: when the server answers again after an outage, callers resume within
+    `probe_interval` instead."""
 
     page_size: int = 500
     """Objects per list page (`limit`): bounds the memory of one response, as client-go."""
@@ -76,4 +78,30 @@ class KubernetesSettings:
     """Write TLSRoute, Gateway and GatewayClass status (off for read-only RBAC or dry runs)."""
 
     status_retry_limit: int = 5
-    """Attempts of one status write before it waits for the next change (conflicts, errors)."""
+    """Attempts of one status write (409 re-read, 429/5xx back off) before the round is
+    retried as a whole after a backoff."""
+
+    probe_interval: float = 1.0
+    """Seconds between probes of the API server while any caller backs off after an
+    error: when it answers again, every informer resumes at once (not after its backoff)."""
+
+    lease_namespace: str | None = None
+    """Namespace of the status Lease (the pod's own, from the downward API). None: no
+    leader election, this process writes status alone (a single instance, a dry run)."""
+
+    lease_name: str = "sniffer-status"
+    """Name of the `coordination.k8s.io/v1` Lease whose holder writes Gateway API status."""
+
+    identity: str = ""
+    """This candidate's holder identity in the Lease (the pod name); "" means the host name."""
+
+    lease_duration: float = 15.0
+    """Seconds a candidate waits, after it last saw the Lease change, before taking it
+    over (client-go's LeaseDuration)."""
+
+    renew_deadline: float = 10.0
+    """Seconds the leader keeps writing without a successful renewal; below the lease
+    duration, so a leader that cannot renew stops before anyone may take over."""
+
+    retry_period: float = 2.0
+    """Seconds between acquire or renew attempts; bounds the hand-over after a release."""

@@ -2,22 +2,24 @@
 
 This module owns the source's life cycle: discovery (which TLSRoute version the cluster
 serves), one informer per kind (one watch set per process), the dirty-namespace
-bookkeeping (an event dirties its namespace and the namespaces that read it; cluster-wide
-kinds dirty all), the debouncer (quiet period, maximum delay), the per-namespace result
-cache that makes a rebuild touch only what changed, publishing, health, and the one-shot
-`compute_spec`. It must never build a `RouteTable` for the data plane, touch the
-controller's metrics (rebuilds, lag), or drop its last view because the API went away.
+bookkeeping (an event dirties its namespace and the namespaces that read it; a Namespace
+object dirties the namespace it describes; other cluster-wide kinds dirty all), the
+debouncer (quiet period, maximum delay), the per-namespace result cache that makes a
+rebuild touch only what changed, publishing, health, and the one-shot `compute_spec`.
+It must never build a `RouteTable` for the data plane, touch the controller's metrics
+(rebuilds, lag), or drop its last view because the API went away.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from collections.abc import Callable, Iterator, Mapping
 
 from sniffer.routing.sources import Publish, Update
-from sniffer.routing.sources.kubernetes.api import ApiError, KubeApi, NotFound
+from sniffer.routing.sources.kubernetes.api import ApiError, KubeApi, NotFound, Unauthorized
 from sniffer.routing.sources.kubernetes.informer import Backoff, Informer
 from sniffer.routing.sources.kubernetes.kinds import (
     ALL_KINDS,
@@ -28,6 +30,7 @@ from sniffer.routing.sources.kubernetes.kinds import (
     INGRESS,
     INGRESS_CLASS,
     JSON,
+    NAMESPACE,
     REFERENCE_GRANT,
     SERVICE,
     TLS_ROUTE,
@@ -38,10 +41,12 @@ from sniffer.routing.sources.kubernetes.kinds import (
     parse_gateway_class,
     parse_ingress,
     parse_ingress_class,
+    parse_namespace,
     parse_reference_grant,
     parse_service,
     parse_tls_route,
 )
+from sniffer.routing.sources.kubernetes.leader import LeaderElector
 from sniffer.routing.sources.kubernetes.settings import KubernetesSettings
 from sniffer.routing.sources.kubernetes.status import StatusWriter
 from sniffer.routing.sources.kubernetes.translate import (
@@ -170,6 +175,7 @@ def _parsers(settings: KubernetesSettings) -> dict[str, Callable[[JSON], Record]
         GATEWAY.name: parse_gateway,
         TLS_ROUTE.name: lambda o: parse_tls_route(o, controller),
         REFERENCE_GRANT.name: parse_reference_grant,
+        NAMESPACE.name: parse_namespace,
     }
 
 
@@ -226,6 +232,7 @@ class KubernetesSource:
             settings.debounce_quiet, settings.debounce_max_delay, settings.debounce_burst
         )
         self._status: StatusWriter | None = None
+        self.elector: LeaderElector | None = None
         # what tests, benchmarks and /readyz look at
         self._synced = False
         self.spec = TableSpec(listeners=listeners)
@@ -266,6 +273,8 @@ class KubernetesSource:
             out["discovery"] = list(self._discovery_problems)
         if self._status is not None:
             out["status_writes"] = self._status.health()
+        if self.elector is not None:
+            out["leader_election"] = self.elector.health()
         return out
 
     def problems(self) -> list[str]:
@@ -296,7 +305,8 @@ class KubernetesSource:
             except ApiError as exc:
                 self._last_error = f"discovery: {exc}"
                 log.warning("API discovery failed: %s; retrying", exc)
-                await asyncio.sleep(backoff.next_delay())
+                if await api.pause(backoff.next_delay()):
+                    backoff.reset()
         for p in self._discovery_problems:
             log.warning("%s", p)
         self._informers = _make_informers(
@@ -308,9 +318,7 @@ class KubernetesSource:
                 for inf in infs:
                     tg.create_task(inf.run(), name=f"informer-{inf.kind.name}")
             if self.settings.write_status and self._versions.get(TLS_ROUTE.name):
-                versions = {k: v for k, v in self._versions.items() if v is not None}
-                self._status = StatusWriter(api, self.settings, versions, self.listeners)
-                tg.create_task(self._status.run(), name="status-writer")
+                self._start_status(api, tg)
             self._phase = "initial-list"
             for infs in self._informers.values():
                 for inf in infs:
@@ -329,6 +337,29 @@ class KubernetesSource:
                 oldest = await self._debouncer.wait()
                 if self._rebuild():
                     self._publish(publish, oldest)
+
+    def _start_status(self, api: KubeApi, tg: asyncio.TaskGroup) -> None:
+        """The status writer, gated by the status Lease when a lease namespace is set."""
+        versions = {k: v for k, v in self._versions.items() if v is not None}
+        settings = self.settings
+        if settings.lease_namespace is None:
+            log.info("status: no lease namespace (POD_NAMESPACE): writing without election")
+            self._status = StatusWriter(api, settings, versions, self.listeners)
+            tg.create_task(self._status.run(), name="status-writer")
+            return
+        elector = LeaderElector(
+            api,
+            settings,
+            settings.lease_namespace,
+            settings.identity or socket.gethostname(),
+            lambda leading: writer.leadership(leading),
+        )
+        writer = StatusWriter(
+            api, settings, versions, self.listeners, lambda: elector.is_leader
+        )
+        self.elector, self._status = elector, writer
+        tg.create_task(writer.run(), name="status-writer")
+        tg.create_task(elector.run(), name="leader-election")
 
     # -- incremental rebuild -------------------------------------------------------------
 
@@ -421,7 +452,14 @@ async def compute_spec(
         informers = _make_informers(client, settings, versions, lambda k, ns, t: None)
         for infs in informers.values():
             for inf in infs:
-                await inf.list_all("oneshot")
+                try:
+                    await inf.list_all("oneshot")
+                except Unauthorized as exc:
+                    if inf.kind is not NAMESPACE:
+                        raise
+                    # A user allowed to read only some namespaces still gets their table;
+                    # only `from: Selector` listeners need the Namespace objects.
+                    problems.append(f"Namespaces not readable ({exc}): Selector admits none")
                 problems.extend(inf.problems.values())
         view = ClusterView({name: _KindStore(infs) for name, infs in informers.items()})
         results: dict[str, NamespaceResult] = {}

@@ -2,23 +2,38 @@
 
 This module owns the desired status of TLSRoutes (one entry per parent Gateway of
 sniffer's class with `Accepted` and `ResolvedRefs`), Gateways (listener status with
-attached routes) and sniffer's GatewayClass, and the task that writes it: only when it
-differs from what the object already carries (compared by signature, ignoring
-timestamps), coalesced to the latest wish per object, with a resourceVersion
-precondition on TLSRoutes so other controllers' parent entries survive. It must never
-block or delay a table publish, and never write anything but the status subresource.
+attached routes) and sniffer's GatewayClass, and the task that writes it, following the
+API conventions: a round first plans every write from the informers' caches without
+awaiting (so no live cache is iterated across an `await`), then writes only what differs
+from the object (compared by signature, ignoring timestamps, against the informer's copy
+and again against a fresh read), keeps each condition's `lastTransitionTime` unless its
+`status` changes, sets `observedGeneration` from the object's generation, and patches
+with the read's resourceVersion as a precondition (409: read again and retry; 429/5xx:
+back off), so other controllers' parent entries survive. A failed round is retried after
+a backoff. Only the holder of the status Lease writes (`may_write`). It must never block
+or delay a table publish, and never write anything but the status subresource.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sniffer.routing.sources.kubernetes.api import ApiError, Conflict, KubeApi, NotFound
+from sniffer.observe import metrics
+from sniffer.routing.sources.kubernetes.api import (
+    ApiError,
+    ApiUnavailable,
+    Conflict,
+    KubeApi,
+    NotFound,
+)
+from sniffer.routing.sources.kubernetes.informer import Backoff
 from sniffer.routing.sources.kubernetes.kinds import (
     GATEWAY,
     GATEWAY_CLASS,
@@ -27,6 +42,7 @@ from sniffer.routing.sources.kubernetes.kinds import (
     Kind,
     _conditions_sig,
     gateway_status_sig,
+    parent_ref_key,
     route_parents_sig,
 )
 from sniffer.routing.sources.kubernetes.settings import KubernetesSettings
@@ -184,6 +200,41 @@ def desired_gateway_status(
     }
 
 
+def keep_transition_times(new: list[dict[str, Any]], old: object) -> None:
+    """Carry each condition's `lastTransitionTime` over from `old` unless its `status`
+    changed (the API conventions: the time says when the status last flipped)."""
+    held = {
+        c.get("type"): c
+        for c in (old if isinstance(old, list) else ())
+        if isinstance(c, Mapping) and c.get("lastTransitionTime")
+    }
+    for c in new:
+        prev = held.get(c["type"])
+        if prev is not None and prev.get("status") == c["status"]:
+            c["lastTransitionTime"] = prev["lastTransitionTime"]
+
+
+def _entries(status: object, key: str) -> list[Any]:
+    value = status.get(key) if isinstance(status, Mapping) else None
+    return value if isinstance(value, list) else []
+
+
+@dataclass(slots=True)
+class PlannedWrite:
+    """One object whose wished-for status differs from its informer copy."""
+
+    kind: Kind
+    namespace: str
+    name: str
+    sig: int
+    desired: dict[str, Any]
+    """TLSRoute: {"parents": our entries}; Gateway, GatewayClass: the whole status."""
+
+    @property
+    def key(self) -> Key:
+        return (self.kind.name, self.namespace, self.name)
+
+
 class StatusWriter:
     """Computes wished-for status after each rebuild and writes differences in the background."""
 
@@ -193,16 +244,21 @@ class StatusWriter:
         settings: KubernetesSettings,
         versions: Mapping[str, str],
         listeners: tuple[Listener, ...],
+        may_write: Callable[[], bool] = lambda: True,
     ) -> None:
         self._api = api
         self._settings = settings
         self._versions = versions
         self._listeners = listeners
+        self._may_write = may_write
         self._wake = asyncio.Event()
         self._latest: tuple[ClusterView, Mapping[str, NamespaceResult], TableSpec] | None = None
+        self._pending = False
         self._written: dict[Key, tuple[int, float]] = {}
+        self._counters: dict[tuple[str, str], Any] = {}
         self.writes = 0
         self.failures = 0
+        self.rounds_failed = 0
         self.last_error: str | None = None
         self.idle = asyncio.Event()
         self.idle.set()
@@ -212,28 +268,57 @@ class StatusWriter:
     ) -> None:
         """Remember the newest view; cheap, called on the publish path."""
         self._latest = (view, results, spec)
+        self._pending = True
         self.idle.clear()
         self._wake.set()
 
+    def leadership(self, leading: bool) -> None:
+        """The Lease was won (write what differs, trusting no earlier memory) or lost."""
+        self._written.clear()
+        if leading and self._latest is not None:
+            self._pending = True
+            self.idle.clear()
+        self._wake.set()
+
     def health(self) -> dict[str, object]:
-        return {"writes": self.writes, "failures": self.failures, "last_error": self.last_error}
+        return {
+            "writes": self.writes,
+            "failures": self.failures,
+            "rounds_failed": self.rounds_failed,
+            "pending": self._pending,
+            "last_error": self.last_error,
+        }
 
     async def run(self) -> None:
+        backoff = Backoff(self._settings.backoff_initial, self._settings.backoff_max)
         while True:
             await self._wake.wait()
             self._wake.clear()
-            latest, self._latest = self._latest, None
-            if latest is not None:
-                try:
-                    await self._sync(*latest)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:  # a status bug must never stop routing
-                    self.failures += 1
-                    self.last_error = repr(exc)
-                    log.exception("status sync failed")
-            if self._latest is None:
-                self.idle.set()
+            if not self._pending or self._latest is None or not self._may_write():
+                self.idle.set()  # nothing to do here: a standby writes nothing
+                continue
+            self._pending = False
+            try:
+                ok = await self._round(*self._latest)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a status bug must never stop routing
+                self.last_error = repr(exc)
+                log.exception("status round failed")
+                ok = False
+            if ok:
+                backoff.reset()
+                if not self._pending:
+                    self.last_error = None
+                    self.idle.set()
+                continue
+            # Retry the round (with the newest view by then) after a backoff that ends
+            # early when the API server answers again after an outage.
+            self.rounds_failed += 1
+            self._pending = True
+            if await self._api.pause(backoff.next_delay()):
+                backoff.reset()
+            self._wake.set()
 
     def _fresh(self, key: Key, sig: int, current: int) -> bool:
         """True when the object already carries (or we just wrote) this signature."""
@@ -247,9 +332,10 @@ class StatusWriter:
             and time.monotonic() - held[1] < _WRITE_MEMORY_SECONDS
         )
 
-    async def _sync(
+    def plan(
         self, view: ClusterView, results: Mapping[str, NamespaceResult], spec: TableSpec
-    ) -> None:
+    ) -> list[PlannedWrite]:
+        """Every write the view calls for; synchronous, so the caches cannot change under it."""
         controller = self._settings.controller_name
         stamp = _now()
         lost = route_conflicts(spec)
@@ -257,23 +343,24 @@ class StatusWriter:
         for res in results.values():
             for k, n in res.attachments.items():
                 attached[k] = attached.get(k, 0) + n
+        out: list[PlannedWrite] = []
+
+        def want(kind: Kind, ns: str, name: str, sig: int, current: int, body: Any) -> None:
+            if not self._fresh((kind.name, ns, name), sig, current):
+                out.append(PlannedWrite(kind, ns, name, sig, body))
 
         # GatewayClass: accept ours.
         gc = view.gateway_classes().get(self._settings.gateway_class)
         if gc is not None and gc.controller == controller:
-            body = {
-                "conditions": [
-                    _condition_json(
-                        Condition("Accepted", True, "Accepted", "Handled by sniffer"),
-                        gc.generation,
-                        stamp,
-                    )
-                ]
-            }
-            sig = _conditions_sig(body["conditions"])
-            key = ("GatewayClass", "", gc.name)
-            if not self._fresh(key, sig, gc.status_sig):
-                await self._patch(GATEWAY_CLASS, None, gc.name, {"status": body}, key, sig)
+            conds = [
+                _condition_json(
+                    Condition("Accepted", True, "Accepted", "Handled by sniffer"),
+                    gc.generation,
+                    stamp,
+                )
+            ]
+            body = {"conditions": conds}
+            want(GATEWAY_CLASS, "", gc.name, _conditions_sig(conds), gc.status_sig, body)
 
         # Gateways of our class.
         for gw in view.all_gateways():
@@ -282,17 +369,14 @@ class StatusWriter:
             status = desired_gateway_status(
                 view, self._listeners, gw.namespace, gw.name, attached, stamp
             )
-            if status is None:
-                continue
-            sig = gateway_status_sig(status)
-            key = ("Gateway", gw.namespace, gw.name)
-            if not self._fresh(key, sig, gw.status_sig):
-                await self._patch(GATEWAY, gw.namespace, gw.name, {"status": status}, key, sig)
+            if status is not None:
+                sig = gateway_status_sig(status)
+                want(GATEWAY, gw.namespace, gw.name, sig, gw.status_sig, status)
 
         # TLSRoutes: every route in the cache, so parents we no longer serve are cleared.
         for ns in sorted(view.namespaces()):
             ns_res = results.get(ns)
-            for rt in view.tls_routes(ns).values():
+            for rt in list(view.tls_routes(ns).values()):
                 outcomes = ns_res.route_status.get(rt.name, ()) if ns_res is not None else ()
                 entries = desired_route_parents(
                     outcomes,
@@ -302,57 +386,115 @@ class StatusWriter:
                     stamp,
                 )
                 sig = route_parents_sig(entries, controller)
-                key = ("TLSRoute", ns, rt.name)
-                if not self._fresh(key, sig, rt.status_sig):
-                    await self._write_route(ns, rt.name, entries, key, sig)
+                want(TLS_ROUTE, ns, rt.name, sig, rt.status_sig, {"parents": entries})
+        return out
+
+    async def _round(
+        self, view: ClusterView, results: Mapping[str, NamespaceResult], spec: TableSpec
+    ) -> bool:
+        """Plan, then write; True when every planned write landed (or was not needed)."""
+        ok = True
+        for w in self.plan(view, results, spec):
+            if not self._may_write():
+                return True  # leadership lost: the new leader writes from its own view
+            ok = await self._write(w) and ok
+        return ok
 
     def _path(self, kind: Kind, ns: str | None, name: str) -> str:
         return kind.path(self._versions[kind.name], ns, name)
 
-    async def _patch(
-        self, kind: Kind, ns: str | None, name: str, body: dict[str, Any], key: Key, sig: int
-    ) -> None:
-        try:
-            await self._api.merge_patch_status(self._path(kind, ns, name), body)
-        except NotFound:
-            return
-        except ApiError as exc:
-            self._failed(key, exc)
-            return
-        self.writes += 1
-        self._written[key] = (sig, time.monotonic())
+    def _count(self, kind: Kind, result: str) -> None:
+        counter = self._counters.get((kind.name, result))
+        if counter is None:
+            counter = self._counters[(kind.name, result)] = metrics.STATUS_WRITES.labels(
+                kind.name, result
+            )
+        counter.inc()
 
-    async def _write_route(
-        self, ns: str, name: str, entries: list[dict[str, Any]], key: Key, sig: int
-    ) -> None:
-        path = self._path(TLS_ROUTE, ns, name)
+    def _body(self, w: PlannedWrite, obj: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The status to patch onto the fresh `obj`, or None when it already holds it."""
         controller = self._settings.controller_name
+        status = obj.get("status")
+        status = status if isinstance(status, Mapping) else {}
+        if w.kind is TLS_ROUTE:
+            parents = _entries(status, "parents")
+            if route_parents_sig(parents, controller) == w.sig:
+                return None
+            ours = {
+                parent_ref_key(p.get("parentRef") or {}): p
+                for p in parents
+                if isinstance(p, Mapping) and p.get("controllerName") == controller
+            }
+            entries: list[dict[str, Any]] = copy.deepcopy(w.desired["parents"])
+            for e in entries:
+                prev = ours.get(parent_ref_key(e["parentRef"]))
+                if prev is not None:
+                    keep_transition_times(e["conditions"], prev.get("conditions"))
+            others = [
+                p
+                for p in parents
+                if isinstance(p, Mapping) and p.get("controllerName") != controller
+            ]
+            return {"parents": others + entries}
+        if w.kind is GATEWAY:
+            if gateway_status_sig(status) == w.sig:
+                return None
+            body = copy.deepcopy(w.desired)
+            keep_transition_times(body["conditions"], status.get("conditions"))
+            held = {
+                lis.get("name"): lis
+                for lis in _entries(status, "listeners")
+                if isinstance(lis, Mapping)
+            }
+            for lis in body["listeners"]:
+                prev = held.get(lis["name"])
+                if prev is not None:
+                    keep_transition_times(lis["conditions"], prev.get("conditions"))
+            return body
+        if _conditions_sig(_entries(status, "conditions")) == w.sig:
+            return None
+        body = copy.deepcopy(w.desired)
+        keep_transition_times(body["conditions"], status.get("conditions"))
+        return body
+
+    async def _write(self, w: PlannedWrite) -> bool:
+        """Read, compare, patch with the read's resourceVersion; retry conflicts and
+        server-side errors up to `status_retry_limit` times. True when done or moot."""
+        path = self._path(w.kind, w.namespace or None, w.name)
+        backoff = Backoff(self._settings.backoff_initial, self._settings.backoff_max)
+        last: ApiError | None = None
         for _ in range(max(1, self._settings.status_retry_limit)):
+            if not self._may_write():
+                return True
             try:
                 obj = await self._api.get(path)
-                meta = obj.get("metadata") or {}
-                status = obj.get("status") or {}
-                others = [
-                    p
-                    for p in status.get("parents") or []
-                    if isinstance(p, Mapping) and p.get("controllerName") != controller
-                ]
-                body = {
-                    "metadata": {"resourceVersion": meta.get("resourceVersion")},
-                    "status": {"parents": others + entries},
-                }
-                await self._api.merge_patch_status(path, body)
+                body = self._body(w, obj)
+                if body is not None:
+                    rv = (obj.get("metadata") or {}).get("resourceVersion")
+                    patch = {"metadata": {"resourceVersion": rv}, "status": body}
+                    await self._api.merge_patch_status(path, patch)
+                    self.writes += 1
+                    self._count(w.kind, "ok")
             except NotFound:
-                return
-            except Conflict:
+                return True  # deleted meanwhile: nothing to report on
+            except Conflict as exc:
+                self._count(w.kind, "conflict")
+                last = exc
+                continue  # changed since our read: read again
+            except ApiUnavailable as exc:
+                self._count(w.kind, "error")
+                last = exc
+                if await self._api.pause(backoff.next_delay()):
+                    backoff.reset()
                 continue
             except ApiError as exc:
-                self._failed(key, exc)
-                return
-            self.writes += 1
-            self._written[key] = (sig, time.monotonic())
-            return
-        self._failed(key, ApiError(409, "Conflict", "gave up after repeated conflicts"))
+                self._count(w.kind, "error")
+                self._failed(w.key, exc)
+                return False
+            self._written[w.key] = (w.sig, time.monotonic())
+            return True
+        self._failed(w.key, last or ApiError(0, "Retries", "gave up"))
+        return False
 
     def _failed(self, key: Key, exc: ApiError) -> None:
         self.failures += 1

@@ -2,7 +2,8 @@
 
 This module owns the meaning of the objects: which Ingresses are sniffer's, how a rule or
 a TLSRoute becomes `Route`s on which listeners, how a Service port becomes a `Backend`
-(EndpointSlices or ClusterIP), how Gateway listeners, hostnames and ReferenceGrants gate
+(EndpointSlices or ClusterIP), how Gateway listeners (kinds, `allowedRoutes.namespaces`
+including a selector on the route namespace's labels), hostnames and ReferenceGrants gate
 a TLSRoute, and the per-parent outcome its status reports. Everything here is a pure
 function of a `ClusterView`, so the source can recompute only the namespaces that changed
 and `compute_spec` can run it once. It must never do I/O or touch metrics.
@@ -33,6 +34,7 @@ from sniffer.routing.sources.kubernetes.kinds import (
     GatewayRec,
     IngressClassRec,
     IngressRec,
+    NamespaceRec,
     ParentRef,
     PortRef,
     ReferenceGrantRec,
@@ -91,6 +93,10 @@ class ClusterView:
 
     def grants(self, ns: str) -> Mapping[str, ReferenceGrantRec]:
         return self._bucket("ReferenceGrant", ns)  # type: ignore[return-value]
+
+    def namespace(self, ns: str) -> NamespaceRec | None:
+        """The Namespace object `ns` (labels, `sniffer.dev/*` annotations), if cached."""
+        return self._bucket("Namespace", ns).get(ns)  # type: ignore[return-value]
 
     def namespaces(self) -> set[str]:
         out: set[str] = set()
@@ -494,6 +500,28 @@ def _kind_allowed(lis: GatewayListenerRec) -> bool:
     )
 
 
+def _namespace_allowed(
+    view: ClusterView, gw: GatewayRec, lis: GatewayListenerRec, ns: str
+) -> bool:
+    """`allowedRoutes.namespaces`: All, Same (the default), or Selector on the route
+    namespace's labels (a namespace not in the cache matches no selector)."""
+    if lis.allowed_from == "All":
+        return True
+    if lis.allowed_from == "Same":
+        return ns == gw.namespace
+    if lis.allowed_from == "Selector" and lis.selector is not None:
+        rec = view.namespace(ns)
+        return rec is not None and lis.selector.matches(rec.label_map())
+    return False
+
+
+def _listener_admits(
+    view: ClusterView, gw: GatewayRec, lis: GatewayListenerRec, ns: str
+) -> bool:
+    """A TLS listener that allows TLSRoutes from namespace `ns`."""
+    return lis.protocol == "TLS" and _kind_allowed(lis) and _namespace_allowed(view, gw, lis, ns)
+
+
 def _attach(
     view: ClusterView,
     settings: KubernetesSettings,
@@ -521,16 +549,7 @@ def _attach(
     ]
     if not candidates:
         return reject("NoMatchingParent", "no listener of the Gateway matches sectionName/port")
-    allowed = [
-        lis
-        for lis in candidates
-        if _kind_allowed(lis)
-        and lis.protocol == "TLS"
-        and (
-            lis.allowed_from == "All"
-            or (lis.allowed_from == "Same" and rt.namespace == gw.namespace)
-        )
-    ]
+    allowed = [lis for lis in candidates if _listener_admits(view, gw, lis, rt.namespace)]
     if not allowed:
         return reject(
             "NotAllowedByListeners",
