@@ -91,6 +91,9 @@ class ClientHello(NamedTuple):
         return 0x0304 in self.supported_versions
 
 
+_new_tuple = tuple.__new__
+
+
 def _decode_error(what: str) -> HelloRejected:
     return HelloRejected(
         f"malformed ClientHello: {what}", reason="bad_hello", alert=ALERT_DECODE_ERROR
@@ -318,8 +321,11 @@ def parse_client_hello_body(buf: bytes | bytearray, pos: int, end: int) -> Clien
     if at is not None:
         stop = at + 4 + (buf[at + 2] << 8 | buf[at + 3])
         sigs = whole[at + 4 : stop] if whole is not None else bytes(buf[at + 4 : stop])
-    return ClientHello(
-        sni, alpn, legacy_version, versions, _EXT_ECH in offsets, suites, tuple(offsets), sigs
+    # tuple.__new__ straight: the named tuple's own __new__ is a Python function, and
+    # this line runs once per connection with every field given.
+    return _new_tuple(
+        ClientHello,
+        (sni, alpn, legacy_version, versions, _EXT_ECH in offsets, suites, tuple(offsets), sigs),
     )
 
 
