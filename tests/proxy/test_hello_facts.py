@@ -194,3 +194,26 @@ async def test_deny_ja4_refuses_matching_clients_only(data_plane: PlaneFactory, 
     )
     assert await ask(pki, port, "app.a.example") == b"tenant\n"
     await tenant.close()
+
+
+async def test_hostile_alpn_names_stay_valid_ascii_json(data_plane: PlaneFactory) -> None:
+    raw = await RawBackend().start()
+    plane = await data_plane(
+        TableSpec(
+            listeners=(Listener("main", "127.0.0.1", 0, "tls"),),
+            backends=(backend("raw", raw.port),),
+            routes=(route("pq.example.test", "raw"),),
+        )
+    )
+    port = plane.bound_ports()["main"]
+    hello = records(modern_hello(alpn=[b'\xe9"\\', b"h2\x00"], ech=False))
+    _, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(hello)
+    _, b_writer = await asyncio.wait_for(raw.accepted.get(), 10)
+    writer.close()
+    b_writer.close()
+    (line,) = await records_after(plane, 1)
+    assert line["alpn"] == ['\xe9"\\', "h2\x00"] and line["ech"] is False
+    # The spec's hex rule for a non-alphanumeric first/last byte: 0xE9 ... 0x5C -> "ec".
+    assert str(line["ja4"])[8:10] == "ec"
+    await raw.close()
