@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import re
 import struct
+from itertools import filterfalse
 
 from sniffer.wire.tls import ClientHello
 
@@ -39,6 +40,8 @@ _VERSIONS = {
 }
 _EXT_SERVER_NAME = 0x0000
 _EXT_ALPN = 0x0010
+_IN_PART_A = frozenset((_EXT_SERVER_NAME, _EXT_ALPN))
+"""Extensions part a already tells (SNI, ALPN): left out of the extension hash."""
 _EMPTY_HASH = "000000000000"
 _ALNUM = frozenset(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 
@@ -71,27 +74,35 @@ def is_ja4(text: str) -> bool:
 def _compute(hello: ClientHello) -> str:
     # supported_versions (GREASE already dropped by the parser) wins over legacy_version;
     # the record layer's version is ignored, as the spec says.
+    # Lists are filtered, sorted and written out by C code (filterfalse, sorted, and
+    # bytes.hex's separator), not per item in Python: a hostile 16 KiB hello of 8,000
+    # cipher suites then costs about a millisecond once, not several per connection.
     versions = hello.supported_versions
     version = _VERSIONS.get(max(versions) if versions else hello.legacy_version, "00")
-    exts = [e for e in hello.extensions if e not in _GREASE]
+    exts = list(filterfalse(_GREASE.__contains__, hello.extensions))
     sni = "d" if _EXT_SERVER_NAME in exts else "i"
     raw = hello.cipher_suites
-    ciphers = [c for c in struct.unpack(f">{len(raw) >> 1}H", raw) if c not in _GREASE]
+    ciphers = sorted(filterfalse(_GREASE.__contains__, struct.unpack(f">{len(raw) >> 1}H", raw)))
     part_a = (
         f"t{version}{sni}{min(len(ciphers), 99):02d}{min(len(exts), 99):02d}"
         f"{_alpn_chars(hello.alpn[0] if hello.alpn else '')}"
     )
-    cipher_hash = _hash(",".join(f"{c:04x}" for c in sorted(ciphers))) if ciphers else _EMPTY_HASH
-    hashed = sorted(e for e in exts if e != _EXT_SERVER_NAME and e != _EXT_ALPN)
+    cipher_hash = _hash(_hex_list(ciphers)) if ciphers else _EMPTY_HASH
+    hashed = sorted(filterfalse(_IN_PART_A.__contains__, exts))
     if hashed:
-        text = ",".join(f"{e:04x}" for e in hashed)
+        text = _hex_list(hashed)
         sigs = _signature_algorithms(hello.signature_algorithms)
         if sigs:
-            text += "_" + ",".join(f"{s:04x}" for s in sigs)
+            text += "_" + _hex_list(sigs)
         ext_hash = _hash(text)
     else:
         ext_hash = _EMPTY_HASH
     return f"{part_a}_{cipher_hash}_{ext_hash}"
+
+
+def _hex_list(values: list[int]) -> str:
+    """`[0x1301, 0xc02b]` -> "1301,c02b": 4 lower-case hex digits each, comma-separated."""
+    return struct.pack(f">{len(values)}H", *values).hex(",", 2)
 
 
 def _alpn_chars(first: str) -> str:
@@ -117,7 +128,9 @@ def _signature_algorithms(body: bytes) -> list[int]:
     """
     if len(body) < 4 or (body[0] << 8 | body[1]) != len(body) - 2 or len(body) & 1:
         return []
-    return [s for s in struct.unpack(f">{(len(body) - 2) >> 1}H", body[2:]) if s not in _GREASE]
+    return list(
+        filterfalse(_GREASE.__contains__, struct.unpack(f">{(len(body) - 2) >> 1}H", body[2:]))
+    )
 
 
 def _hash(text: str) -> str:
