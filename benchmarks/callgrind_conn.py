@@ -8,6 +8,7 @@ drives N hello-then-close connections, dumps, and prints instructions per connec
     .venv/bin/python -m benchmarks.callgrind_conn --n 1000            # sniffer
     .venv/bin/python -m benchmarks.callgrind_conn --n 1000 --bare     # the floor
     .venv/bin/python -m benchmarks.callgrind_conn --n 1000 -- --no-access-log
+    .venv/bin/python -m benchmarks.callgrind_conn --n 1000 --alpn     # ALPN routes in play
     .venv/bin/python -m benchmarks.callgrind_conn --keep /tmp/cg.out   # then callgrind_annotate
 
 Needs Debian's `valgrind`. Loopback only; every step is bounded.
@@ -48,9 +49,9 @@ async def backend(port: int, ready: asyncio.Event) -> None:
         await asyncio.Event().wait()
 
 
-async def drive(port: int, n: int, concurrency: int = 4) -> None:
+async def drive(port: int, n: int, alpn: bool, concurrency: int = 4) -> None:
     loop = asyncio.get_running_loop()
-    payload = client_hello("a.bench.test")
+    payload = client_hello("a.bench.test", ["h2", "http/1.1"] if alpn else None)
     left = n
 
     async def one() -> None:
@@ -84,6 +85,12 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=1000, help="connections measured")
     ap.add_argument("--bare", action="store_true", help="measure benchmarks/bare_relay.py")
     ap.add_argument("--keep", type=Path, help="copy the callgrind dump here (callgrind_annotate)")
+    ap.add_argument(
+        "--alpn",
+        action="store_true",
+        help="clients offer h2,http/1.1 and the host also has an acme-tls/1 route (the ACME"
+        " layout: every lookup takes the ALPN path and falls through to the plain route)",
+    )
     ap.add_argument("serve_args", nargs="*", help="extra `sniffer serve` flags (after --)")
     args = ap.parse_args()
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
@@ -96,6 +103,7 @@ def main() -> None:
         f"  - {{name: tls, address: '127.0.0.1:{listen}', protocol: tls}}\n"
         f"backends:\n  - {{name: a, endpoints: ['127.0.0.1:{upstream}']}}\n"
         "routes:\n  - {host: a.bench.test, backend: a}\n"
+        + ("  - {host: a.bench.test, backend: a, alpn: [acme-tls/1]}\n" if args.alpn else "")
     )
     if args.bare:
         target = [
@@ -139,11 +147,12 @@ def main() -> None:
                 with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=5):
                     break
                 time.sleep(0.5)
-        loop.run_until_complete(drive(listen, 200))  # warm-up: imports, caches, code paths
+        # Warm-up: imports, caches, code paths.
+        loop.run_until_complete(drive(listen, 200, args.alpn))
         subprocess.run(
             ["callgrind_control", "-z", str(proc.pid)], check=True, capture_output=True
         )
-        loop.run_until_complete(drive(listen, args.n))
+        loop.run_until_complete(drive(listen, args.n, args.alpn))
         subprocess.run(
             ["callgrind_control", "-d", str(proc.pid)], check=True, capture_output=True
         )
@@ -161,6 +170,8 @@ def main() -> None:
     if m is None:
         sys.exit("no summary in the callgrind dump")
     label = "bare-relay" if args.bare else "sniffer " + " ".join(args.serve_args)
+    if args.alpn:
+        label += " (ALPN routes)"
     print(
         f"{label.strip()}: {int(m.group(1)) // args.n} instructions per connection "
         f"({args.n} connections)"

@@ -29,9 +29,12 @@ def client_context() -> ssl.SSLContext:
     return ctx
 
 
-def client_hello(name: str) -> bytes:
+def client_hello(name: str, alpn: list[str] | None = None) -> bytes:
     """The bytes of a real ClientHello with SNI `name` (Python's OpenSSL builds it)."""
-    obj = client_context().wrap_bio(ssl.MemoryBIO(), out := ssl.MemoryBIO(), server_hostname=name)
+    ctx = client_context()
+    if alpn:
+        ctx.set_alpn_protocols(alpn)
+    obj = ctx.wrap_bio(ssl.MemoryBIO(), out := ssl.MemoryBIO(), server_hostname=name)
     with contextlib.suppress(ssl.SSLWantReadError):
         obj.do_handshake()
     return out.read()

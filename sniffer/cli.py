@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -70,6 +71,19 @@ def parse_listen(values: list[str]) -> tuple[Listener, ...]:
     return tuple(out)
 
 
+def deny_ja4_on(listeners: tuple[Listener, ...], values: list[str]) -> tuple[Listener, ...]:
+    """`--deny-ja4 FP` (repeatable): refuse these JA4 fingerprints on every TLS listener."""
+    from sniffer.wire.ja4 import is_ja4
+
+    for v in values:
+        if not is_ja4(v):
+            raise typer.BadParameter(f"--deny-ja4 {v!r} is not a JA4 fingerprint")
+    if not values:
+        return listeners
+    deny = frozenset(values)
+    return tuple(replace(lis, deny_ja4=deny) if lis.protocol == "tls" else lis for lis in listeners)
+
+
 def _kube_settings(**kw: Any) -> Any:
     from sniffer.routing.sources.kubernetes import KubernetesSettings
 
@@ -93,6 +107,13 @@ def serve(
     listen: Annotated[
         list[str] | None,
         typer.Option(help="PROTO:HOST:PORT, repeatable; overrides the file's listeners."),
+    ] = None,
+    deny_ja4: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="JA4 fingerprint refused on the --listen TLS listeners (Kubernetes), repeatable;"
+            " a routes file says deny_ja4 per listener."
+        ),
     ] = None,
     admin: Annotated[str, typer.Option(help="Admin HTTP HOST:PORT ('' disables).")] = (
         "127.0.0.1:9190"
@@ -189,6 +210,7 @@ def serve(
 
         if not listeners:
             listeners = parse_listen(["tls:0.0.0.0:443", "http:0.0.0.0:80"])
+        listeners = deny_ja4_on(listeners, deny_ja4 or [])
         settings = _kube_settings(
             kubeconfig=str(kubeconfig) if kubeconfig else None,
             ingress_class=ingress_class,
@@ -206,6 +228,10 @@ def serve(
                 "need 0 < --lease-retry-period < --lease-renew-deadline < --lease-duration"
             )
         sources.append(KubernetesSource(settings, listeners))
+    elif deny_ja4:
+        if not listeners:
+            raise typer.BadParameter("--deny-ja4 needs --listen (or deny_ja4 in the routes file)")
+        listeners = deny_ja4_on(listeners, deny_ja4)
     if routes is not None or not kubernetes:
         path = routes if routes is not None else EXAMPLE
         try:
@@ -307,6 +333,10 @@ def route_table(
     gateway_class: Annotated[str, typer.Option()] = "sniffer",
     listen: Annotated[list[str] | None, typer.Option(help="PROTO:HOST:PORT listeners.")] = None,
     host: Annotated[str | None, typer.Option(help="Explain which route NAME hits.")] = None,
+    alpn: Annotated[
+        list[str] | None,
+        typer.Option(help="With --host: an ALPN protocol the client offers (repeatable)."),
+    ] = None,
     listener: Annotated[
         str | None, typer.Option(help="Listener for --host (default: each).")
     ] = None,
@@ -354,7 +384,7 @@ def route_table(
         table = RouteTable.build(spec)
 
     if host is not None:
-        _explain(table, host, listener, output)
+        _explain(table, host, listener, output, tuple(alpn or ()))
         return
     data = table.to_dict()
     if problems:
@@ -369,7 +399,9 @@ def route_table(
             typer.echo(f"problem: {p}")
 
 
-def _explain(table: RouteTable, host: str, listener: str | None, output: str) -> None:
+def _explain(
+    table: RouteTable, host: str, listener: str | None, output: str, alpn: tuple[str, ...] = ()
+) -> None:
     from sniffer.wire.errors import WireError
     from sniffer.wire.hostname import normalize_hostname
 
@@ -381,10 +413,11 @@ def _explain(table: RouteTable, host: str, listener: str | None, output: str) ->
     names = [listener] if listener else [lis.name for lis in table.listeners]
     results: list[dict[str, Any]] = []
     for lname in names:
-        m = table.lookup(lname, name)
+        m = table.lookup(lname, name, alpn)
         results.append(
             {
                 "host": name,
+                "alpn": list(alpn),
                 "listener": lname,
                 "match": m.kind.value,
                 "route": m.route.host if m.route else None,
@@ -400,7 +433,7 @@ def _explain(table: RouteTable, host: str, listener: str | None, output: str) ->
                     }
                     for w in m.backends
                 ],
-                "why": m.explain(name, lname),
+                "why": m.explain(name, lname, alpn),
             }
         )
     if output == "json":
@@ -413,7 +446,10 @@ def _explain(table: RouteTable, host: str, listener: str | None, output: str) ->
                 f"{b['name']} ({', '.join(b['endpoints']) or 'no endpoints'})"
                 for b in r["backends"]
             )
-            typer.echo(f"{r['listener']}: {r['host']} -> {r['match']}: {targets or 'refused'}")
+            offer = f" (ALPN {','.join(r['alpn'])})" if r["alpn"] else ""
+            typer.echo(
+                f"{r['listener']}: {r['host']}{offer} -> {r['match']}: {targets or 'refused'}"
+            )
             typer.echo(f"  why: {r['why']}" + (f" [{r['source']}]" if r["source"] else ""))
             for b in r["backends"]:
                 for scope, eff in b["limits"].items():
@@ -427,7 +463,7 @@ def _explain(table: RouteTable, host: str, listener: str | None, output: str) ->
 
 
 def _render_table(table: RouteTable) -> str:
-    rows = [("HOST", "MATCH", "LISTENERS", "BACKEND", "ENDPOINTS", "SOURCE")]
+    rows = [("HOST", "ALPN", "MATCH", "LISTENERS", "BACKEND", "ENDPOINTS", "SOURCE")]
     for r in sorted(table.routes, key=lambda r: (r.host.lstrip("*."), r.host)):
         for w in r.backends:
             b = table.backends.get(w.backend)
@@ -439,6 +475,7 @@ def _render_table(table: RouteTable) -> str:
             rows.append(
                 (
                     r.host,
+                    ",".join(r.alpn) or "*",
                     kind,
                     ",".join(sorted(r.listeners)) if r.listeners is not None else "*",
                     w.backend + weight,
@@ -450,7 +487,7 @@ def _render_table(table: RouteTable) -> str:
         if lis.default_backend:
             b = table.backends.get(lis.default_backend)
             eps = ",".join(str(e) for e in b.endpoints) if b else "(unknown backend)"
-            rows.append(("(default)", "default", lis.name, lis.default_backend, eps, ""))
+            rows.append(("(default)", "*", "default", lis.name, lis.default_backend, eps, ""))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
              for row in rows]

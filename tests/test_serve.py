@@ -264,3 +264,8 @@ async def test_workers_aggregate_metrics_and_survive_a_worker_crash(
     s.proc.send_signal(signal.SIGTERM)
     loop = asyncio.get_running_loop()
     assert await loop.run_in_executor(None, s.proc.wait, 30) == 0
+    # Connection ids (the access log's `id`, the PROXY v2 unique id) never repeat across
+    # the workers, the restarted one included: each process has its own random prefix.
+    ids = [json.loads(line)["id"] for line in s.stdout.read_text().splitlines()]
+    assert len(ids) == len(set(ids)) >= 20
+    assert len({i.partition("-")[0] for i in ids}) >= 2

@@ -196,6 +196,20 @@ LAYOUT: tuple[Row | Panel, ...] = (
         "s",
         quantiles("sniffer_sniff_duration_seconds", "listener"),
     ),
+    Panel(
+        "ECH connections/s per tenant",
+        "Routed connections whose ClientHello carries encrypted_client_hello, routed by "
+        "its outer name (public_name). Browsers send GREASE ECH that looks the same from "
+        "the edge: this counts clients that send the extension, not connections that use "
+        "ECH (see README).",
+        "cps",
+        (
+            q(
+                f"sum by (tenant) (rate(sniffer_ech_connections_total{{{TENANT}}}[{RI}]))",
+                "{{tenant}}",
+            ),
+        ),
+    ),
     Row("Control plane"),
     Panel(
         "Route update lag p50 / p99",

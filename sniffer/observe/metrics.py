@@ -114,6 +114,11 @@ _FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "Connections routed to a backend",
         ("listener", "backend", "tenant"),
     ),
+    "sniffer_ech_connections": (
+        "counter",
+        "Routed connections whose ClientHello carries encrypted_client_hello (real or GREASE)",
+        ("listener", "tenant"),
+    ),
     "sniffer_connections_active": ("gauge", "Open routed connections", ("backend", "tenant")),
     "sniffer_bytes": (
         "counter",

@@ -73,16 +73,21 @@ class BackendTally:
 
 
 class ListenerTally:
-    __slots__ = ("accepted", "name", "refused", "sniff_times")
+    __slots__ = ("accepted", "ech", "name", "refused", "sniff_times")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.accepted = 0
         self.refused: dict[str, int] = {}
         self.sniff_times = _Hist(SNIFF_BUCKETS)
+        self.ech: dict[str, int] = {}
+        """Routed hellos carrying an encrypted_client_hello extension, by tenant."""
 
     def refuse(self, reason: str) -> None:
         self.refused[reason] = self.refused.get(reason, 0) + 1
+
+    def count_ech(self, tenant: str) -> None:
+        self.ech[tenant] = self.ech.get(tenant, 0) + 1
 
 
 class Dropping(Protocol):
@@ -186,6 +191,8 @@ class DataPlaneStats:
             c[("sniffer_accepted_connections", (lis,))] = lt.accepted
             for reason, n in lt.refused.items():
                 c[("sniffer_refused_connections", (lis, reason))] = n
+            for tenant, n in lt.ech.items():
+                c[("sniffer_ech_connections", (lis, tenant))] = n
             if lt.sniff_times.total or any(lt.sniff_times.counts):
                 h[("sniffer_sniff_duration_seconds", (lis,))] = _hist_copy(lt.sniff_times)
         for key, bt in self.backends.items():

@@ -36,6 +36,7 @@ from sniffer.routing.table import (
 )
 from sniffer.wire.errors import WireError
 from sniffer.wire.http import HttpHeadReader, HttpRequestHead
+from sniffer.wire.ja4 import ja4
 from sniffer.wire.proxy_protocol import ProxyHeader, ProxyHeaderReader, encode_v1, encode_v2
 from sniffer.wire.sentinels import NEED_DATA, NOT_HTTP, NOT_TLS
 from sniffer.wire.tls import ClientHello, ClientHelloReader, parse_whole_hello
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sniffer.proxy")
 
+_ALERT_HANDSHAKE_FAILURE = 40
 _ALERT_INTERNAL_ERROR = 80
 _ALERT_UNRECOGNIZED_NAME = 112
 
@@ -91,6 +93,7 @@ class ClientConnection(asyncio.Protocol):
         "dial_task",
         "dial_timed_out",
         "endpoint",
+        "hello",
         "host",
         "idle_mark",
         "lingering",
@@ -105,6 +108,7 @@ class ClientConnection(asyncio.Protocol):
         "reported_up",
         "route",
         "routed_at",
+        "serial",
         "started",
         "state",
         "state_shared",
@@ -135,6 +139,12 @@ class ClientConnection(asyncio.Protocol):
         self.local_addr: tuple[str, int] | None = None
         self.host: str | None = None
         self.alpn: tuple[str, ...] = ()
+        # What the ClientHello told beyond the name. Its JA4 is computed when needed (a
+        # deny list at routing, the access-log line at close), from a memo per hello.
+        self.hello: ClientHello | None = None
+        self.serial = next(state.serials)
+        """This connection's number in its process: with the process's random prefix,
+        the `id` of the access log and of the PROXY v2 PP2_TYPE_UNIQUE_ID TLV."""
         self.route = ""
         self.backend: Backend | None = None
         self.endpoint: Endpoint | None = None
@@ -296,6 +306,7 @@ class ClientConnection(asyncio.Protocol):
         if isinstance(result, ClientHello):
             self.host = result.sni
             self.alpn = result.alpn
+            self.hello = result
         else:
             assert isinstance(result, HttpRequestHead)
             self.host = result.host
@@ -315,7 +326,11 @@ class ClientConnection(asyncio.Protocol):
         shared.sniffing.discard(self)
         self.ltally.sniff_times.observe(time.monotonic() - self.started)
         table = shared.table
-        match = table.lookup(self.listener.name, self.host)
+        deny = table.denied_ja4 and table.deny_ja4(self.listener.name)
+        if deny and self.hello is not None and self.ja4() in deny:
+            self._refuse("ja4_denied", _ALERT_HANDSHAKE_FAILURE, None)
+            return
+        match = table.lookup(self.listener.name, self.host, self.alpn)
         if match.kind is MatchKind.NONE:
             self._refuse("unknown_name" if self.host else "no_name", _ALERT_UNRECOGNIZED_NAME, 421)
             return
@@ -326,6 +341,8 @@ class ClientConnection(asyncio.Protocol):
             self._refuse("no_backend", _ALERT_INTERNAL_ERROR, 503)
             return
         self.backend = backend
+        if self.hello is not None and self.hello.has_ech:
+            self.ltally.count_ech(backend.tenant)
         tally = shared.stats.backend((backend.name, backend.tenant))
         if not backend.endpoints:
             tally.errors["no_endpoints"] = tally.errors.get("no_endpoints", 0) + 1
@@ -436,7 +453,9 @@ class ClientConnection(asyncio.Protocol):
                 sock = self.transport.get_extra_info("sockname") if self.transport else None
                 dst = (sock[0], sock[1]) if sock else None
             header = (
-                encode_v2(src, dst) if mode == "v2" else encode_v1(src, dst)
+                encode_v2(src, dst, self.host, self.conn_id)
+                if mode == "v2"
+                else encode_v1(src, dst)
             ) if src and dst else b""
             if header:
                 ut.write(header)
@@ -548,6 +567,18 @@ class ClientConnection(asyncio.Protocol):
                 reset(self.transport)
             self._finish("backend_reset" if exc else "closed")
 
+    @property
+    def conn_id(self) -> str:
+        """Unique across the pod's processes and restarts (see `DataPlane.id_prefix`).
+
+        `log_line` formats the same two parts itself, in the line's one `%`.
+        """
+        return f"{self.state_shared.id_prefix}{self.serial:x}"
+
+    def ja4(self) -> str | None:
+        """The client's JA4 fingerprint (None off TLS)."""
+        return None if self.hello is None else ja4(self.hello)
+
     def log_line(self, now: float) -> str:
         """The access-log line (JSON and a newline), formatted rather than encoded.
 
@@ -560,10 +591,17 @@ class ClientConnection(asyncio.Protocol):
         ep = self.endpoint
         tally = self.tally
         host = self.host
+        hello = self.hello
+        # The memo probe inlined: this runs for every connection.
+        facts = (
+            _NO_HELLO if hello is None else (_HELLO_JS.get(hello[1:]) or _hello_js(hello))
+        )
         if ep is not None and tally is not None and client is not None and host is not None:
             # A relayed connection, nearly every line: the backend's fields come
             # preformatted from its tally, the endpoint's text from the table.
             return _ROUTED_LINE % (
+                self.state_shared.id_prefix,
+                self.serial,
                 join_host_port(*client),
                 _js(self.listener.name),
                 "sni" if self.listener.protocol == "tls" else "host",
@@ -575,9 +613,12 @@ class ClientConnection(asyncio.Protocol):
                 self.bytes_down,
                 now - self.started,
                 _js(self.outcome),
+                facts,
             )
         backend = self.backend
         return _LINE % (
+            self.state_shared.id_prefix,
+            self.serial,
             "null" if client is None else f'"{join_host_port(*client)}"',
             _js(self.listener.name),
             "sni" if self.listener.protocol == "tls" else "host",
@@ -590,17 +631,51 @@ class ClientConnection(asyncio.Protocol):
             self.bytes_down,
             now - self.started,
             _js(self.outcome),
+            facts,
         )
 
 
 _LINE = (
-    '{"client":%s,"listener":%s,"%s":%s,"route":%s,"backend":%s,"tenant":%s,'
-    '"endpoint":%s,"bytes_in":%d,"bytes_out":%d,"duration":%.6f,"outcome":%s}\n'
+    '{"id":"%s%x","client":%s,"listener":%s,"%s":%s,"route":%s,"backend":%s,"tenant":%s,'
+    '"endpoint":%s,"bytes_in":%d,"bytes_out":%d,"duration":%.6f,"outcome":%s'
+    '%s}\n'
 )
 _ROUTED_LINE = (
-    '{"client":"%s","listener":%s,"%s":"%s","route":%s,%s,'
-    '"endpoint":"%s","bytes_in":%d,"bytes_out":%d,"duration":%.6f,"outcome":%s}\n'
+    '{"id":"%s%x","client":"%s","listener":%s,"%s":"%s","route":%s,%s,'
+    '"endpoint":"%s","bytes_in":%d,"bytes_out":%d,"duration":%.6f,"outcome":%s'
+    '%s}\n'
 )
+# The offered ALPN list in the log: enough to see what a client wanted, never a
+# client-chosen amount of log (a hello may carry hundreds of names of 255 bytes).
+_LOG_ALPN_NAMES = 8
+_LOG_ALPN_CHARS = 32
+_NO_HELLO = ',"alpn":[],"ja4":null,"ech":false'
+_HELLO_JS: dict[tuple[object, ...], str] = {}
+
+
+def _hello_js(hello: ClientHello) -> str:
+    """The line's `alpn`, `ja4` and `ech` fields, memoised per distinct hello.
+
+    Everything but the name (`hello[1:]`) is the key: a client sends the same hello
+    (but for its name and random bytes) on every connection, so a line costs a dict hit,
+    not a JA4 computation. The ALPN list is JSON (ASCII-escaped) and truncated.
+    """
+    key = hello[1:]
+    out = _HELLO_JS.get(key)
+    if out is None:
+        alpn = hello.alpn
+        names = [name[:_LOG_ALPN_CHARS] for name in alpn[:_LOG_ALPN_NAMES]]
+        if len(alpn) > _LOG_ALPN_NAMES:
+            names.append(f"...{len(alpn) - _LOG_ALPN_NAMES} more")
+        if len(_HELLO_JS) > 1_000:  # hostile hellos must not grow it forever
+            _HELLO_JS.clear()
+        out = _HELLO_JS[key] = (
+            f',"alpn":{json.dumps(names)},"ja4":"{ja4(hello)}",'
+            f'"ech":{"true" if hello.has_ech else "false"}'
+        )
+    return out
+
+
 _JS: dict[str, str] = {}
 
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import itertools
 import logging
 import resource
+import secrets
 import socket
 import time
 from collections.abc import Callable
@@ -120,6 +122,10 @@ class DataPlane:
         """Connections with a dial attempt in flight: the connect-timeout candidates."""
         self.admission = Admission(*share)
         """Per-tenant/backend/client counts and buckets; `share` = (worker, workers)."""
+        self.id_prefix = f"{secrets.token_hex(8)}-"
+        """Random per process start: connection ids (this and a serial) stay unique
+        across the pod's workers and restarts with nothing shared or stored."""
+        self.serials = itertools.count(1)
         self.draining = False
         self.drained = asyncio.Event()
         """Set when draining and the last connection has closed."""

@@ -150,6 +150,8 @@ class Listener:
     public_port: int | None = None
     """The port clients connect to when it differs from the bound one (a hostPort or
     NAT maps 443 onto 8443): Gateway listeners are matched against this port."""
+    deny_ja4: frozenset[str] = frozenset()
+    """JA4 fingerprints refused on this listener (reason `ja4_denied`); TLS only."""
 
     @property
     def serves_port(self) -> int:
@@ -172,6 +174,9 @@ class Route:
     source: str = ""
     precedence: tuple[float, str] = (0.0, "")
     """Conflict order: (creation time, namespace/name); the smallest wins."""
+    alpn: tuple[str, ...] = ()
+    """ALPN protocol names: the route matches only a client offering one of them, and
+    then wins over the route without `alpn` for the same hostname. Empty: any client."""
 
     @property
     def is_wildcard(self) -> bool:
@@ -191,15 +196,20 @@ class Match:
     kind: MatchKind
     route: Route | None
     backends: tuple[WeightedBackend, ...]
+    alpn: frozenset[str] = frozenset()
+    """The route's ALPN names as a set, for the lookup's intersection test."""
 
-    def explain(self, host: str | None, listener: str) -> str:
+    def explain(self, host: str | None, listener: str, alpn: tuple[str, ...] = ()) -> str:
         """Why this match, in words (for `route-table --host`; never on the hot path)."""
+        offered = (
+            f" for ALPN {', '.join(p for p in alpn if p in self.alpn)}" if self.alpn else ""
+        )
         if self.kind is MatchKind.EXACT:
-            return f"exact route {host}"
+            return f"exact route {host}{offered}"
         if self.kind is MatchKind.WILDCARD:
             assert self.route is not None
             reach = "one or more labels" if self.route.multi_label else "exactly one label"
-            return f"wildcard {self.route.host} ({reach}) matches {host}"
+            return f"wildcard {self.route.host} ({reach}) matches {host}{offered}"
         missing = f"no route for {host!r}" if host else "no name sent"
         if self.kind is MatchKind.DEFAULT:
             return f"{missing}; listener {listener!r} default backend"
@@ -245,6 +255,13 @@ class _ListenerIndex:
     """Keyed by the suffix after `*.`."""
     fallback: Match = _NO_MATCH
     """The listener's default backend, or no match."""
+    alpn_exact: dict[str, tuple[Match, ...]] = field(default_factory=dict)
+    """Routes with `alpn`, by hostname, in precedence order; tried before `exact`."""
+    alpn_wildcard: dict[str, tuple[Match, ...]] = field(default_factory=dict)
+    """Routes with `alpn`, by wildcard suffix; tried before `wildcard`."""
+    deny_ja4: frozenset[str] = frozenset()
+    """The listener's refused JA4 fingerprints, from this table (an open listening
+    socket outlives tables, so connections read the list here, not from its Listener)."""
 
 
 class RouteTable:
@@ -255,6 +272,7 @@ class RouteTable:
         "backends",
         "built_at",
         "conflicts",
+        "denied_ja4",
         "limits",
         "listeners",
         "routes",
@@ -281,6 +299,8 @@ class RouteTable:
         self.routes = routes
         self.conflicts = conflicts
         self._index = index
+        self.denied_ja4 = any(idx.deny_ja4 for idx in index.values())
+        """Whether any listener refuses fingerprints: the data plane's one-test fast path."""
         self.version = version
         self.built_at = built_at
 
@@ -292,13 +312,16 @@ class RouteTable:
     def build(cls, spec: TableSpec, version: int = 1) -> RouteTable:
         """Index routes per listener; on a duplicate hostname the lowest precedence wins."""
         listener_names = [lis.name for lis in spec.listeners]
-        index = {name: _ListenerIndex() for name in listener_names}
+        index = {lis.name: _ListenerIndex(deny_ja4=lis.deny_ja4) for lis in spec.listeners}
         conflicts: list[Conflict] = []
         for route in sorted(spec.routes, key=lambda r: r.precedence):
             targets = listener_names if route.listeners is None else route.listeners
             for name in targets:
                 idx = index.get(name)
                 if idx is None:
+                    continue
+                if route.alpn:
+                    _index_alpn(idx, route, name, conflicts)
                     continue
                 if route.is_wildcard:
                     bucket, key = idx.wildcard, route.host[2:]
@@ -361,15 +384,23 @@ class RouteTable:
         """(name, tenant) of every backend: the key of its metric series."""
         return {(b.name, b.tenant) for b in self.backends.values()}
 
-    def lookup(self, listener: str, host: str | None) -> Match:
+    def deny_ja4(self, listener: str) -> frozenset[str]:
+        """JA4 fingerprints this table refuses on `listener`."""
+        idx = self._index.get(listener)
+        return idx.deny_ja4 if idx is not None else frozenset()
+
+    def lookup(self, listener: str, host: str | None, alpn: tuple[str, ...] = ()) -> Match:
         """Resolve a normalised hostname on a listener: exact, wildcard, default, none.
 
-        O(labels): one dict probe per suffix of the name, longest first.
+        O(labels): one dict probe per suffix of the name, longest first. A client that
+        offers ALPN names, on a listener with `alpn` routes, takes `_lookup_alpn`.
         """
         idx = self._index.get(listener)
         if idx is None:
             return _NO_MATCH
         if host:
+            if alpn and (idx.alpn_exact or idx.alpn_wildcard):
+                return _lookup_alpn(idx, host, alpn)
             match = idx.exact.get(host)
             if match is not None:
                 return match
@@ -399,6 +430,7 @@ class RouteTable:
                     "default_backend": lis.default_backend,
                     "proxy_protocol_in": lis.proxy_protocol_in,
                     "public_port": lis.public_port,
+                    "deny_ja4": sorted(lis.deny_ja4),
                 }
                 for lis in self.listeners
             ],
@@ -442,6 +474,7 @@ class RouteTable:
                     "listeners": sorted(r.listeners) if r.listeners is not None else None,
                     "source": r.source,
                     "precedence": list(r.precedence),
+                    "alpn": list(r.alpn),
                 }
                 for r in self.routes
             ],
@@ -466,6 +499,7 @@ class RouteTable:
                     default_backend=lis.get("default_backend"),
                     proxy_protocol_in=bool(lis.get("proxy_protocol_in")),
                     public_port=lis.get("public_port"),
+                    deny_ja4=frozenset(lis.get("deny_ja4") or ()),
                 )
             )
         backends = []
@@ -496,6 +530,7 @@ class RouteTable:
                     multi_label=r.get("wildcard_reach") != "one_label",
                     source=r.get("source", ""),
                     precedence=(float(prec[0]), str(prec[1])),
+                    alpn=tuple(r.get("alpn") or ()),
                 )
             )
         lim = data.get("limits") or {}
@@ -577,6 +612,78 @@ class RouteTable:
         return table
 
 
+def _index_alpn(
+    idx: _ListenerIndex, route: Route, listener: str, conflicts: list[Conflict]
+) -> None:
+    """File a route with `alpn` under its hostname, after those of higher precedence.
+
+    Routes of one hostname with different ALPN sets coexist (tried in precedence
+    order); the same set pointing elsewhere is a conflict the older route wins.
+    """
+    bucket, key = (
+        (idx.alpn_wildcard, route.host[2:]) if route.is_wildcard else (idx.alpn_exact, route.host)
+    )
+    names = frozenset(route.alpn)
+    held = bucket.get(key, ())
+    for match in held:
+        won = match.route
+        assert won is not None
+        if match.alpn == names:
+            if won.backends != route.backends or won.multi_label != route.multi_label:
+                conflicts.append(Conflict(route.host, listener, won.source, route.source))
+            return
+    kind = MatchKind.WILDCARD if route.is_wildcard else MatchKind.EXACT
+    bucket[key] = (*held, Match(kind, route, route.backends, names))
+
+
+def _pick_alpn(matches: tuple[Match, ...] | None, alpn: tuple[str, ...]) -> Match | None:
+    if matches:
+        for match in matches:
+            if not match.alpn.isdisjoint(alpn):
+                return match
+    return None
+
+
+def _lookup_alpn(idx: _ListenerIndex, host: str, alpn: tuple[str, ...]) -> Match:
+    """`lookup` for a client offering ALPN on a listener with `alpn` routes.
+
+    The same walk (exact name, then wildcards longest first, then the default); at each
+    hostname a route whose ALPN names meet the client's offer wins over the route
+    without `alpn`.
+    """
+    for candidate in idx.alpn_exact.get(host, ()):
+        if not candidate.alpn.isdisjoint(alpn):
+            return candidate
+    match = idx.exact.get(host)
+    if match is not None:
+        return match
+    dot = host.find(".")
+    first = True
+    while dot != -1:
+        suffix = host[dot + 1 :]
+        for match in (_pick_alpn(idx.alpn_wildcard.get(suffix), alpn), idx.wildcard.get(suffix)):
+            if match is not None and (first or match.route.multi_label):  # type: ignore[union-attr]
+                return match
+        first = False
+        dot = host.find(".", dot + 1)
+    return idx.fallback
+
+
+def validate_alpn(names: Iterable[str]) -> tuple[str, ...]:
+    """Route ALPN names as configured: printable ASCII, 1-255 bytes (RFC 7301 §3.1's
+    ProtocolName<1..2^8-1>), duplicates dropped; raises ValueError naming the bad one."""
+    out: list[str] = []
+    for name in names:
+        name = name.strip()
+        if not 0 < len(name) < 256 or not name.isascii() or not name.isprintable():
+            raise ValueError(f"ALPN name {name!r} is not 1-255 printable ASCII characters")
+        if name not in out:
+            out.append(name)
+    if not out:
+        raise ValueError("empty ALPN list")
+    return tuple(out)
+
+
 class TableDelta(NamedTuple):
     """A table as a change to the one before it (see `RouteTable.delta_from`)."""
 
@@ -615,6 +722,7 @@ def _listener_tuple(x: Listener) -> tuple[Any, ...]:
         x.default_backend,
         x.proxy_protocol_in,
         x.public_port,
+        x.deny_ja4,
     )
 
 
@@ -655,6 +763,7 @@ def _route_tuple(r: Route) -> tuple[Any, ...]:
         r.multi_label,
         r.source,
         r.precedence,
+        r.alpn,
     )
 
 
@@ -665,6 +774,7 @@ def _route(
     multi: bool,
     source: str,
     precedence: tuple[float, str],
+    alpn: tuple[str, ...] = (),
 ) -> Route:
     return Route(
         host,
@@ -673,6 +783,7 @@ def _route(
         multi,
         source,
         precedence,
+        alpn,
     )
 
 

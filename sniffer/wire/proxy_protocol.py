@@ -23,6 +23,8 @@ from sniffer.wire.sentinels import NEED_DATA, NeedData
 
 __all__ = [
     "NEED_DATA",
+    "PP2_TYPE_AUTHORITY",
+    "PP2_TYPE_UNIQUE_ID",
     "V2_SIGNATURE",
     "NeedData",
     "ProxyHeader",
@@ -50,6 +52,12 @@ _CMD_PROXY = 0x21
 _FAM_UNSPEC = 0x00
 _FAM_TCP4 = 0x11
 _FAM_TCP6 = 0x21
+# proxy-protocol.txt §2.2.1-2.2.7: TLV types sniffer sends to backends.
+PP2_TYPE_AUTHORITY = 0x02
+"""The host name the client asked for (sniffer: the name it routed on)."""
+PP2_TYPE_UNIQUE_ID = 0x05
+"""An opaque per-connection id, at most 128 bytes (HAProxy's `fc_pp_unique_id`)."""
+_MAX_UNIQUE_ID = 128
 _v2_tcp4 = struct.Struct(">4s4sHH")
 _v2_tcp6 = struct.Struct(">16s16sHH")
 
@@ -115,8 +123,15 @@ def encode_v1_unknown() -> bytes:
     return b"PROXY UNKNOWN\r\n"
 
 
-def encode_v2(src: Address, dst: Address) -> bytes:
-    """Binary v2 header, command PROXY, family TCP over IPv4 or IPv6, no TLVs."""
+def encode_v2(
+    src: Address, dst: Address, authority: str | None = None, unique_id: str | None = None
+) -> bytes:
+    """Binary v2 header, command PROXY, family TCP over IPv4 or IPv6.
+
+    `authority` (PP2_TYPE_AUTHORITY) and `unique_id` (PP2_TYPE_UNIQUE_ID, ASCII, at most
+    128 bytes) are added as TLVs when given; a name over the TLV's 65535 bytes cannot
+    come from a hostname and raises ValueError like a bad address does.
+    """
     a, b = _pair(src, dst)
     if a.version == 4:
         block = _v2_tcp4.pack(a.packed, b.packed, src[1], dst[1])
@@ -124,7 +139,20 @@ def encode_v2(src: Address, dst: Address) -> bytes:
     else:
         block = _v2_tcp6.pack(a.packed, b.packed, src[1], dst[1])
         family = _FAM_TCP6
+    if authority:
+        block += _tlv(PP2_TYPE_AUTHORITY, authority.encode("ascii"))
+    if unique_id:
+        value = unique_id.encode("ascii")
+        if len(value) > _MAX_UNIQUE_ID:
+            raise ValueError(f"unique id of {len(value)} bytes exceeds {_MAX_UNIQUE_ID}")
+        block += _tlv(PP2_TYPE_UNIQUE_ID, value)
     return V2_SIGNATURE + bytes((_CMD_PROXY, family)) + len(block).to_bytes(2, "big") + block
+
+
+def _tlv(kind: int, value: bytes) -> bytes:
+    if len(value) > 0xFFFF:
+        raise ValueError(f"TLV 0x{kind:02x} of {len(value)} bytes exceeds 65535")
+    return bytes((kind,)) + len(value).to_bytes(2, "big") + value
 
 
 def encode_v2_local() -> bytes:

@@ -55,6 +55,7 @@ _HANDSHAKE_CLIENT_HELLO = 1
 _MAX_PLAINTEXT = 1 << 14  # RFC 8446 §5.1: TLSPlaintext.length MUST NOT exceed 2^14
 
 _EXT_SERVER_NAME = 0
+_EXT_SIGNATURE_ALGORITHMS = 13
 _EXT_ALPN = 16
 _EXT_SUPPORTED_VERSIONS = 43
 _EXT_ECH = 0xFE0D  # draft-ietf-tls-esni; real or GREASE ECH look the same on the wire
@@ -78,10 +79,19 @@ class ClientHello(NamedTuple):
     """supported_versions extension without GREASE values; empty if absent (TLS <= 1.2)."""
     has_ech: bool = False
     """An encrypted_client_hello extension is present (real or GREASE; SNI is the outer)."""
+    cipher_suites: bytes = b""
+    """The cipher_suites list as sent (2 bytes each, GREASE included): JA4's input."""
+    extensions: tuple[int, ...] = ()
+    """Extension types in the order sent (GREASE included): JA4's input."""
+    signature_algorithms: bytes = b""
+    """The signature_algorithms extension body as sent, undecoded: JA4's input."""
 
     @property
     def offers_tls13(self) -> bool:
         return 0x0304 in self.supported_versions
+
+
+_new_tuple = tuple.__new__
 
 
 def _decode_error(what: str) -> HelloRejected:
@@ -104,12 +114,24 @@ _unpack_u16_pair = struct.Struct(">HH").unpack_from
 _MEMO_MAX_ENTRIES = 512
 _MEMO_MAX_KEY = 64
 _alpn_memo: dict[bytes, tuple[str, ...]] = {}
+# Server names by their server_name extension body: a name repeats on every connection
+# to it. More entries than the others (an edge serves thousands of names), and keys up to
+# the longest name, but still a bound: a flood of made-up names only clears it.
+_SNI_MEMO_MAX_ENTRIES = 8192
+_SNI_MEMO_MAX_KEY = 5 + 253
+_sni_memo: dict[bytes, str] = {}
 _versions_memo: dict[bytes, tuple[int, ...]] = {}
 
 
-def _remember(memo: dict[bytes, _T], key: bytes, value: _T) -> _T:
-    if len(key) <= _MEMO_MAX_KEY:
-        if len(memo) >= _MEMO_MAX_ENTRIES:
+def _remember(
+    memo: dict[bytes, _T],
+    key: bytes,
+    value: _T,
+    max_entries: int = _MEMO_MAX_ENTRIES,
+    max_key: int = _MEMO_MAX_KEY,
+) -> _T:
+    if len(key) <= max_key:
+        if len(memo) >= max_entries:
             memo.clear()
         memo[key] = value
     return value
@@ -134,13 +156,16 @@ def _parse_server_name(buf: bytes | bytearray, pos: int, end: int) -> str | None
     if host is None:
         return None
     try:
-        return normalize_hostname_bytes(host)
+        name = normalize_hostname_bytes(host)
     except InvalidHostname as exc:
         raise HelloRejected(
             f"ClientHello SNI refused: {exc.message}",
             reason=f"sni_{exc.problem}",
             alert=ALERT_UNRECOGNIZED_NAME,
         ) from None
+    return _remember(
+        _sni_memo, bytes(buf[pos:end]), name, _SNI_MEMO_MAX_ENTRIES, _SNI_MEMO_MAX_KEY
+    )
 
 
 def _parse_server_name_list(buf: bytes | bytearray, pos: int, end: int) -> bytes | None:
@@ -228,7 +253,13 @@ def parse_client_hello_body(buf: bytes | bytearray, pos: int, end: int) -> Clien
     suites_len = buf[pos] << 8 | buf[pos + 1]
     if suites_len < 2 or suites_len & 1:
         raise _decode_error("cipher_suites length")
-    pos += 2 + suites_len
+    # Kept as sent (a slice, no decoding) for the JA4 fingerprint, computed later if at all.
+    # A bytes buffer (the common whole-hello read) slices into bytes, hashable memo keys,
+    # at no more than the slice's cost; the reassembling reader's bytearray is copied.
+    whole = buf if type(buf) is bytes else None
+    start = pos + 2
+    pos = start + suites_len
+    suites = whole[start:pos] if whole is not None else bytes(buf[start:pos])
     # legacy_compression_methods<1..2^8-1>
     if end - pos < 1:
         raise _decode_error("truncated before legacy_compression_methods")
@@ -238,7 +269,7 @@ def parse_client_hello_body(buf: bytes | bytearray, pos: int, end: int) -> Clien
     pos += 1 + methods_len
     if pos == end:
         # No extensions block at all: a pre-TLS 1.2 style hello, legal, without SNI.
-        return ClientHello(None, (), legacy_version)
+        return ClientHello(None, (), legacy_version, (), False, suites)
     if end - pos < 2 or (buf[pos] << 8 | buf[pos + 1]) != end - pos - 2:
         raise _decode_error("extensions length")
     pos += 2
@@ -264,22 +295,38 @@ def parse_client_hello_body(buf: bytes | bytearray, pos: int, end: int) -> Clien
         # Refusing closes the door on "first SNI for sniffer, second for the backend".
         raise _decode_error("an extension type appears more than once")
 
-    # Second pass: the bodies of the four types sniffer reports, the structure now sound.
+    # Second pass: the bodies of the types sniffer reports, the structure now sound.
     sni: str | None = None
     alpn: tuple[str, ...] = ()
     versions: tuple[int, ...] = ()
     at = offsets.get(_EXT_SERVER_NAME)
     if at is not None:
-        sni = _parse_server_name(buf, at + 4, at + 4 + (buf[at + 2] << 8 | buf[at + 3]))
+        stop = at + 4 + (buf[at + 2] << 8 | buf[at + 3])
+        sni = (whole and _sni_memo.get(whole[at + 4 : stop])) or _parse_server_name(
+            buf, at + 4, stop
+        )
+    # With a bytes buffer the memos are probed here; their parsers run only on a miss.
     at = offsets.get(_EXT_ALPN)
     if at is not None:
-        alpn = _parse_alpn(buf, at + 4, at + 4 + (buf[at + 2] << 8 | buf[at + 3]))
+        stop = at + 4 + (buf[at + 2] << 8 | buf[at + 3])
+        alpn = (whole and _alpn_memo.get(whole[at + 4 : stop])) or _parse_alpn(buf, at + 4, stop)
     at = offsets.get(_EXT_SUPPORTED_VERSIONS)
     if at is not None:
-        versions = _parse_supported_versions(
-            buf, at + 4, at + 4 + (buf[at + 2] << 8 | buf[at + 3])
+        stop = at + 4 + (buf[at + 2] << 8 | buf[at + 3])
+        versions = (whole and _versions_memo.get(whole[at + 4 : stop])) or (
+            _parse_supported_versions(buf, at + 4, stop)
         )
-    return ClientHello(sni, alpn, legacy_version, versions, _EXT_ECH in offsets)
+    at = offsets.get(_EXT_SIGNATURE_ALGORITHMS)
+    sigs = b""
+    if at is not None:
+        stop = at + 4 + (buf[at + 2] << 8 | buf[at + 3])
+        sigs = whole[at + 4 : stop] if whole is not None else bytes(buf[at + 4 : stop])
+    # tuple.__new__ straight: the named tuple's own __new__ is a Python function, and
+    # this line runs once per connection with every field given.
+    return _new_tuple(
+        ClientHello,
+        (sni, alpn, legacy_version, versions, _EXT_ECH in offsets, suites, tuple(offsets), sigs),
+    )
 
 
 def parse_whole_hello(data: bytes | bytearray | memoryview, max_bytes: int) -> ClientHello | None:

@@ -22,6 +22,7 @@ METRICS: dict[str, tuple[str, frozenset[str]]] = {
         ("sniffer_refused_connections_total", COUNTER, ("listener", "reason")),
         ("sniffer_accepted_connections_total", COUNTER, ("listener",)),
         ("sniffer_sniff_duration_seconds", HISTOGRAM, ("listener",)),
+        ("sniffer_ech_connections_total", COUNTER, ("listener", "tenant")),
         ("sniffer_route_table_routes", GAUGE, ()),
         ("sniffer_route_table_backends", GAUGE, ()),
         ("sniffer_route_table_conflicts", GAUGE, ()),

@@ -229,3 +229,14 @@ def test_arbitrary_bytes_three_outcomes(data: bytes, size: int) -> None:
             assert isinstance(result, ProxyHeader)
             assert 0 < result.length <= len(data)
             return
+
+
+def test_v2_authority_and_unique_id_tlvs() -> None:
+    data = encode_v2(*V4, authority="app.example", unique_id="abc-1")
+    tlvs = data[28:]
+    assert data[14:16] == (12 + len(tlvs)).to_bytes(2, "big")
+    assert tlvs == b"\x02\x00\x0bapp.example" + b"\x05\x00\x05abc-1"
+    assert read(data + PAYLOAD).length == len(data)  # our reader skips them soundly
+    assert encode_v2(*V4, authority=None, unique_id=None) == encode_v2(*V4)
+    with pytest.raises(ValueError, match="unique id"):
+        encode_v2(*V4, unique_id="x" * 129)

@@ -32,9 +32,11 @@ from sniffer.routing.table import (
     TableSpec,
     WeightedBackend,
     split_host_port,
+    validate_alpn,
 )
 from sniffer.wire.errors import WireError
 from sniffer.wire.hostname import normalize_route_host
+from sniffer.wire.ja4 import is_ja4
 
 log = logging.getLogger("sniffer.routes")
 
@@ -61,9 +63,11 @@ class RoutesFileError(ValueError):
 
 
 _TOP = {"listeners", "backends", "routes", "limits", "tenants"}
-_LISTENER_KEYS = {"name", "address", "protocol", "default_backend", "proxy_protocol_in"}
+_LISTENER_KEYS = {
+    "name", "address", "protocol", "default_backend", "proxy_protocol_in", "deny_ja4"
+}
 _BACKEND_KEYS = {"name", "endpoints", "proxy_protocol", "tenant", "limits"}
-_ROUTE_KEYS = {"host", "backend", "backends", "listeners"}
+_ROUTE_KEYS = {"host", "backend", "backends", "listeners", "alpn"}
 
 
 class _Checker:
@@ -189,6 +193,15 @@ def parse_routes(text: str, filename: str = "<routes>") -> TableSpec:
         default = chk.string(f"{p}.default_backend", m.get("default_backend"))
         if default is not None:
             default_backends.append((f"{p}.default_backend", m["default_backend"], default))
+        deny: set[str] = set()
+        for j, jnode in enumerate(chk.sequence(f"{p}.deny_ja4", m.get("deny_ja4"))):
+            fp = chk.string(f"{p}.deny_ja4[{j}]", jnode)
+            if fp is not None and not is_ja4(fp):
+                chk.fail(f"{p}.deny_ja4[{j}]", jnode, f"{fp!r} is not a JA4 fingerprint")
+            elif fp is not None:
+                deny.add(fp)
+        if deny and proto == "http":
+            chk.fail(f"{p}.deny_ja4", m["deny_ja4"], "JA4 needs a ClientHello: tls listeners only")
         if name and host_port and proto:
             listeners.append(
                 Listener(
@@ -200,6 +213,7 @@ def parse_routes(text: str, filename: str = "<routes>") -> TableSpec:
                     proxy_protocol_in=chk.boolean(
                         f"{p}.proxy_protocol_in", m.get("proxy_protocol_in")
                     ),
+                    deny_ja4=frozenset(deny),
                 )
             )
 
@@ -293,6 +307,14 @@ def parse_routes(text: str, filename: str = "<routes>") -> TableSpec:
                 if n is not None and n not in listener_names:
                     chk.fail(f"{p}.listeners[{j}]", m["listeners"], f"unknown listener {n!r}")
             only = frozenset(n for n in names if n)
+        alpn: tuple[str, ...] = ()
+        if "alpn" in m:
+            names = [chk.string(f"{p}.alpn[{j}]", n)
+                     for j, n in enumerate(chk.sequence(f"{p}.alpn", m["alpn"]))]
+            try:
+                alpn = validate_alpn(n for n in names if n is not None)
+            except ValueError as exc:
+                chk.fail(f"{p}.alpn", m["alpn"], str(exc))
         if host is not None and targets:
             line = node.start_mark.line + 1
             routes.append(
@@ -303,6 +325,7 @@ def parse_routes(text: str, filename: str = "<routes>") -> TableSpec:
                     multi_label=True,
                     source=f"file {filename}:{line}",
                     precedence=(0.0, f"{i:08d}"),
+                    alpn=alpn,
                 )
             )
     if chk.problems:

@@ -28,6 +28,8 @@ GATEWAY_GROUP = "gateway.networking.k8s.io"
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 INGRESS_CLASS_ANNOTATION = "kubernetes.io/ingress.class"
 DEFAULT_CLASS_ANNOTATION = "ingressclass.kubernetes.io/is-default-class"
+ALPN_ANNOTATION = "sniffer.dev/alpn"
+"""On an Ingress or TLSRoute: a comma list of ALPN protocols its routes are for."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +174,11 @@ def _annotations(meta: JSON) -> JSON:
     return ann if isinstance(ann, Mapping) else {}
 
 
+def _alpn_annotation(ann: JSON) -> str | None:
+    value = ann.get(ALPN_ANNOTATION)
+    return _s(value) if isinstance(value, str) else None
+
+
 def _list(value: object, what: str) -> list[Any]:
     if value is None:
         return []
@@ -221,6 +228,8 @@ class IngressRec:
     default_service: str | None
     default_port: PortRef | None
     rules: tuple[IngressRule, ...]
+    alpn_annotation: str | None = None
+    """`sniffer.dev/alpn` as written; validated by the translation, which reports it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -401,6 +410,8 @@ class TLSRouteRec:
     generation: int = field(compare=False, default=0)
     status_sig: int = field(compare=False, default=0)
     """Hash of the parent statuses sniffer's controller last wrote (see `status.py`)."""
+    alpn_annotation: str | None = None
+    """`sniffer.dev/alpn` as written; validated by the translation, which reports it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -518,6 +529,7 @@ def parse_ingress(obj: JSON) -> IngressRec:
         default_service,
         default_port,
         tuple(rules),
+        _alpn_annotation(ann),
     )
 
 
@@ -761,6 +773,7 @@ def parse_tls_route(obj: JSON, controller: str) -> TLSRouteRec:
         tuple(backends),
         _generation(meta),
         route_parents_sig(_list(status.get("parents"), "status.parents"), controller),
+        _alpn_annotation(_annotations(meta)),
     )
 
 

@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from sniffer.routing.sources.kubernetes.kinds import (
+    ALPN_ANNOTATION,
     GATEWAY_GROUP,
     BackendRef,
     EndpointSliceRec,
@@ -51,6 +52,7 @@ from sniffer.routing.table import (
     Route,
     TableSpec,
     WeightedBackend,
+    validate_alpn,
 )
 from sniffer.wire.hostname import normalize_route_host
 
@@ -307,6 +309,9 @@ def translate_namespace(
             continue
         source = f"Ingress {ns}/{ing.name}"
         prec = (ing.created, f"{ns}/{ing.name}")
+        alpn = _alpn(ing.alpn_annotation, source, problems)
+        if alpn is None:
+            continue
         if ing.default_service is not None and ing.default_port is not None:
             tls_b = backends.resolve(ns, ing.default_service, ing.default_port, source)
             svc = services.get(ing.default_service)
@@ -343,7 +348,7 @@ def translate_namespace(
                 continue
             if tls_names:
                 routes.append(
-                    Route(host, (WeightedBackend(tls_b),), tls_names, False, source, prec)
+                    Route(host, (WeightedBackend(tls_b),), tls_names, False, source, prec, alpn)
                 )
             if http_names and http_b is not None:
                 routes.append(
@@ -361,6 +366,7 @@ def translate_namespace(
     for rt in sorted(view.tls_routes(ns).values(), key=lambda r: (r.created, r.name)):
         source = f"TLSRoute {ns}/{rt.name}"
         prec = (rt.created, f"{ns}/{rt.name}")
+        alpn = _alpn(rt.alpn_annotation, source, problems)
         weighted, resolved = _tls_backends(view, settings, rt, backends, deps, source)
         hosts: dict[str, set[str]] = {}
         outcomes: list[ParentOutcome] = []
@@ -377,9 +383,9 @@ def translate_namespace(
             problems.append(f"{source}: {resolved.reason}: {resolved.message}")
         if outcomes:
             route_status[rt.name] = tuple(outcomes)
-        if weighted:
+        if weighted and alpn is not None:
             for host, names in sorted(hosts.items()):
-                routes.append(Route(host, weighted, frozenset(names), True, source, prec))
+                routes.append(Route(host, weighted, frozenset(names), True, source, prec, alpn))
 
     tenant_limits = NO_LIMITS
     namespace = view.namespace(ns)
@@ -399,6 +405,21 @@ def translate_namespace(
         attachments=attachments,
         tenant_limits=tenant_limits,
     )
+
+
+def _alpn(annotation: str | None, source: str, problems: list[str]) -> tuple[str, ...] | None:
+    """The object's `sniffer.dev/alpn` list; None (and a problem) when it is unusable.
+
+    An object with a bad list is not routed at all: routing it without the list would
+    take every client of its hostnames, not only the protocols it asked for.
+    """
+    if annotation is None:
+        return ()
+    try:
+        return validate_alpn(annotation.split(","))
+    except ValueError as exc:
+        problems.append(f"{source}: annotation {ALPN_ANNOTATION}: {exc}; not routed")
+        return None
 
 
 def _tls_backends(
