@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sniffer import __version__
@@ -18,7 +18,8 @@ from sniffer.observe import metrics
 from sniffer.observe.accesslog import MAX_BUFFER, AccessLog
 from sniffer.observe.admin import AdminServer
 from sniffer.observe.metrics import DataPlaneCollector
-from sniffer.proxy.server import DataPlane, ProxySettings
+from sniffer.proxy.server import DataPlane
+from sniffer.proxy.settings import ProxySettings, WorkerSettings
 from sniffer.proxy.supervisor import Supervisor
 from sniffer.routing.controller import RouteController
 from sniffer.routing.sources import RouteSource
@@ -72,12 +73,13 @@ async def serve(sources: list[RouteSource], opts: ServeOptions) -> int:
     else:
         supervisor = Supervisor(
             opts.workers,
-            {
-                "proxy": {**asdict(opts.proxy), "reuse_port": True},
-                "access_log": opts.access_log,
-                "access_log_buffer": opts.access_log_buffer,
-                "log_level": opts.log_level,
-            },
+            WorkerSettings(
+                workers=opts.workers,
+                proxy=replace(opts.proxy, reuse_port=True),
+                access_log=opts.access_log,
+                access_log_buffer=opts.access_log_buffer,
+                log_level=opts.log_level,
+            ),
         )
         collector = DataPlaneCollector(supervisor.snapshots)
         await supervisor.start()

@@ -20,6 +20,13 @@ import typer
 import yaml
 
 from sniffer import __version__
+from sniffer.proxy.settings import (
+    ProxySettings,
+    SettingError,
+    WorkerSettings,
+    default_of,
+    flag_help,
+)
 from sniffer.routing.sources.file import EXAMPLE, RoutesFileError, load_routes, override_listeners
 from sniffer.routing.table import Listener, MatchKind, RouteTable, parse_port, split_host_port
 
@@ -90,6 +97,22 @@ def _kube_settings(**kw: Any) -> Any:
     return KubernetesSettings(**{k: v for k, v in kw.items() if v is not None})
 
 
+def _proxy_option(name: str) -> Any:
+    return typer.Option(help=flag_help(ProxySettings, name))
+
+
+def _worker_option(name: str) -> Any:
+    return typer.Option(help=flag_help(WorkerSettings, name))
+
+
+def _P(name: str) -> Any:
+    return default_of(ProxySettings, name)
+
+
+def _W(name: str) -> Any:
+    return default_of(WorkerSettings, name)
+
+
 @app.command()
 def serve(
     routes: Annotated[
@@ -122,7 +145,7 @@ def serve(
         int | None,
         typer.Option(help="Data-plane processes (default: usable CPUs; 0 = in-process)."),
     ] = None,
-    drain_grace: Annotated[float, typer.Option(help="Seconds to drain on SIGTERM.")] = 30.0,
+    drain_grace: Annotated[float, _proxy_option("drain_grace")] = _P("drain_grace"),
     lease_namespace: Annotated[
         str | None,
         typer.Option(
@@ -145,19 +168,16 @@ def serve(
     lease_retry_period: Annotated[
         float, typer.Option(help="Seconds between Lease acquire/renew attempts.")
     ] = 2.0,
-    hello_timeout: Annotated[float, typer.Option(help="Seconds to receive a hello.")] = 5.0,
-    idle_timeout: Annotated[float, typer.Option(help="Seconds of silence before close.")] = 3600.0,
-    connect_timeout: Annotated[float, typer.Option(help="Seconds per backend dial.")] = 5.0,
-    max_hello_bytes: Annotated[int, typer.Option(help="ClientHello cap (<= 65536).")] = 16384,
-    access_log: Annotated[bool, typer.Option(help="JSON access log on stdout.")] = True,
-    access_log_buffer: Annotated[
-        int, typer.Option(help="Bytes of log held for a slow stdout before dropping lines.")
-    ] = 1024 * 1024,
-    log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
-    max_connections: Annotated[
-        int,
-        typer.Option(help="Connections per worker before shedding (0 = from RLIMIT_NOFILE)."),
-    ] = 0,
+    hello_timeout: Annotated[float, _proxy_option("hello_timeout")] = _P("hello_timeout"),
+    idle_timeout: Annotated[float, _proxy_option("idle_timeout")] = _P("idle_timeout"),
+    connect_timeout: Annotated[float, _proxy_option("connect_timeout")] = _P("connect_timeout"),
+    max_hello_bytes: Annotated[int, _proxy_option("max_hello_bytes")] = _P("max_hello_bytes"),
+    access_log: Annotated[bool, _worker_option("access_log")] = _W("access_log"),
+    access_log_buffer: Annotated[int, _worker_option("access_log_buffer")] = _W(
+        "access_log_buffer"
+    ),
+    log_level: Annotated[str, _worker_option("log_level")] = _W("log_level"),
+    max_connections: Annotated[int, _proxy_option("max_connections")] = _P("max_connections"),
     tenant_max_connections: Annotated[
         int | None, typer.Option(help="Default per-tenant connection limit (per pod).")
     ] = None,
@@ -180,7 +200,6 @@ def serve(
     """Run the router."""
     from sniffer.app import ServeOptions
     from sniffer.app import serve as run_serve
-    from sniffer.proxy.server import ProxySettings
     from sniffer.routing.sources import RouteSource
     from sniffer.routing.sources.file import FileSource
 
@@ -189,12 +208,23 @@ def serve(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    if not 0 < max_hello_bytes <= 65536:
-        raise typer.BadParameter("--max-hello-bytes must be 1..65536")
-    if access_log_buffer < 4096:
-        raise typer.BadParameter("--access-log-buffer must be at least 4096 bytes")
-    if max_connections < 0:
-        raise typer.BadParameter("--max-connections must be 0 (automatic) or more")
+    try:  # every setting checked once, here, before anything starts
+        proxy = ProxySettings(
+            hello_timeout=hello_timeout,
+            idle_timeout=idle_timeout,
+            connect_timeout=connect_timeout,
+            max_hello_bytes=max_hello_bytes,
+            drain_grace=drain_grace,
+            max_connections=max_connections,
+        )
+        WorkerSettings(
+            proxy=proxy,
+            access_log=access_log,
+            access_log_buffer=access_log_buffer,
+            log_level=log_level,
+        )
+    except SettingError as exc:
+        raise typer.BadParameter(str(exc)) from None
     flag_limits = _flag_limits(
         tenant_max_connections,
         tenant_connections_per_second,
@@ -244,14 +274,7 @@ def serve(
         workers = len(os.sched_getaffinity(0))
     admin_addr = split_host_port(admin) if admin else None
     opts = ServeOptions(
-        proxy=ProxySettings(
-            hello_timeout=hello_timeout,
-            idle_timeout=idle_timeout,
-            connect_timeout=connect_timeout,
-            max_hello_bytes=max_hello_bytes,
-            drain_grace=drain_grace,
-            max_connections=max_connections,
-        ),
+        proxy=proxy,
         admin=admin_addr,
         workers=workers,
         access_log=access_log,

@@ -18,44 +18,18 @@ import secrets
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import NamedTuple
 
 from sniffer.observe.accesslog import AccessLog as BufferedAccessLog
 from sniffer.observe.stats import DataPlaneStats
 from sniffer.proxy.admission import Admission
 from sniffer.proxy.connection import DIALING, RELAYING, SNIFFING, ClientConnection
-from sniffer.routing.table import Listener, RouteTable
+from sniffer.proxy.settings import ProxySettings
+from sniffer.routing.table import Listener, RouteTable, join_host_port
 
 log = logging.getLogger("sniffer.proxy")
 
-
-@dataclass(frozen=True, slots=True)
-class ProxySettings:
-    hello_timeout: float = 5.0
-    """Seconds a client has to send its ClientHello / request head (slowloris bound)."""
-    idle_timeout: float = 3600.0
-    """Seconds without a byte either way before a relayed connection is closed."""
-    connect_timeout: float = 5.0
-    """Seconds to connect to one backend endpoint before trying the next.
-
-    Hello and connect deadlines are enforced by a sweep every eighth of the shorter of
-    the two (at most 1 s), so one fires up to that much late; the idle timeout by a sweep
-    every eighth of it.
-    """
-    max_hello_bytes: int = 16384
-    """Cap on buffered ClientHello bytes (as Envoy); bounds memory per sniffing client."""
-    max_http_head_bytes: int = 8192
-    """Cap on a plaintext request head."""
-    write_buffer_high: int = 256 * 1024
-    """Bytes queued towards one peer before the other side stops reading."""
-    drain_grace: float = 30.0
-    """Seconds open connections get to finish after SIGTERM."""
-    reuse_port: bool = False
-    """Bind listeners with SO_REUSEPORT (one socket per worker process)."""
-    max_connections: int = 0
-    """Open client connections this process holds before it sheds new ones at accept
-    (`overloaded`); 0 = what RLIMIT_NOFILE allows, see `connection_limit`."""
+__all__ = ["DataPlane", "ListenerKey", "ProxySettings", "connection_limit"]
 
 
 LAG_INTERVAL = 0.05
@@ -79,20 +53,18 @@ def connection_limit(nofile: int | None = None) -> int:
 
 AccessLog = Callable[[ClientConnection, float], None]
 
-_T = TypeVar("_T")
+class ListenerKey(NamedTuple):
+    """What makes a listening socket: a table changing any of it reopens the listener."""
 
+    name: str
+    host: str
+    port: int
+    protocol: str
+    proxy_protocol_in: bool
 
-def without_gc(fn: Callable[..., _T], *args: Any) -> _T:
-    """Run `fn` (building a table: many objects, no garbage cycles) with the cyclic
-    collector off, so that no collection walks the half-built table meanwhile; the data
-    plane freezes it once installed."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        return fn(*args)
-    finally:
-        if was:
-            gc.enable()
+    @classmethod
+    def of(cls, lis: Listener) -> ListenerKey:
+        return cls(lis.name, lis.host, lis.port, lis.protocol, lis.proxy_protocol_in)
 
 
 class DataPlane:
@@ -130,7 +102,7 @@ class DataPlane:
         self.drained = asyncio.Event()
         """Set when draining and the last connection has closed."""
         self._rr: dict[str, int] = {}
-        self._servers: dict[tuple[str, str, int, str, bool], asyncio.Server] = {}
+        self._servers: dict[ListenerKey, asyncio.Server] = {}
         self._sweepers: list[asyncio.Task[None]] = []
         self._lag_timer: asyncio.TimerHandle | None = None
         self.listen_errors: dict[str, str] = {}
@@ -154,12 +126,12 @@ class DataPlane:
         self.stats.prune(table.backend_keys())
         if self.draining:
             return
-        wanted = {_listener_key(lis): lis for lis in table.listeners}
+        wanted = {ListenerKey.of(lis): lis for lis in table.listeners}
         for key in list(self._servers):
             if key not in wanted:
                 server = self._servers.pop(key)
                 server.close()
-                log.info("closed listener %s on %s:%s", key[0], key[2], key[3])
+                log.info("closed listener %s on %s", key.name, join_host_port(key.host, key.port))
         for key, lis in wanted.items():
             if key in self._servers:
                 continue
@@ -209,7 +181,7 @@ class DataPlane:
         out: dict[str, int] = {}
         for key, server in self._servers.items():
             for s in server.sockets:
-                out[key[0]] = s.getsockname()[1]
+                out[key.name] = s.getsockname()[1]
         return out
 
     # -- timeouts and shutdown ---------------------------------------------------------
@@ -306,7 +278,3 @@ class DataPlane:
         if self._lag_timer is not None:
             self._lag_timer.cancel()
         return dropped
-
-
-def _listener_key(lis: Listener) -> tuple[str, str, int, str, bool]:
-    return (lis.name, lis.host, lis.port, lis.protocol, lis.proxy_protocol_in)

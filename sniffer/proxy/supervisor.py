@@ -19,12 +19,25 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sniffer.observe import metrics
 from sniffer.observe.stats import Snapshot, backends_in, merge, without_backends
-from sniffer.proxy.worker import encode, receive, send
+from sniffer.proxy.ipc import (
+    Configure,
+    Drain,
+    InstallDelta,
+    Installed,
+    InstallTable,
+    Message,
+    Resync,
+    Stats,
+    encode,
+    receive,
+    send,
+)
+from sniffer.proxy.settings import WorkerSettings
 from sniffer.routing.table import RouteTable
 
 log = logging.getLogger("sniffer.workers")
@@ -45,7 +58,8 @@ class _Worker:
 
 
 class Supervisor:
-    def __init__(self, count: int, settings: dict[str, Any]) -> None:
+    def __init__(self, count: int, settings: WorkerSettings) -> None:
+        """`settings` for every worker; each gets its own `index`, `workers` = count."""
         self.count = count
         self.settings = settings
         self.table = RouteTable.empty()
@@ -78,7 +92,7 @@ class Supervisor:
     def _full_frame(self) -> bytes:
         """The current table whole, encoded at most once per version."""
         if self._full is None or self._full[0] != self.table.version:
-            self._full = (self.table.version, encode(("table", self.table)))
+            self._full = (self.table.version, encode(InstallTable(self.table)))
         return self._full[1]
 
     def install(self, table: RouteTable) -> None:
@@ -90,7 +104,7 @@ class Supervisor:
                 continue
             if w.sent_version == base.version:
                 if delta is None:
-                    delta = encode(("delta", table.delta_from(base)))
+                    delta = encode(InstallDelta(table.delta_from(base)))
                 frame = delta
             else:
                 frame = self._full_frame()
@@ -102,7 +116,7 @@ class Supervisor:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _send(self, w: _Worker, message: tuple[str, Any] | bytes) -> None:
+    async def _send(self, w: _Worker, message: Message | bytes) -> None:
         if w.writer is None:
             return
         # A dead worker's reader task sees it exit and restarts it.
@@ -127,7 +141,7 @@ class Supervisor:
         w.writer = writer
         self._count_alive()
         await self._send(
-            w, ("settings", {**self.settings, "index": w.index, "workers": self.count})
+            w, Configure(replace(self.settings, index=w.index, workers=self.count))
         )
         await self._send_full(w)
         self._spawn_task(self._read(w, reader))
@@ -139,14 +153,15 @@ class Supervisor:
     async def _read(self, w: _Worker, reader: asyncio.StreamReader) -> None:
         try:
             while True:
-                kind, payload = await receive(reader)
-                if kind == "stats":
-                    w.snapshot = payload
+                message = await receive(reader)
+                if isinstance(message, Stats):
+                    w.snapshot = message.snapshot
                     self._forget_retired()
-                elif kind == "installed":
-                    w.installed_version, w.listen_errors = payload
-                elif kind == "resync":  # it could not apply a delta: send it all
-                    log.error("worker %d asked for the whole table: %s", w.index, payload)
+                elif isinstance(message, Installed):
+                    w.installed_version = message.version
+                    w.listen_errors = message.listen_errors
+                elif isinstance(message, Resync):  # it could not apply a delta: send it all
+                    log.error("worker %d asked for the whole table: %s", w.index, message.reason)
                     await self._send_full(w)
         except (asyncio.IncompleteReadError, ConnectionError, ValueError, pickle.PickleError):
             pass
@@ -195,7 +210,7 @@ class Supervisor:
         """Tell every worker to drain, then wait for them (killing any past grace + 5 s)."""
         self.stopping = True
         for w in self.workers:
-            await self._send(w, ("drain", grace))
+            await self._send(w, Drain(grace))
         loop = asyncio.get_running_loop()
         deadline = time.monotonic() + grace + 5.0
         for w in self.workers:

@@ -3,8 +3,8 @@
 Started by the supervisor as `python -m sniffer.proxy.worker` so it imports only the
 data plane (no Kubernetes client, no CLI framework, no prometheus_client): its memory is
 the relay's. It binds its own listening sockets with SO_REUSEPORT, installs every table
-it is sent, and sends its stats snapshot back every second. Frames on the socketpair are
-length-prefixed pickles between the two halves of one program, never from a network peer.
+it is sent, and sends its stats snapshot back every second. The messages and their
+framing are `sniffer.proxy.ipc`'s.
 """
 
 from __future__ import annotations
@@ -13,53 +13,26 @@ import asyncio
 import contextlib
 import logging
 import os
-import pickle
 import signal
 import socket
-import struct
 import sys
 from typing import Any
 
 from sniffer.observe.stats import DataPlaneStats
-from sniffer.proxy.server import without_gc
+from sniffer.proxy.ipc import (
+    STATS_INTERVAL,
+    Configure,
+    Drain,
+    InstallDelta,
+    Installed,
+    InstallTable,
+    Resync,
+    Stats,
+    receive,
+    send,
+    without_gc,
+)
 from sniffer.routing.table import RouteTable, TableDelta
-
-_HEADER = struct.Struct("!I")
-# A table for thousands of tenants pickles to a few MB; refuse absurd frames outright.
-_MAX_FRAME = 512 * 1024 * 1024
-_INLINE_FRAME = 256 * 1024
-"""Frames up to this size (a table of a few hundred routes) are decoded inline."""
-STATS_INTERVAL = 1.0
-"""Seconds between a worker's stats snapshots (the staleness bound of /metrics)."""
-
-
-def encode(message: tuple[str, Any]) -> bytes:
-    """One frame: a length prefix and the pickle (encode once, send to every worker)."""
-    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    return _HEADER.pack(len(data)) + data
-
-
-async def send(writer: asyncio.StreamWriter, message: tuple[str, Any] | bytes) -> None:
-    writer.write(message if isinstance(message, bytes) else encode(message))
-    await writer.drain()
-
-
-async def receive(reader: asyncio.StreamReader) -> tuple[str, Any]:
-    (n,) = _HEADER.unpack(await reader.readexactly(_HEADER.size))
-    if n > _MAX_FRAME:
-        raise ValueError(f"frame of {n} bytes")
-    data = await reader.readexactly(n)
-    if n > _INLINE_FRAME:
-        # A large table takes tens of milliseconds to unpickle and index; in a thread the
-        # GIL's switch interval lets the event loop keep relaying meanwhile instead of
-        # stalling every connection of this worker for the whole rebuild.
-        message: tuple[str, Any] = await asyncio.get_running_loop().run_in_executor(
-            None, without_gc, pickle.loads, data
-        )
-    else:
-        message = pickle.loads(data)
-    return message
-
 
 # -- worker side -------------------------------------------------------------------------
 
@@ -75,29 +48,21 @@ async def _apply(base: RouteTable, delta: TableDelta) -> RouteTable:
 
 
 async def _worker_main(fd: int) -> int:
-    from sniffer.observe.accesslog import MAX_BUFFER, AccessLog
-    from sniffer.proxy.server import DataPlane, ProxySettings
+    from sniffer.observe.accesslog import AccessLog
+    from sniffer.proxy.server import DataPlane
 
     sock = socket.socket(fileno=fd)
     reader, writer = await asyncio.open_connection(sock=sock)
-    kind, cfg = await receive(reader)
-    assert kind == "settings"
+    first = await receive(reader)
+    assert isinstance(first, Configure), first
+    cfg = first.settings
     logging.basicConfig(
-        level=cfg.get("log_level", "INFO").upper(),
-        format=f"%(asctime)s %(levelname)s worker-{cfg['index']} %(name)s: %(message)s",
+        level=cfg.log_level.upper(),
+        format=f"%(asctime)s %(levelname)s worker-{cfg.index} %(name)s: %(message)s",
     )
-    access = (
-        AccessLog(max_buffer=cfg.get("access_log_buffer", MAX_BUFFER))
-        if cfg.get("access_log", True)
-        else None
-    )
-    stats = DataPlaneStats(worker=str(cfg["index"]))
-    plane = DataPlane(
-        ProxySettings(**cfg["proxy"]),
-        access_log=access,
-        stats=stats,
-        share=(cfg["index"], cfg.get("workers", 1)),
-    )
+    access = AccessLog(max_buffer=cfg.access_log_buffer) if cfg.access_log else None
+    stats = DataPlaneStats(worker=str(cfg.index))
+    plane = DataPlane(cfg.proxy, access_log=access, stats=stats, share=(cfg.index, cfg.workers))
     stop = asyncio.Event()
     drain_grace: list[float] = [plane.settings.drain_grace]
     loop = asyncio.get_running_loop()
@@ -107,24 +72,26 @@ async def _worker_main(fd: int) -> int:
     async def pump_stats() -> None:
         while True:
             await asyncio.sleep(STATS_INTERVAL)
-            await send(writer, ("stats", stats.snapshot()))
+            await send(writer, Stats(stats.snapshot()))
 
     async def listen() -> None:
         try:
             while True:
-                kind, payload = await receive(reader)
-                if kind == "delta":
+                message = await receive(reader)
+                if isinstance(message, InstallDelta):
                     try:
-                        payload = await _apply(plane.table, payload)
+                        table = await _apply(plane.table, message.delta)
                     except ValueError as exc:  # out of step: never expected, recoverable
-                        await send(writer, ("resync", str(exc)))
+                        await send(writer, Resync(str(exc)))
                         continue
-                    kind = "table"
-                if kind == "table":
-                    await plane.install(payload)
-                    await send(writer, ("installed", (payload.version, dict(plane.listen_errors))))
-                elif kind == "drain":
-                    drain_grace[0] = float(payload)
+                    message = InstallTable(table)
+                if isinstance(message, InstallTable):
+                    await plane.install(message.table)
+                    await send(
+                        writer, Installed(message.table.version, dict(plane.listen_errors))
+                    )
+                elif isinstance(message, Drain):
+                    drain_grace[0] = message.grace
                     stop.set()
         except (asyncio.IncompleteReadError, ConnectionError):
             stop.set()  # the control process is gone: drain and exit
@@ -137,7 +104,7 @@ async def _worker_main(fd: int) -> int:
     for t in tasks:
         t.cancel()
     with contextlib.suppress(ConnectionError, RuntimeError):
-        await send(writer, ("stats", stats.snapshot()))
+        await send(writer, Stats(stats.snapshot()))
     writer.close()
     return 0
 

@@ -30,6 +30,8 @@ from sniffer.wire.sentinels import NEED_DATA, NOT_HTTP, NeedData, NotHTTP
 
 __all__ = [
     "DEFAULT_MAX_HEAD_BYTES",
+    "MAX_HEAD_BYTES_LIMIT",
+    "MIN_HEAD_BYTES",
     "NEED_DATA",
     "NOT_HTTP",
     "HttpHeadReader",
@@ -41,8 +43,8 @@ __all__ = [
 # 8 KiB, the request-head limit of nginx's default large_client_header_buffers line and
 # of most servers: what a connection may make us hold before a backend is chosen.
 DEFAULT_MAX_HEAD_BYTES = 8192
-_MIN_HEAD_BYTES = 64
-_MAX_HEAD_BYTES_LIMIT = 1 << 20
+MIN_HEAD_BYTES = 64
+MAX_HEAD_BYTES_LIMIT = 1 << 20
 
 # RFC 9110 §5.6.2 tchar. Methods and field names are tokens.
 _TCHAR = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -188,9 +190,9 @@ class HttpHeadReader(StickyReader[HttpRequestHead | NotHTTP]):
     __slots__ = ("_buf", "_method_ok", "_scanned", "max_bytes")
 
     def __init__(self, max_bytes: int = DEFAULT_MAX_HEAD_BYTES) -> None:
-        if not _MIN_HEAD_BYTES <= max_bytes <= _MAX_HEAD_BYTES_LIMIT:
+        if not MIN_HEAD_BYTES <= max_bytes <= MAX_HEAD_BYTES_LIMIT:
             raise ValueError(
-                f"max_bytes must be in [{_MIN_HEAD_BYTES}, {_MAX_HEAD_BYTES_LIMIT}],"
+                f"max_bytes must be in [{MIN_HEAD_BYTES}, {MAX_HEAD_BYTES_LIMIT}],"
                 f" got {max_bytes}"
             )
         super().__init__()

@@ -32,6 +32,7 @@ from sniffer.wire.sentinels import NEED_DATA, NOT_TLS, NeedData, NotTLS
 __all__ = [
     "DEFAULT_MAX_HELLO_BYTES",
     "MAX_HELLO_BYTES_LIMIT",
+    "MIN_HELLO_BYTES_LIMIT",
     "NEED_DATA",
     "NOT_TLS",
     "ClientHello",
@@ -48,7 +49,8 @@ __all__ = [
 DEFAULT_MAX_HELLO_BYTES = 16384
 # A handshake message over 64 KiB is not a ClientHello any client sends.
 MAX_HELLO_BYTES_LIMIT = 65536
-_MIN_HELLO_BYTES_LIMIT = 64
+MIN_HELLO_BYTES_LIMIT = 64
+"""The smallest cap a reader takes: a record header and a handshake header fit in it."""
 
 _CONTENT_HANDSHAKE = 22
 _HANDSHAKE_CLIENT_HELLO = 1
@@ -362,9 +364,9 @@ class ClientHelloReader(StickyReader[ClientHello | NotTLS]):
     __slots__ = ("_header", "_hs", "_hs_total", "_record_left", "_wire", "max_bytes")
 
     def __init__(self, max_bytes: int = DEFAULT_MAX_HELLO_BYTES) -> None:
-        if not _MIN_HELLO_BYTES_LIMIT <= max_bytes <= MAX_HELLO_BYTES_LIMIT:
+        if not MIN_HELLO_BYTES_LIMIT <= max_bytes <= MAX_HELLO_BYTES_LIMIT:
             raise ValueError(
-                f"max_bytes must be in [{_MIN_HELLO_BYTES_LIMIT}, {MAX_HELLO_BYTES_LIMIT}],"
+                f"max_bytes must be in [{MIN_HELLO_BYTES_LIMIT}, {MAX_HELLO_BYTES_LIMIT}],"
                 f" got {max_bytes}"
             )
         super().__init__()
