@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from sniffer.proxy.connection import tls_alert
+from sniffer.wire.answers import tls_alert
 from tests.conftest import REPO
 from tests.proxy.test_relay import client_hello, open_tls, tls_request
 from tests.support.pki import PKI

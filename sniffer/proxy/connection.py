@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, cast
 
 from sniffer.observe.stats import BackendTally, ListenerTally
 from sniffer.proxy.admission import Ticket
+from sniffer.proxy.phases import CLOSED, CLOSING, DIALING, RELAYING, SNIFFING, Phase
 from sniffer.routing.table import (
     Backend,
     Endpoint,
@@ -34,54 +35,26 @@ from sniffer.routing.table import (
     WeightedBackend,
     join_host_port,
 )
-from sniffer.wire.errors import WireError
-from sniffer.wire.http import HttpHeadReader, HttpRequestHead
+from sniffer.wire.answers import http_error, tls_alert
+from sniffer.wire.errors import (
+    ALERT_HANDSHAKE_FAILURE,
+    ALERT_INTERNAL_ERROR,
+    ALERT_UNRECOGNIZED_NAME,
+)
 from sniffer.wire.ja4 import ja4
-from sniffer.wire.proxy_protocol import ProxyHeader, ProxyHeaderReader, encode_v1, encode_v2
-from sniffer.wire.sentinels import NEED_DATA, NOT_HTTP, NOT_TLS
-from sniffer.wire.tls import ClientHello, ClientHelloReader, parse_whole_hello
+from sniffer.wire.proxy_protocol import encode_v1, encode_v2
+from sniffer.wire.sniff import NEED_DATA, Refused, Sniffed, Sniffer
+from sniffer.wire.tls import ClientHello
 
 if TYPE_CHECKING:
     from sniffer.proxy.server import DataPlane
 
 log = logging.getLogger("sniffer.proxy")
 
-_ALERT_HANDSHAKE_FAILURE = 40
-_ALERT_INTERNAL_ERROR = 80
-_ALERT_UNRECOGNIZED_NAME = 112
-
-# States of a client connection, in order.
-SNIFFING, DIALING, RELAYING, CLOSING, CLOSED = range(5)
-
-_HTTP_REASONS = {
-    400: "Bad Request",
-    408: "Request Timeout",
-    421: "Misdirected Request",
-    431: "Request Header Fields Too Large",
-    502: "Bad Gateway",
-    503: "Service Unavailable",
-}
-
-
-def tls_alert(description: int) -> bytes:
-    """A fatal TLS alert record; clients show e.g. `unrecognized_name` to the user."""
-    return bytes((21, 3, 3, 0, 2, 2, description))
-
-
-def http_error(status: int, detail: str, retry_after: int | None = None) -> bytes:
-    body = f"{status} {_HTTP_REASONS.get(status, 'Error')}: {detail}\n".encode()
-    retry = f"retry-after: {retry_after}\r\n" if retry_after is not None else ""
-    head = (
-        f"HTTP/1.1 {status} {_HTTP_REASONS.get(status, 'Error')}\r\n"
-        f"content-type: text/plain; charset=utf-8\r\ncontent-length: {len(body)}\r\n"
-        f"{retry}connection: close\r\n\r\n"
-    ).encode()
-    return head + body
 
 
 class ClientConnection(asyncio.Protocol):
     __slots__ = (
-        "alpn",
         "backend",
         "bytes_down",
         "bytes_up",
@@ -102,13 +75,12 @@ class ClientConnection(asyncio.Protocol):
         "ltally",
         "outcome",
         "pending",
-        "proxy_reader",
-        "reader",
         "reported_down",
         "reported_up",
         "route",
         "routed_at",
         "serial",
+        "sniffer",
         "started",
         "state",
         "state_shared",
@@ -127,18 +99,21 @@ class ClientConnection(asyncio.Protocol):
         # per-connection state
         self.transport: asyncio.Transport | None = None
         self.upstream: UpstreamConnection | None = None
-        self.state = SNIFFING
-        self.pending = bytearray()
-        # Made on first use: most hellos arrive whole in one read and need no reader.
-        self.reader: ClientHelloReader | HttpHeadReader | None = None
-        self.proxy_reader: ProxyHeaderReader | None = (
-            ProxyHeaderReader() if listener.proxy_protocol_in else None
+        self.state: Phase = SNIFFING
+        """Where this connection is; the moves are `sniffer.proxy.phases.TRANSITIONS`."""
+        self.sniffer = Sniffer(
+            listener.protocol == "tls",
+            listener.proxy_protocol_in,
+            state.settings.max_hello_bytes,
+            state.settings.max_http_head_bytes,
         )
+        self.pending: bytes | bytearray = b""
+        """What the client sent after its PROXY header, to replay: the sniffed bytes,
+        then what arrived while dialing."""
         self.lingering: asyncio.TimerHandle | None = None
         self.client_addr: tuple[str, int] | None = None
         self.local_addr: tuple[str, int] | None = None
         self.host: str | None = None
-        self.alpn: tuple[str, ...] = ()
         # What the ClientHello told beyond the name. Its JA4 is computed when needed (a
         # deny list at routing, the access-log line at close), from a memo per hello.
         self.hello: ClientHello | None = None
@@ -199,6 +174,8 @@ class ClientConnection(asyncio.Protocol):
         elif state == SNIFFING:
             self._sniff(data)
         elif state == DIALING:
+            if type(self.pending) is bytes:
+                self.pending = bytearray(self.pending)
             self.pending += data
             if len(self.pending) > self.state_shared.settings.write_buffer_high:
                 assert self.transport is not None
@@ -253,63 +230,22 @@ class ClientConnection(asyncio.Protocol):
     # -- sniffing ------------------------------------------------------------------------
 
     def _sniff(self, data: bytes) -> None:
-        if self.proxy_reader is not None:
-            self.pending += data
-            try:
-                header = self.proxy_reader.feed(data)
-            except WireError as exc:
-                self._refuse(exc.reason, None, 400 if self.listener.protocol == "http" else None)
-                return
-            if header is NEED_DATA:
-                return
-            assert isinstance(header, ProxyHeader)
-            self.proxy_reader = None
+        event = self.sniffer.feed(data)
+        if event is NEED_DATA:
+            return
+        if type(event) is Refused:
+            self._refuse(event.reason, event.alert, event.http_status)
+            return
+        assert type(event) is Sniffed
+        self.host = event.host
+        self.hello = event.hello
+        self.pending = event.replay
+        header = event.proxy_header
+        if header is not None:
             if header.source is not None:
                 self.client_addr = header.source
             if header.destination is not None:
                 self.local_addr = header.destination
-            # The LB's header is not the client's: consume it, replay only what follows.
-            data = bytes(self.pending[header.length :])
-            self.pending = bytearray()
-            if not data:
-                return
-        self.pending += data
-        reader = self.reader
-        try:
-            if reader is not None:
-                result = reader.feed(data)
-            elif self.listener.protocol == "tls":
-                whole = parse_whole_hello(data, self.state_shared.settings.max_hello_bytes)
-                if whole is not None:
-                    result = whole
-                else:
-                    reader = self.reader = ClientHelloReader(
-                        self.state_shared.settings.max_hello_bytes
-                    )
-                    result = reader.feed(data)
-            else:
-                reader = self.reader = HttpHeadReader(
-                    self.state_shared.settings.max_http_head_bytes
-                )
-                result = reader.feed(data)
-        except WireError as exc:
-            self._refuse(exc.reason, exc.alert, exc.http_status)
-            return
-        if result is NEED_DATA:
-            return
-        if result is NOT_TLS:
-            self._refuse("not_tls", None, None)
-            return
-        if result is NOT_HTTP:
-            self._refuse("not_http", None, None)
-            return
-        if isinstance(result, ClientHello):
-            self.host = result.sni
-            self.alpn = result.alpn
-            self.hello = result
-        else:
-            assert isinstance(result, HttpRequestHead)
-            self.host = result.host
         self._route()
 
     def hello_timed_out(self) -> None:
@@ -328,17 +264,18 @@ class ClientConnection(asyncio.Protocol):
         table = shared.table
         deny = table.denied_ja4 and table.deny_ja4(self.listener.name)
         if deny and self.hello is not None and self.ja4() in deny:
-            self._refuse("ja4_denied", _ALERT_HANDSHAKE_FAILURE, None)
+            self._refuse("ja4_denied", ALERT_HANDSHAKE_FAILURE, None)
             return
-        match = table.lookup(self.listener.name, self.host, self.alpn)
+        hello = self.hello
+        match = table.lookup(self.listener.name, self.host, () if hello is None else hello.alpn)
         if match.kind is MatchKind.NONE:
-            self._refuse("unknown_name" if self.host else "no_name", _ALERT_UNRECOGNIZED_NAME, 421)
+            self._refuse("unknown_name" if self.host else "no_name", ALERT_UNRECOGNIZED_NAME, 421)
             return
         self.route = match.route.host if match.route is not None else "(default)"
         chosen = _choose(match.backends)
         backend = table.backends.get(chosen.backend) if chosen is not None else None
         if backend is None:
-            self._refuse("no_backend", _ALERT_INTERNAL_ERROR, 503)
+            self._refuse("no_backend", ALERT_INTERNAL_ERROR, 503)
             return
         self.backend = backend
         if self.hello is not None and self.hello.has_ech:
@@ -346,7 +283,7 @@ class ClientConnection(asyncio.Protocol):
         tally = shared.stats.backend((backend.name, backend.tenant))
         if not backend.endpoints:
             tally.errors["no_endpoints"] = tally.errors.get("no_endpoints", 0) + 1
-            self._refuse("no_endpoints", _ALERT_INTERNAL_ERROR, 503)
+            self._refuse("no_endpoints", ALERT_INTERNAL_ERROR, 503)
             return
         if not self._admit(backend, tally):
             return
@@ -364,7 +301,7 @@ class ClientConnection(asyncio.Protocol):
             return True
         reason, limit = refusal
         tally.limited[limit] = tally.limited.get(limit, 0) + 1
-        self._refuse(reason, _ALERT_INTERNAL_ERROR, 503, retry_after=1)
+        self._refuse(reason, ALERT_INTERNAL_ERROR, 503, retry_after=1)
         return False
 
     def _overloaded(self, transport: asyncio.Transport) -> None:
@@ -432,7 +369,7 @@ class ClientConnection(asyncio.Protocol):
             return
         self.tally = None
         shared.admission.release(self)
-        self._refuse("backend_unavailable", _ALERT_INTERNAL_ERROR, 502)
+        self._refuse("backend_unavailable", ALERT_INTERNAL_ERROR, 502)
 
     def _relay(self, upstream: UpstreamConnection, dial_seconds: float) -> None:
         shared = self.state_shared
@@ -460,7 +397,7 @@ class ClientConnection(asyncio.Protocol):
             if header:
                 ut.write(header)
         pending = self.pending
-        self.pending = bytearray()
+        self.pending = b""
         self.bytes_up = len(pending)
         ut.write(pending)
         assert self.transport is not None
@@ -541,8 +478,14 @@ class ClientConnection(asyncio.Protocol):
         if shared.access_log is not None:
             shared.access_log(self, now)
 
+    def close_for(self, reason: str) -> None:
+        """The data plane's one way to end a connection: drop it now (both sides), with
+        `reason` as its outcome (`idle_timeout`, `draining`, `drain_timeout`)."""
+        self.outcome = reason
+        self.abort()
+
     def abort(self) -> None:
-        """Drop the connection now (drain grace expired, idle timeout)."""
+        """Drop the connection now, keeping the outcome it has (`aborted` if none)."""
         if self.transport is not None:
             self.transport.abort()
         if self.upstream is not None and self.upstream.transport is not None:

@@ -23,7 +23,8 @@ from typing import NamedTuple
 from sniffer.observe.accesslog import AccessLog as BufferedAccessLog
 from sniffer.observe.stats import DataPlaneStats
 from sniffer.proxy.admission import Admission
-from sniffer.proxy.connection import DIALING, RELAYING, SNIFFING, ClientConnection
+from sniffer.proxy.connection import ClientConnection
+from sniffer.proxy.phases import DIALING, RELAYING, SNIFFING
 from sniffer.proxy.settings import ProxySettings
 from sniffer.routing.table import Listener, RouteTable, join_host_port
 
@@ -209,8 +210,7 @@ class DataPlane:
                 n = idle_ticks.get(conn, 0) + 1
                 if n >= ticks_needed:
                     idle_ticks.pop(conn, None)
-                    conn.outcome = "idle_timeout"
-                    conn.abort()
+                    conn.close_for("idle_timeout")
                 else:
                     idle_ticks[conn] = n
             for conn in [c for c in idle_ticks if c.state > RELAYING]:
@@ -255,8 +255,7 @@ class DataPlane:
         # Clients that have not been routed yet would otherwise wait out the grace.
         for conn in list(self.connections):
             if conn.state == SNIFFING:
-                conn.outcome = "draining"
-                conn.abort()
+                conn.close_for("draining")
 
     async def drain(self, grace: float | None = None) -> int:
         """Stop accepting, wait for open connections up to `grace`, then drop the rest.
@@ -271,8 +270,7 @@ class DataPlane:
                     await self.drained.wait()
         dropped = len(self.connections)
         for conn in list(self.connections):
-            conn.outcome = "drain_timeout"
-            conn.abort()
+            conn.close_for("drain_timeout")
         for task in self._sweepers:
             task.cancel()
         if self._lag_timer is not None:

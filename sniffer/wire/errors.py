@@ -10,10 +10,8 @@ from __future__ import annotations
 
 __all__ = [
     "ALERT_DECODE_ERROR",
-    "ALERT_ILLEGAL_PARAMETER",
-    "ALERT_PROTOCOL_VERSION",
-    "ALERT_RECORD_OVERFLOW",
-    "ALERT_UNEXPECTED_MESSAGE",
+    "ALERT_HANDSHAKE_FAILURE",
+    "ALERT_INTERNAL_ERROR",
     "ALERT_UNRECOGNIZED_NAME",
     "BadHttpHead",
     "BadProxyHeader",
@@ -22,13 +20,11 @@ __all__ = [
     "WireError",
 ]
 
-# TLS AlertDescription values (RFC 8446 §6, RFC 6066 §3) the sniffer may send.
-ALERT_UNEXPECTED_MESSAGE = 10
-ALERT_RECORD_OVERFLOW = 22
-ALERT_ILLEGAL_PARAMETER = 47
-ALERT_DECODE_ERROR = 50
-ALERT_PROTOCOL_VERSION = 70
-ALERT_UNRECOGNIZED_NAME = 112
+# TLS AlertDescription values (RFC 8446 §6, RFC 6066 §3) the sniffer sends.
+ALERT_HANDSHAKE_FAILURE = 40  # a JA4 on the listener's deny list
+ALERT_DECODE_ERROR = 50  # any malformed record or ClientHello
+ALERT_INTERNAL_ERROR = 80  # no backend, no endpoint, a limit, every dial failed
+ALERT_UNRECOGNIZED_NAME = 112  # an unusable or unknown name
 
 
 class WireError(Exception):

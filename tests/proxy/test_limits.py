@@ -14,8 +14,8 @@ from dataclasses import replace
 import pytest
 
 from sniffer.proxy.admission import Admission, split
-from sniffer.proxy.connection import tls_alert
 from sniffer.routing.table import Backend, Endpoint, LimitDefaults, Limits, RouteTable
+from sniffer.wire.answers import tls_alert
 from tests.conftest import PlaneFactory
 from tests.proxy.test_relay import client_hello, open_tls, tls_request, tls_spec
 from tests.support.pki import PKI

@@ -1,0 +1,134 @@
+"""The sniff phase without sockets: bytes in, NEED_DATA / Sniffed / Refused out."""
+
+from __future__ import annotations
+
+import pytest
+
+from sniffer.proxy.settings import ProxySettings
+from sniffer.wire.errors import ALERT_DECODE_ERROR, ALERT_UNRECOGNIZED_NAME
+from sniffer.wire.proxy_protocol import encode_v1, encode_v2
+from sniffer.wire.sniff import NEED_DATA, Refused, Sniffed, Sniffer
+from tests.wire.hellos import handshake, modern_hello, records
+
+HELLO = records(modern_hello(sni=b"App.Example.", alpn=(b"h2", b"acme-tls/1")))
+HEAD = b"GET / HTTP/1.1\r\nHost: Web.Example:8080\r\nUser-Agent: t\r\n\r\n"
+SRC, DST = ("192.0.2.7", 40000), ("198.51.100.1", 443)
+
+
+def sniffer(tls: bool = True, proxy_in: bool = False, **settings: int) -> Sniffer:
+    s = ProxySettings(**settings)  # type: ignore[arg-type]
+    return Sniffer(tls, proxy_in, s.max_hello_bytes, s.max_http_head_bytes)
+
+
+def feed_all(sn: Sniffer, chunks: list[bytes]) -> list[object]:
+    return [sn.feed(c) for c in chunks]
+
+
+def test_whole_hello_in_one_read() -> None:
+    event = sniffer().feed(HELLO)
+    assert type(event) is Sniffed
+    assert event.host == "app.example"
+    assert event.alpn == ("h2", "acme-tls/1")
+    assert event.hello is not None and event.hello.has_ech
+    assert event.proxy_header is None
+    assert bytes(event.replay) == HELLO
+
+
+def test_hello_one_byte_at_a_time_replays_every_byte_and_stays_decided() -> None:
+    sn = sniffer()
+    events = feed_all(sn, [HELLO[i : i + 1] for i in range(len(HELLO))])
+    assert events[:-1] == [NEED_DATA] * (len(HELLO) - 1)
+    assert len(sn.pending) == 0
+    last = events[-1]
+    assert type(last) is Sniffed and last.host == "app.example"
+    assert bytes(last.replay) == HELLO
+    assert sn.feed(b"more") is last  # an outcome stays
+
+
+def test_hello_split_over_records_and_reads() -> None:
+    wire = records(modern_hello(sni=b"split.example"), sizes=[100, 7, 3000])
+    sn = sniffer()
+    events = feed_all(sn, [wire[:50], wire[50:130], wire[130:]])
+    assert events[:2] == [NEED_DATA, NEED_DATA]
+    last = events[2]
+    assert type(last) is Sniffed and last.host == "split.example"
+    assert bytes(last.replay) == wire
+
+
+def test_smallest_accepted_hello_cap_refuses_a_split_hello_instead_of_raising() -> None:
+    """Issue 11's bug: a cap ProxySettings accepts never makes the data path raise; a
+    hello over it is refused with decode_error, counted as hello_too_large."""
+    sn = sniffer(max_hello_bytes=64)
+    assert sn.feed(HELLO[:3]) is NEED_DATA
+    assert sn.feed(HELLO[3:]) == Refused("hello_too_large", ALERT_DECODE_ERROR, None)
+
+
+def test_not_tls_and_malformed_hello() -> None:
+    assert sniffer().feed(b"GET / HTTP/1.1\r\n") == Refused("not_tls", None, None)
+    bad = records(handshake(b"\x03\x03" + b"\x00" * 10))
+    event = sniffer().feed(bad)
+    assert type(event) is Refused and event.alert == ALERT_DECODE_ERROR
+    assert event.reason == "bad_hello"
+
+
+def test_unusable_name_gets_unrecognized_name() -> None:
+    event = sniffer().feed(records(modern_hello(sni=b"10.0.0.1")))
+    assert event == Refused("sni_ip_literal", ALERT_UNRECOGNIZED_NAME, None)
+
+
+def test_http_head_in_pieces() -> None:
+    sn = sniffer(tls=False)
+    assert sn.feed(HEAD[:10]) is NEED_DATA
+    event = sn.feed(HEAD[10:])
+    assert type(event) is Sniffed
+    assert (event.host, event.hello, event.alpn) == ("web.example", None, ())
+    assert bytes(event.replay) == HEAD
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (b"\x16\x03\x01\x00\x05hello", Refused("not_http", None, None)),
+        (b"GET / HTTP/1.1\nHost: a\r\n\r\n", Refused("bad_http", None, 400)),
+    ],
+)
+def test_http_refusals(data: bytes, expected: Refused) -> None:
+    assert sniffer(tls=False).feed(data) == expected
+
+
+def test_http_head_over_cap_is_431() -> None:
+    event = sniffer(tls=False, max_http_head_bytes=64).feed(b"GET / HTTP/1.1\r\nX: " + b"a" * 100)
+    assert type(event) is Refused and event.http_status == 431
+
+
+@pytest.mark.parametrize("encode", [encode_v1, encode_v2])
+def test_proxy_header_is_consumed_and_not_replayed(encode: object) -> None:
+    header = encode(SRC, DST)  # type: ignore[operator]
+    sn = sniffer(proxy_in=True)
+    events = feed_all(sn, [header[:5], header[5:] + HELLO[:20], HELLO[20:]])
+    assert events[:2] == [NEED_DATA, NEED_DATA]
+    last = events[2]
+    assert type(last) is Sniffed and last.host == "app.example"
+    assert last.proxy_header is not None
+    assert (last.proxy_header.source, last.proxy_header.destination) == (SRC, DST)
+    assert bytes(last.replay) == HELLO
+
+
+def test_proxy_header_and_whole_hello_in_one_read() -> None:
+    event = sniffer(proxy_in=True).feed(encode_v2(SRC, DST) + HELLO)
+    assert type(event) is Sniffed and bytes(event.replay) == HELLO
+    assert event.proxy_header is not None and event.proxy_header.version == 2
+
+
+def test_bad_proxy_header_closes_tls_and_answers_400_on_http() -> None:
+    assert sniffer(proxy_in=True).feed(b"PROXY NONSENSE\r\n" + HELLO) == Refused(
+        "bad_proxy_header", None, None
+    )
+    assert sniffer(tls=False, proxy_in=True).feed(b"PROXY NONSENSE\r\n" + HEAD) == Refused(
+        "bad_proxy_header", None, 400
+    )
+
+
+def test_empty_feed_needs_data() -> None:
+    assert sniffer().feed(b"") is NEED_DATA
+    assert sniffer(tls=False).feed(b"") is NEED_DATA
