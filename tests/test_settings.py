@@ -56,7 +56,10 @@ def test_every_accepted_size_is_one_the_wire_readers_take() -> None:
 def test_serve_refuses_max_hello_bytes_below_the_reader_minimum() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "sniffer", "serve", "--max-hello-bytes", "10", "--admin", ""],
-        capture_output=True, text=True, cwd=REPO, timeout=60,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
     )
     assert out.returncode == 2, out
     assert "--max-hello-bytes must be 64..65536, got 10" in out.stderr
@@ -65,7 +68,11 @@ def test_serve_refuses_max_hello_bytes_below_the_reader_minimum() -> None:
 def test_serve_help_takes_defaults_and_ranges_from_the_settings() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "sniffer", "serve", "--help"],
-        capture_output=True, text=True, cwd=REPO, timeout=60, check=True,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+        check=True,
         env={"COLUMNS": "300", "PATH": "/usr/bin:/bin", "TERM": "dumb"},
     )
     text = " ".join(out.stdout.split())

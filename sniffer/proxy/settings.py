@@ -64,9 +64,7 @@ def check_ranges(obj: Any) -> None:
             continue
         value = getattr(obj, f.name)
         if not low <= value <= high:
-            raise SettingError(
-                f"{flag(f.name)} must be {_range_text(low, high)}, got {value!r}"
-            )
+            raise SettingError(f"{flag(f.name)} must be {_range_text(low, high)}, got {value!r}")
 
 
 def _field(cls: type, name: str) -> dataclasses.Field[Any]:

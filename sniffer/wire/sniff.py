@@ -138,9 +138,7 @@ class Sniffer:
         reader = self._reader
         if reader is None:
             reader = self._reader = (
-                ClientHelloReader(self._max_bytes)
-                if self._tls
-                else HttpHeadReader(self._max_bytes)
+                ClientHelloReader(self._max_bytes) if self._tls else HttpHeadReader(self._max_bytes)
             )
         try:
             result = reader.feed(data)
