@@ -43,14 +43,25 @@ from sniffer.wire.errors import (
 )
 from sniffer.wire.ja4 import ja4
 from sniffer.wire.proxy_protocol import encode_v1, encode_v2
-from sniffer.wire.sniff import NEED_DATA, Refused, Sniffed, Sniffer
+from sniffer.wire.sniff import NEED_DATA, Refused, Sniffed, Sniffer, SniffLimits
 from sniffer.wire.tls import ClientHello
 
 if TYPE_CHECKING:
     from sniffer.proxy.server import DataPlane
+    from sniffer.proxy.settings import ProxySettings
 
 log = logging.getLogger("sniffer.proxy")
 
+
+
+def sniff_limits(listener: Listener, settings: ProxySettings) -> SniffLimits:
+    """What the sniffers of `listener`'s connections need, shared by all of them."""
+    return SniffLimits(
+        listener.protocol == "tls",
+        listener.proxy_protocol_in,
+        settings.max_hello_bytes,
+        settings.max_http_head_bytes,
+    )
 
 
 class ClientConnection(asyncio.Protocol):
@@ -91,7 +102,14 @@ class ClientConnection(asyncio.Protocol):
         "upstream_eof",
     )
 
-    def __init__(self, state: DataPlane, listener: Listener, ltally: ListenerTally) -> None:
+    def __init__(
+        self,
+        state: DataPlane,
+        listener: Listener,
+        ltally: ListenerTally,
+        limits: SniffLimits | None = None,
+    ) -> None:
+        """`limits`: the listener's `sniff_limits`, made once per listener by the plane."""
         # shared server state
         self.state_shared = state
         self.listener = listener
@@ -101,12 +119,7 @@ class ClientConnection(asyncio.Protocol):
         self.upstream: UpstreamConnection | None = None
         self.state: Phase = SNIFFING
         """Where this connection is; the moves are `sniffer.proxy.phases.TRANSITIONS`."""
-        self.sniffer = Sniffer(
-            listener.protocol == "tls",
-            listener.proxy_protocol_in,
-            state.settings.max_hello_bytes,
-            state.settings.max_http_head_bytes,
-        )
+        self.sniffer = Sniffer(limits or sniff_limits(listener, state.settings))
         self.pending: bytes | bytearray = b""
         """What the client sent after its PROXY header, to replay: the sniffed bytes,
         then what arrived while dialing."""
@@ -166,14 +179,14 @@ class ClientConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         state = self.state
-        if state == RELAYING:
+        if state is RELAYING:
             self.bytes_up += len(data)
             upstream = self.upstream
             assert upstream is not None and upstream.transport is not None
             upstream.transport.write(data)
-        elif state == SNIFFING:
+        elif state is SNIFFING:
             self._sniff(data)
-        elif state == DIALING:
+        elif state is DIALING:
             if type(self.pending) is bytes:
                 self.pending = bytearray(self.pending)
             self.pending += data
@@ -184,7 +197,7 @@ class ClientConnection(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self.client_eof = True
-        if self.state == RELAYING:
+        if self.state is RELAYING:
             upstream = self.upstream
             assert upstream is not None and upstream.transport is not None
             if self.upstream_eof:
@@ -193,21 +206,21 @@ class ClientConnection(asyncio.Protocol):
             if upstream.transport.can_write_eof():
                 upstream.transport.write_eof()
             return True
-        if self.state == DIALING:
+        if self.state is DIALING:
             return True  # half-closed after the hello: deliver it, then the FIN
-        if self.state == SNIFFING:
+        if self.state is SNIFFING:
             self.outcome = "client_closed"
             self.ltally.refuse(self.outcome)
         self._finish(self.outcome or "client_closed")
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if exc is not None and self.state == RELAYING:
+        if exc is not None and self.state is RELAYING:
             self.outcome = "client_reset"
             upstream = self.upstream
             if upstream is not None and upstream.transport is not None:
                 reset(upstream.transport)
-        if self.state == SNIFFING and not self.outcome:
+        if self.state is SNIFFING and not self.outcome:
             self.outcome = "client_reset" if exc else "client_closed"
             self.ltally.refuse(self.outcome)
         self._finish(self.outcome or ("client_reset" if exc else "closed"))
@@ -250,7 +263,7 @@ class ClientConnection(asyncio.Protocol):
 
     def hello_timed_out(self) -> None:
         """The plane's sweep found this client still sniffing past the hello timeout."""
-        if self.state == SNIFFING:
+        if self.state is SNIFFING:
             self._refuse(
                 "hello_timeout", None, 408 if self.listener.protocol == "http" else None
             )
@@ -333,7 +346,7 @@ class ClientConnection(asyncio.Protocol):
         loop = shared.loop
         dialing = shared.dialing
         for i in range(n):
-            if self.state != DIALING:
+            if self.state is not DIALING:
                 return  # the client went away while we dialed
             ep = eps[(start + i) % n]
             began = self.dial_began = time.monotonic()
@@ -361,7 +374,7 @@ class ClientConnection(asyncio.Protocol):
                 continue
             finally:
                 dialing.discard(self)
-            if self.state != DIALING:
+            if self.state is not DIALING:
                 transport.close()
                 return
             self.endpoint = ep
@@ -448,9 +461,9 @@ class ClientConnection(asyncio.Protocol):
         self.lingering = self.state_shared.loop.call_later(2.0, transport.close)
 
     def _finish(self, outcome: str) -> None:
-        if self.state == CLOSED:
+        if self.state is CLOSED:
             return
-        was_relaying = self.state == RELAYING
+        was_relaying = self.state is RELAYING
         self.state = CLOSED
         if not self.outcome:
             self.outcome = outcome
@@ -505,7 +518,7 @@ class ClientConnection(asyncio.Protocol):
         return True
 
     def on_upstream_lost(self, exc: Exception | None) -> None:
-        if self.state == RELAYING:
+        if self.state is RELAYING:
             if exc is not None and self.transport is not None:
                 reset(self.transport)
             self._finish("backend_reset" if exc else "closed")
@@ -669,7 +682,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         t = self.client.transport
-        if t is not None and self.client.state == RELAYING and not self.client.client_eof:
+        if t is not None and self.client.state is RELAYING and not self.client.client_eof:
             t.resume_reading()
 
     def close(self) -> None:

@@ -23,7 +23,7 @@ from typing import NamedTuple
 from sniffer.observe.accesslog import AccessLog as BufferedAccessLog
 from sniffer.observe.stats import DataPlaneStats
 from sniffer.proxy.admission import Admission
-from sniffer.proxy.connection import ClientConnection
+from sniffer.proxy.connection import ClientConnection, sniff_limits
 from sniffer.proxy.phases import DIALING, RELAYING, SNIFFING
 from sniffer.proxy.settings import ProxySettings
 from sniffer.routing.table import Listener, RouteTable, join_host_port
@@ -173,8 +173,9 @@ class DataPlane:
             sock.close()
             raise
         tally = self.stats.listener(lis.name)
+        limits = sniff_limits(lis, self.settings)
         return await self.loop.create_server(
-            lambda: ClientConnection(self, lis, tally), sock=sock, backlog=4096
+            lambda: ClientConnection(self, lis, tally, limits), sock=sock, backlog=4096
         )
 
     def bound_ports(self) -> dict[str, int]:
@@ -200,7 +201,7 @@ class DataPlane:
         while True:
             await asyncio.sleep(interval)
             for conn in list(self.connections):
-                if conn.state != RELAYING:
+                if conn.state is not RELAYING:
                     continue
                 mark = conn.bytes_up + conn.bytes_down
                 if mark != conn.idle_mark:
@@ -234,7 +235,7 @@ class DataPlane:
                     conn.hello_timed_out()
             if self.dialing:
                 limit = now - connect_timeout
-                late = [c for c in self.dialing if c.state == DIALING and c.dial_began <= limit]
+                late = [c for c in self.dialing if c.state is DIALING and c.dial_began <= limit]
                 for conn in late:
                     conn.dial_timed_out_now()
 
@@ -254,7 +255,7 @@ class DataPlane:
         self._servers.clear()
         # Clients that have not been routed yet would otherwise wait out the grace.
         for conn in list(self.connections):
-            if conn.state == SNIFFING:
+            if conn.state is SNIFFING:
                 conn.close_for("draining")
 
     async def drain(self, grace: float | None = None) -> int:

@@ -27,7 +27,7 @@ from sniffer.wire.proxy_protocol import ProxyHeader, ProxyHeaderReader
 from sniffer.wire.sentinels import NEED_DATA, NOT_HTTP, NOT_TLS, NeedData
 from sniffer.wire.tls import ClientHello, ClientHelloReader, parse_whole_hello
 
-__all__ = ["NEED_DATA", "Refused", "Sniffed", "Sniffer"]
+__all__ = ["NEED_DATA", "Refused", "SniffLimits", "Sniffed", "Sniffer"]
 
 
 class Sniffed(NamedTuple):
@@ -59,108 +59,148 @@ class Refused(NamedTuple):
     """The HTTP status to write (HTTP listeners); None: just close."""
 
 
+class SniffLimits(NamedTuple):
+    """What a listener's sniffers need to know: made once per listener, shared."""
+
+    tls: bool
+    """TLS listener (ClientHello) or plaintext HTTP (request head)."""
+    proxy_protocol_in: bool
+    """A PROXY v1/v2 header from a load balancer comes first."""
+    max_hello_bytes: int
+    max_http_head_bytes: int
+
+
 _NOT_TLS = Refused("not_tls", None, None)
 _NOT_HTTP = Refused("not_http", None, None)
+_new_tuple = tuple.__new__
 
 
 class Sniffer:
     """Feed a connection's first reads; get ``NEED_DATA`` until one event decides it.
 
     After a ``Sniffed`` or ``Refused``, the same event is returned on every later feed.
+    The common case, a TLS hello whole in the first read, touches nothing but this
+    object; anything else is handed to an incremental reader made on first need.
     """
 
-    __slots__ = ("_event", "_header", "_max_bytes", "_pending", "_proxy", "_reader", "_tls")
+    __slots__ = ("_event", "_limits", "_reader")
 
-    def __init__(
-        self, tls: bool, proxy_protocol_in: bool, max_hello_bytes: int, max_http_head_bytes: int
-    ) -> None:
-        self._tls = tls
-        self._max_bytes = max_hello_bytes if tls else max_http_head_bytes
-        # Made on first use: most hellos arrive whole in one read and need no reader.
-        self._reader: ClientHelloReader | HttpHeadReader | None = None
-        self._proxy: ProxyHeaderReader | None = ProxyHeaderReader() if proxy_protocol_in else None
-        self._header: ProxyHeader | None = None
-        self._pending: bytes | bytearray = b""
+    def __init__(self, limits: SniffLimits) -> None:
+        self._limits = limits
         self._event: Sniffed | Refused | None = None
+        self._reader: _Incremental | None = None
 
     @property
     def pending(self) -> bytes | bytearray:
         """Bytes fed after the PROXY header and not yet given out in a `Sniffed`."""
-        return self._pending
+        return b"" if self._reader is None else self._reader.pending
 
     def feed(self, data: bytes) -> NeedData | Sniffed | Refused:
         event = self._event
         if event is not None:
             return event
-        if self._proxy is not None:
-            data = self._after_proxy_header(data)
-            if not data:
-                return self._event or NEED_DATA
-        if self._reader is None and not self._pending and self._tls:
-            # The fast path: one read, one record, the whole hello, nothing held.
-            try:
-                whole = parse_whole_hello(data, self._max_bytes)
-            except WireError as exc:
-                return self._refuse(exc)
-            if whole is not None:
-                event = self._event = Sniffed(whole[0], whole, self._header, data)
-                return event
+        reader = self._reader
+        if reader is None:
+            limits = self._limits
+            if limits[0] and not limits[1]:
+                # The fast path: one read, one record, the whole hello, nothing held.
+                try:
+                    whole = parse_whole_hello(data, limits[2])
+                except WireError as exc:
+                    event = self._event = _refused(exc)
+                    return event
+                if whole is not None:
+                    event = self._event = _new_tuple(Sniffed, (whole[0], whole, None, data))
+                    return event
+            reader = self._reader = _Incremental(limits)
+        result = reader.feed(data)
+        if result is not NEED_DATA:
+            self._event = result
+        return result
+
+
+def _refused(exc: WireError) -> Refused:
+    return Refused(exc.reason, exc.alert, exc.http_status)
+
+
+class _Incremental:
+    """The sniff phase across several reads: PROXY header, then a TLS or HTTP reader."""
+
+    __slots__ = ("header", "limits", "pending", "proxy", "reader")
+
+    def __init__(self, limits: SniffLimits) -> None:
+        self.limits = limits
+        self.proxy: ProxyHeaderReader | None = (
+            ProxyHeaderReader() if limits.proxy_protocol_in else None
+        )
+        self.header: ProxyHeader | None = None
+        self.pending: bytes | bytearray = b""
+        self.reader: ClientHelloReader | HttpHeadReader | None = None
+
+    def feed(self, data: bytes) -> NeedData | Sniffed | Refused:
+        if self.proxy is not None:
+            after = self._after_proxy_header(data)
+            if not isinstance(after, bytes):
+                return after
+            if not after:
+                return NEED_DATA
+            data = after
+            if self.limits.tls:  # the header's read may also hold the whole hello
+                try:
+                    whole = parse_whole_hello(data, self.limits.max_hello_bytes)
+                except WireError as exc:
+                    return _refused(exc)
+                if whole is not None:
+                    return Sniffed(whole.sni, whole, self.header, data)
         self._hold(data)
         return self._read(data)
 
     def _hold(self, data: bytes) -> None:
         """Keep `data` for the replay, in a bytearray: many small reads stay linear."""
-        pending = self._pending
+        pending = self.pending
         if type(pending) is bytes:
-            self._pending = bytearray(pending) + data
+            self.pending = bytearray(pending) + data
         else:
             pending += data
 
-    def _after_proxy_header(self, data: bytes) -> bytes:
-        """Feed the PROXY reader; the bytes after a complete header (b"" until then)."""
-        assert self._proxy is not None
+    def _after_proxy_header(self, data: bytes) -> bytes | NeedData | Refused:
+        """Feed the PROXY reader: the bytes after a complete header, or an event."""
+        assert self.proxy is not None
         self._hold(data)
         try:
-            header = self._proxy.feed(data)
+            header = self.proxy.feed(data)
         except WireError as exc:
-            self._event = Refused(exc.reason, None, None if self._tls else 400)
-            return b""
+            return Refused(exc.reason, None, None if self.limits.tls else 400)
         if header is NEED_DATA:
-            return b""
-        self._proxy = None
-        self._header = header
+            return NEED_DATA
+        self.proxy = None
+        self.header = header
         # The LB's header is not the client's: consume it, replay only what follows.
-        rest = bytes(self._pending[header.length :])
-        self._pending = b""
+        rest = bytes(self.pending[header.length :])
+        self.pending = b""
         return rest
 
     def _read(self, data: bytes) -> NeedData | Sniffed | Refused:
-        reader = self._reader
+        reader = self.reader
         if reader is None:
-            reader = self._reader = (
-                ClientHelloReader(self._max_bytes) if self._tls else HttpHeadReader(self._max_bytes)
+            limits = self.limits
+            reader = self.reader = (
+                ClientHelloReader(limits.max_hello_bytes)
+                if limits.tls
+                else HttpHeadReader(limits.max_http_head_bytes)
             )
         try:
             result = reader.feed(data)
         except WireError as exc:
-            return self._refuse(exc)
+            return _refused(exc)
         if result is NEED_DATA:
             return NEED_DATA
         if result is NOT_TLS:
-            self._event = _NOT_TLS
             return _NOT_TLS
         if result is NOT_HTTP:
-            self._event = _NOT_HTTP
             return _NOT_HTTP
-        replay, self._pending = self._pending, b""
+        replay, self.pending = self.pending, b""
         if isinstance(result, ClientHello):
-            event = Sniffed(result.sni, result, self._header, replay)
-        else:
-            assert isinstance(result, HttpRequestHead)
-            event = Sniffed(result.host, None, self._header, replay)
-        self._event = event
-        return event
-
-    def _refuse(self, exc: WireError) -> Refused:
-        event = self._event = Refused(exc.reason, exc.alert, exc.http_status)
-        return event
+            return Sniffed(result.sni, result, self.header, replay)
+        assert isinstance(result, HttpRequestHead)
+        return Sniffed(result.host, None, self.header, replay)

@@ -7,7 +7,7 @@ import pytest
 from sniffer.proxy.settings import ProxySettings
 from sniffer.wire.errors import ALERT_DECODE_ERROR, ALERT_UNRECOGNIZED_NAME
 from sniffer.wire.proxy_protocol import encode_v1, encode_v2
-from sniffer.wire.sniff import NEED_DATA, Refused, Sniffed, Sniffer
+from sniffer.wire.sniff import NEED_DATA, Refused, Sniffed, Sniffer, SniffLimits
 from tests.wire.hellos import handshake, modern_hello, records
 
 HELLO = records(modern_hello(sni=b"App.Example.", alpn=(b"h2", b"acme-tls/1")))
@@ -17,7 +17,7 @@ SRC, DST = ("192.0.2.7", 40000), ("198.51.100.1", 443)
 
 def sniffer(tls: bool = True, proxy_in: bool = False, **settings: int) -> Sniffer:
     s = ProxySettings(**settings)  # type: ignore[arg-type]
-    return Sniffer(tls, proxy_in, s.max_hello_bytes, s.max_http_head_bytes)
+    return Sniffer(SniffLimits(tls, proxy_in, s.max_hello_bytes, s.max_http_head_bytes))
 
 
 def feed_all(sn: Sniffer, chunks: list[bytes]) -> list[object]:
