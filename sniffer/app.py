@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 from sniffer import __version__
 from sniffer.observe import metrics
@@ -42,23 +43,102 @@ class ServeOptions:
 
 
 async def serve(sources: list[RouteSource], opts: ServeOptions) -> int:
-    loop = asyncio.get_running_loop()
+    """Run until SIGTERM/SIGINT, then drain; the steps are the functions below."""
     controller = RouteController(sources, opts.limits)
     metrics.BUILD_INFO.labels(__version__).set(1)
+    stop = _stop_on_signals()
+    relay: _Relay = _InProcess(opts) if opts.workers == 0 else _Workers(opts)
+    await relay.start(controller)
+    metrics.REGISTRY.register(relay.collector)
+    endpoints = metrics.BackendEndpointsCollector(controller.endpoint_counts)
+    metrics.REGISTRY.register(endpoints)
+    admin = AdminServer(
+        metrics.REGISTRY, _readiness(controller, relay), lambda: controller.table.to_dict()
+    )
+    try:
+        await _start_admin(admin, opts.admin)
+        runner = await _run_until_stopped(controller, stop)
+        log.info("shutting down: draining for up to %.0fs", opts.proxy.drain_grace)
+        runner.cancel()
+        await relay.drain(opts.proxy.drain_grace)
+        # Let the sources finish stopping (the status Lease is released at once on
+        # cancel; this only waits for it when the drain was quicker), bounded.
+        await asyncio.wait({runner}, timeout=5.0)
+    finally:
+        await admin.close()
+        metrics.REGISTRY.unregister(relay.collector)
+        metrics.REGISTRY.unregister(endpoints)
+    return 0
+
+
+def _stop_on_signals() -> asyncio.Event:
     stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    return stop
 
-    plane: DataPlane | None = None
-    supervisor: Supervisor | None = None
-    installer: asyncio.Task[None] | None = None
-    if opts.workers == 0:
-        plane = DataPlane(
+
+async def _start_admin(admin: AdminServer, address: tuple[str, int] | None) -> None:
+    if address is not None:
+        port = await admin.start(*address)
+        log.info("admin endpoint on http://%s:%d/", address[0], port)
+
+
+async def _run_until_stopped(
+    controller: RouteController, stop: asyncio.Event
+) -> asyncio.Task[None]:
+    """Run the sources until `stop` (or until one crashes outside its retry loop)."""
+    loop = asyncio.get_running_loop()
+    runner = loop.create_task(controller.run())
+    stop_task = loop.create_task(stop.wait())
+    await asyncio.wait({runner, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+    if runner.done() and not stop.is_set():
+        runner.result()  # a source crashed outside its retry loop: surface it
+    stop_task.cancel()
+    return runner
+
+
+def _readiness(
+    controller: RouteController, relay: _Relay
+) -> Callable[[], tuple[bool, dict[str, Any]]]:
+    def readiness() -> tuple[bool, dict[str, Any]]:
+        """Ready: every source synced and every data plane listening with the newest table."""
+        detail = controller.health()
+        serving, errors = relay.serving(controller.table.version, detail)
+        detail["listen_errors"] = errors
+        return controller.ready and serving and not errors, detail
+
+    return readiness
+
+
+class _Relay(Protocol):
+    """Where the relaying happens: this process, or worker processes."""
+
+    collector: DataPlaneCollector
+
+    async def start(self, controller: RouteController) -> None: ...
+
+    def serving(self, version: int, detail: dict[str, Any]) -> tuple[bool, dict[str, str]]:
+        """Whether table `version` is being served; listen errors; adds to `detail`."""
+        ...
+
+    async def drain(self, grace: float) -> None: ...
+
+
+class _InProcess:
+    """`--workers 0`: one data plane in this process, fed the newest table."""
+
+    def __init__(self, opts: ServeOptions) -> None:
+        self.plane = DataPlane(
             opts.proxy,
             access_log=AccessLog(max_buffer=opts.access_log_buffer) if opts.access_log else None,
         )
-        local = plane
-        collector = DataPlaneCollector(lambda: [local.stats.snapshot()])
+        plane = self.plane
+        self.collector = DataPlaneCollector(lambda: [plane.stats.snapshot()])
+        self.installer: asyncio.Task[None] | None = None
+
+    async def start(self, controller: RouteController) -> None:
         tables: asyncio.Queue[RouteTable] = asyncio.Queue()
         controller.subscribe(tables.put_nowait)
 
@@ -67,11 +147,29 @@ async def serve(sources: list[RouteSource], opts: ServeOptions) -> int:
                 table = await tables.get()
                 while not tables.empty():  # only the newest matters
                     table = tables.get_nowait()
-                await local.install(table)
+                await self.plane.install(table)
 
-        installer = loop.create_task(install_loop())
-    else:
-        supervisor = Supervisor(
+        self.installer = asyncio.get_running_loop().create_task(install_loop())
+
+    def serving(self, version: int, detail: dict[str, Any]) -> tuple[bool, dict[str, str]]:
+        detail["listening"] = self.plane.bound_ports()
+        return self.plane.installed_version == version, dict(self.plane.listen_errors)
+
+    async def drain(self, grace: float) -> None:
+        dropped = await self.plane.drain(grace)
+        if dropped:
+            log.warning("dropped %d connections still open after the grace", dropped)
+        if isinstance(self.plane.access_log, AccessLog):
+            self.plane.access_log.close()
+        if self.installer is not None:
+            self.installer.cancel()
+
+
+class _Workers:
+    """`--workers N`: this is the control process; N worker processes relay."""
+
+    def __init__(self, opts: ServeOptions) -> None:
+        self.supervisor = Supervisor(
             opts.workers,
             WorkerSettings(
                 workers=opts.workers,
@@ -81,58 +179,19 @@ async def serve(sources: list[RouteSource], opts: ServeOptions) -> int:
                 log_level=opts.log_level,
             ),
         )
-        collector = DataPlaneCollector(supervisor.snapshots)
-        await supervisor.start()
-        controller.subscribe(supervisor.install)
-    metrics.REGISTRY.register(collector)
-    endpoints = metrics.BackendEndpointsCollector(controller.endpoint_counts)
-    metrics.REGISTRY.register(endpoints)
+        self.collector = DataPlaneCollector(self.supervisor.snapshots)
 
-    def readiness() -> tuple[bool, dict[str, Any]]:
-        """Ready: every source synced and every data plane listening with the newest table."""
-        detail = controller.health()
-        if supervisor is not None:
-            errors = {k: v for w in supervisor.workers for k, v in w.listen_errors.items()}
-            serving = supervisor.ready
-            detail["workers"] = [
-                {"index": w.index, "pid": w.process.pid if w.process else None}
-                for w in supervisor.workers
-            ]
-        else:
-            assert plane is not None
-            errors = dict(plane.listen_errors)
-            serving = plane.installed_version == controller.table.version
-            detail["listening"] = plane.bound_ports()
-        detail["listen_errors"] = errors
-        return controller.ready and serving and not errors, detail
+    async def start(self, controller: RouteController) -> None:
+        await self.supervisor.start()
+        controller.subscribe(self.supervisor.install)
 
-    admin = AdminServer(metrics.REGISTRY, readiness, lambda: controller.table.to_dict())
-    try:
-        if opts.admin is not None:
-            port = await admin.start(*opts.admin)
-            log.info("admin endpoint on http://%s:%d/", opts.admin[0], port)
-        runner = loop.create_task(controller.run())
-        stop_task = loop.create_task(stop.wait())
-        await asyncio.wait({runner, stop_task}, return_when=asyncio.FIRST_COMPLETED)
-        if runner.done() and not stop.is_set():
-            runner.result()  # a source crashed outside its retry loop: surface it
-        log.info("shutting down: draining for up to %.0fs", opts.proxy.drain_grace)
-        runner.cancel()
-        if plane is not None:
-            dropped = await plane.drain()
-            if dropped:
-                log.warning("dropped %d connections still open after the grace", dropped)
-            if plane.access_log is not None and isinstance(plane.access_log, AccessLog):
-                plane.access_log.close()
-        if supervisor is not None:
-            await supervisor.drain(opts.proxy.drain_grace)
-        if installer is not None:
-            installer.cancel()
-        # Let the sources finish stopping (the status Lease is released at once on
-        # cancel; this only waits for it when the drain was quicker), bounded.
-        await asyncio.wait({runner}, timeout=5.0)
-    finally:
-        await admin.close()
-        metrics.REGISTRY.unregister(collector)
-        metrics.REGISTRY.unregister(endpoints)
-    return 0
+    def serving(self, version: int, detail: dict[str, Any]) -> tuple[bool, dict[str, str]]:
+        workers = self.supervisor.workers
+        detail["workers"] = [
+            {"index": w.index, "pid": w.process.pid if w.process else None} for w in workers
+        ]
+        errors = {k: v for w in workers for k, v in w.listen_errors.items()}
+        return self.supervisor.ready, errors
+
+    async def drain(self, grace: float) -> None:
+        await self.supervisor.drain(grace)

@@ -12,9 +12,10 @@ import logging
 import os
 import sys
 import urllib.request
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 import yaml
@@ -29,6 +30,8 @@ from sniffer.proxy.settings import (
 )
 from sniffer.routing.sources.file import EXAMPLE, RoutesFileError, load_routes, override_listeners
 from sniffer.routing.table import Listener, MatchKind, RouteTable, parse_port, split_host_port
+
+_S = TypeVar("_S")
 
 app = typer.Typer(
     add_completion=False,
@@ -200,31 +203,28 @@ def serve(
     """Run the router."""
     from sniffer.app import ServeOptions
     from sniffer.app import serve as run_serve
-    from sniffer.routing.sources import RouteSource
-    from sniffer.routing.sources.file import FileSource
 
     logging.basicConfig(
         level=log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    try:  # every setting checked once, here, before anything starts
-        proxy = ProxySettings(
-            hello_timeout=hello_timeout,
-            idle_timeout=idle_timeout,
-            connect_timeout=connect_timeout,
-            max_hello_bytes=max_hello_bytes,
-            drain_grace=drain_grace,
-            max_connections=max_connections,
-        )
-        WorkerSettings(
-            proxy=proxy,
-            access_log=access_log,
-            access_log_buffer=access_log_buffer,
-            log_level=log_level,
-        )
-    except SettingError as exc:
-        raise typer.BadParameter(str(exc)) from None
+    proxy = _checked_settings(
+        ProxySettings,
+        hello_timeout=hello_timeout,
+        idle_timeout=idle_timeout,
+        connect_timeout=connect_timeout,
+        max_hello_bytes=max_hello_bytes,
+        drain_grace=drain_grace,
+        max_connections=max_connections,
+    )
+    _checked_settings(
+        WorkerSettings,
+        proxy=proxy,
+        access_log=access_log,
+        access_log_buffer=access_log_buffer,
+        log_level=log_level,
+    )
     flag_limits = _flag_limits(
         tenant_max_connections,
         tenant_connections_per_second,
@@ -234,14 +234,11 @@ def serve(
         client_max_connections,
     )
     listeners = parse_listen(listen or [])
-    sources: list[RouteSource] = []
+    sources: list[Any] = []
     if kubernetes:
-        from sniffer.routing.sources.kubernetes import KubernetesSource
-
-        if not listeners:
-            listeners = parse_listen(["tls:0.0.0.0:443", "http:0.0.0.0:80"])
+        listeners = listeners or parse_listen(["tls:0.0.0.0:443", "http:0.0.0.0:80"])
         listeners = deny_ja4_on(listeners, deny_ja4 or [])
-        settings = _kube_settings(
+        kube = _kube_settings(
             kubeconfig=str(kubeconfig) if kubeconfig else None,
             ingress_class=ingress_class,
             gateway_class=gateway_class,
@@ -253,30 +250,17 @@ def serve(
             renew_deadline=lease_renew_deadline,
             retry_period=lease_retry_period,
         )
-        if not 0 < settings.retry_period < settings.renew_deadline < settings.lease_duration:
-            raise typer.BadParameter(
-                "need 0 < --lease-retry-period < --lease-renew-deadline < --lease-duration"
-            )
-        sources.append(KubernetesSource(settings, listeners))
+        sources.append(_kubernetes_source(kube, listeners))
     elif deny_ja4:
         if not listeners:
             raise typer.BadParameter("--deny-ja4 needs --listen (or deny_ja4 in the routes file)")
         listeners = deny_ja4_on(listeners, deny_ja4)
     if routes is not None or not kubernetes:
-        path = routes if routes is not None else EXAMPLE
-        try:
-            load_routes(path)  # fail fast at start-up; later bad edits keep the old table
-        except RoutesFileError as exc:
-            typer.echo(str(exc), err=True)
-            raise typer.Exit(2) from None
-        sources.append(FileSource(path, listeners or None))
-    if workers is None:
-        workers = len(os.sched_getaffinity(0))
-    admin_addr = split_host_port(admin) if admin else None
+        sources.append(_file_source(routes if routes is not None else EXAMPLE, listeners))
     opts = ServeOptions(
         proxy=proxy,
-        admin=admin_addr,
-        workers=workers,
+        admin=split_host_port(admin) if admin else None,
+        workers=len(os.sched_getaffinity(0)) if workers is None else workers,
         access_log=access_log,
         access_log_buffer=access_log_buffer,
         log_level=log_level,
@@ -286,6 +270,37 @@ def serve(
 
     code = uvloop.run(run_serve(sources, opts))
     raise typer.Exit(code)
+
+
+def _checked_settings(cls: Callable[..., _S], **values: Any) -> _S:
+    """`cls(**values)`, a setting out of range refused as a bad flag (exit 2)."""
+    try:
+        return cls(**values)
+    except SettingError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+def _kubernetes_source(settings: Any, listeners: tuple[Listener, ...]) -> Any:
+    from sniffer.routing.sources.kubernetes import KubernetesSource
+
+    if not 0 < settings.retry_period < settings.renew_deadline < settings.lease_duration:
+        raise typer.BadParameter(
+            "need 0 < --lease-retry-period < --lease-renew-deadline < --lease-duration"
+        )
+    return KubernetesSource(settings, listeners)
+
+
+def _file_source(path: Path, listeners: tuple[Listener, ...]) -> Any:
+    """The routes file as a source, read once now: a bad file fails at start-up (exit 2);
+    later bad edits keep the old table."""
+    from sniffer.routing.sources.file import FileSource
+
+    try:
+        load_routes(path)
+    except RoutesFileError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+    return FileSource(path, listeners or None)
 
 
 def _flag_limits(
