@@ -15,6 +15,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from sniffer.observe.counting import count
+
 # Buckets: connections live from milliseconds (health checks) to hours (websockets).
 DURATION_BUCKETS = (0.005, 0.025, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0, 600.0, 3600.0, 14400.0)
 # Backend dials on a LAN take sub-millisecond to a few ms; the timeout caps at seconds.
@@ -84,10 +86,10 @@ class ListenerTally:
         """Routed hellos carrying an encrypted_client_hello extension, by tenant."""
 
     def refuse(self, reason: str) -> None:
-        self.refused[reason] = self.refused.get(reason, 0) + 1
+        count(self.refused, reason)
 
     def count_ech(self, tenant: str) -> None:
-        self.ech[tenant] = self.ech.get(tenant, 0) + 1
+        count(self.ech, tenant)
 
 
 class Dropping(Protocol):
@@ -148,9 +150,6 @@ class DataPlaneStats:
             t = self.backends[key] = BackendTally(key)
         return t
 
-    def refuse(self, listener: str, reason: str) -> None:
-        self.listener(listener).refuse(reason)
-
     def prune(self, live: set[tuple[str, str]]) -> None:
         """Forget backends that left the route table once nothing is open to them.
 
@@ -163,7 +162,7 @@ class DataPlaneStats:
     def opened(self, listener: str, conn: OpenConnection, dial: float) -> None:
         t = conn.tally
         assert t is not None
-        t.routed[listener] = t.routed.get(listener, 0) + 1
+        t.routed[listener] = t.routed.get(listener, 0) + 1  # count(), inlined: per connection
         t.active += 1
         t.connect_times.observe(dial)
 

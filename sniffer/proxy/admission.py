@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 from typing import Protocol
 
+from sniffer.observe.counting import count
 from sniffer.routing.table import Backend, Limits, Listener, RouteTable
 
 # Refusal reasons (the `reason` label of sniffer_refused_connections_total) and the
@@ -235,7 +236,7 @@ class Admission:
             conn.ticket = ticket
             conn.dial_held = True
             if client is not None:
-                self.client_active[client] = self.client_active.get(client, 0) + 1
+                count(self.client_active, client)
                 conn.client_key = client
         return refusal
 

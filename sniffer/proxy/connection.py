@@ -24,6 +24,7 @@ import struct
 import time
 from typing import TYPE_CHECKING, cast
 
+from sniffer.observe.counting import count
 from sniffer.observe.stats import BackendTally, ListenerTally
 from sniffer.proxy.admission import Ticket
 from sniffer.proxy.phases import CLOSED, CLOSING, DIALING, RELAYING, SNIFFING, Phase
@@ -295,7 +296,7 @@ class ClientConnection(asyncio.Protocol):
             self.ltally.count_ech(backend.tenant)
         tally = shared.stats.backend((backend.name, backend.tenant))
         if not backend.endpoints:
-            tally.errors["no_endpoints"] = tally.errors.get("no_endpoints", 0) + 1
+            count(tally.errors, "no_endpoints")
             self._refuse("no_endpoints", ALERT_INTERNAL_ERROR, 503)
             return
         if not self._admit(backend, tally):
@@ -313,7 +314,7 @@ class ClientConnection(asyncio.Protocol):
         if refusal is None:
             return True
         reason, limit = refusal
-        tally.limited[limit] = tally.limited.get(limit, 0) + 1
+        count(tally.limited, limit)
         self._refuse(reason, ALERT_INTERNAL_ERROR, 503, retry_after=1)
         return False
 
@@ -361,15 +362,15 @@ class ClientConnection(asyncio.Protocol):
                 self.dial_timed_out = False
                 if self.dial_task is not None:
                     self.dial_task.uncancel()
-                errors["timeout"] = errors.get("timeout", 0) + 1
+                count(errors, "timeout")
                 log.warning("connect to %s (%s) timed out", ep, backend.name)
                 continue
             except ConnectionRefusedError:
-                errors["refused"] = errors.get("refused", 0) + 1
+                count(errors, "refused")
                 continue
             except OSError as exc:
                 reason = "unreachable" if exc.errno in _UNREACHABLE else "error"
-                errors[reason] = errors.get(reason, 0) + 1
+                count(errors, reason)
                 log.warning("connect to %s (%s) failed: %s", ep, backend.name, exc)
                 continue
             finally:

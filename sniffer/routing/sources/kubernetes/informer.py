@@ -98,13 +98,6 @@ class Informer:
 
     # -- reading the cache -------------------------------------------------------------
 
-    def get(self, namespace: str, name: str) -> Record | None:
-        bucket = self.store.get(namespace)
-        return None if bucket is None else bucket.get(name)
-
-    def in_namespace(self, namespace: str) -> Mapping[str, Record]:
-        return self.store.get(namespace) or {}
-
     def health(self) -> dict[str, object]:
         return {
             "state": self.state,

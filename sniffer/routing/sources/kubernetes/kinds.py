@@ -42,8 +42,6 @@ class Kind:
     plural: str
     versions: tuple[str, ...]
     namespaced: bool = True
-    optional: bool = False
-    """The kind may be absent from a cluster (Gateway API CRDs not installed)."""
     shared_names: bool = False
     """Names repeat across namespaces and in other kinds (a Service's name is every one of
     its slices' label): interned. Other names are unique (an intern-table entry per
@@ -70,14 +68,10 @@ INGRESS = Kind("Ingress", "networking.k8s.io", "ingresses", ("v1",))
 INGRESS_CLASS = Kind("IngressClass", "networking.k8s.io", "ingressclasses", ("v1",), False)
 SERVICE = Kind("Service", "", "services", ("v1",), shared_names=True)
 ENDPOINT_SLICE = Kind("EndpointSlice", "discovery.k8s.io", "endpointslices", ("v1",))
-GATEWAY_CLASS = Kind(
-    "GatewayClass", GATEWAY_GROUP, "gatewayclasses", ("v1", "v1beta1"), False, True
-)
-GATEWAY = Kind("Gateway", GATEWAY_GROUP, "gateways", ("v1", "v1beta1"), True, True)
-TLS_ROUTE = Kind("TLSRoute", GATEWAY_GROUP, "tlsroutes", ("v1", "v1alpha3", "v1alpha2"), True, True)
-REFERENCE_GRANT = Kind(
-    "ReferenceGrant", GATEWAY_GROUP, "referencegrants", ("v1", "v1beta1"), True, True
-)
+GATEWAY_CLASS = Kind("GatewayClass", GATEWAY_GROUP, "gatewayclasses", ("v1", "v1beta1"), False)
+GATEWAY = Kind("Gateway", GATEWAY_GROUP, "gateways", ("v1", "v1beta1"))
+TLS_ROUTE = Kind("TLSRoute", GATEWAY_GROUP, "tlsroutes", ("v1", "v1alpha3", "v1alpha2"))
+REFERENCE_GRANT = Kind("ReferenceGrant", GATEWAY_GROUP, "referencegrants", ("v1", "v1beta1"))
 NAMESPACE = Kind("Namespace", "", "namespaces", ("v1",), False, filed_by_name=True)
 
 ALL_KINDS = (

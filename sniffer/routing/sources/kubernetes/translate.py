@@ -24,6 +24,7 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from sniffer.observe.counting import count
 from sniffer.routing.sources.kubernetes.kinds import (
     ALPN_ANNOTATION,
     GATEWAY_GROUP,
@@ -615,7 +616,7 @@ def _attach(
             made.append(host)
         if matched:
             key = (gw.namespace, gw.name, lis.name)
-            attachments[key] = attachments.get(key, 0) + 1
+            count(attachments, key)
     if not made:
         return reject(
             "NoMatchingListenerHostname",
