@@ -104,8 +104,6 @@ class OpenConnection(Protocol):
     tally: BackendTally | None
     bytes_up: int
     bytes_down: int
-    reported_up: int
-    reported_down: int
 
 
 @dataclass(slots=True)
@@ -170,16 +168,23 @@ class DataPlaneStats:
         t = conn.tally
         if t is None:
             return
-        _fold_bytes(conn, t)
+        t.up += conn.bytes_up
+        t.down += conn.bytes_down
         t.active -= 1
         t.durations.observe(seconds)
 
     def snapshot(self) -> Snapshot:
-        """Fold open connections' bytes in, then copy everything out (picklable)."""
+        """Copy everything out (picklable), the bytes of open connections added to
+        those of closed ones; nothing is written on a connection."""
+        live: dict[BackendTally, list[int]] = {}
         for conn in self.open:
             t = conn.tally
             if t is not None:
-                _fold_bytes(conn, t)
+                sums = live.get(t)
+                if sums is None:
+                    sums = live[t] = [0, 0]
+                sums[0] += conn.bytes_up
+                sums[1] += conn.bytes_down
         snap = Snapshot()
         c, g, h = snap.counters, snap.gauges, snap.hists
         if self.access_log is not None:
@@ -204,19 +209,12 @@ class DataPlaneStats:
             if not bt.routed:
                 continue  # only dial errors so far: no traffic series yet
             g[("sniffer_connections_active", key)] = bt.active
-            c[("sniffer_bytes", (*key, "client_to_backend"))] = bt.up
-            c[("sniffer_bytes", (*key, "backend_to_client"))] = bt.down
+            up, down = live.get(bt, (0, 0))
+            c[("sniffer_bytes", (*key, "client_to_backend"))] = bt.up + up
+            c[("sniffer_bytes", (*key, "backend_to_client"))] = bt.down + down
             h[("sniffer_connection_duration_seconds", key)] = _hist_copy(bt.durations)
             h[("sniffer_backend_connect_duration_seconds", key)] = _hist_copy(bt.connect_times)
         return snap
-
-
-def _fold_bytes(conn: OpenConnection, t: BackendTally) -> None:
-    """Add what the connection relayed since it last reported to its backend's totals."""
-    t.up += conn.bytes_up - conn.reported_up
-    t.down += conn.bytes_down - conn.reported_down
-    conn.reported_up = conn.bytes_up
-    conn.reported_down = conn.bytes_down
 
 
 def _hist_copy(h: _Hist) -> tuple[tuple[float, ...], list[int], float]:

@@ -87,8 +87,6 @@ class ClientConnection(asyncio.Protocol):
         "ltally",
         "outcome",
         "pending",
-        "reported_down",
-        "reported_up",
         "route",
         "routed_at",
         "serial",
@@ -143,8 +141,6 @@ class ClientConnection(asyncio.Protocol):
         self.dial_timed_out = False
         self.bytes_up = 0
         self.bytes_down = 0
-        self.reported_up = 0
-        self.reported_down = 0
         self.client_eof = False
         self.upstream_eof = False
         self.outcome = ""
