@@ -157,6 +157,23 @@ class _Checker:
 def parse_routes(text: str, filename: str = "<routes>") -> TableSpec:
     """Parse a routes file; raise `RoutesFileError` listing every problem found."""
     chk = _Checker()
+    top = chk.mapping("", _compose(text, filename), _TOP)
+    defaults, tenant_limits = _parse_limits(chk, top, filename)
+    listeners, default_backends = _parse_listeners(chk, top)
+    backends = _parse_backends(chk, top, filename)
+    for path, dnode, default in default_backends:
+        if default not in backends:
+            chk.fail(path, dnode, f"unknown backend {default!r}")
+    routes = _parse_route_list(chk, top, backends, {lis.name for lis in listeners}, filename)
+    if chk.problems:
+        raise RoutesFileError(filename, sorted(chk.problems, key=lambda p: p.line or 0))
+    return TableSpec(
+        tuple(listeners), tuple(backends.values()), tuple(routes), defaults, tenant_limits
+    )
+
+
+def _compose(text: str, filename: str) -> yaml.Node:
+    """The YAML node tree (nodes keep their line numbers for the problem list)."""
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
@@ -165,9 +182,13 @@ def parse_routes(text: str, filename: str = "<routes>") -> TableSpec:
         raise RoutesFileError(filename, [Problem("", line, f"not valid YAML: {exc}")]) from None
     if root is None:
         raise RoutesFileError(filename, [Problem("", None, "empty file")])
-    top = chk.mapping("", root, _TOP)
-    defaults, tenant_limits = _parse_limits(chk, top, filename)
+    return root
 
+
+def _parse_listeners(
+    chk: _Checker, top: dict[str, yaml.Node]
+) -> tuple[list[Listener], list[tuple[str, yaml.Node, str]]]:
+    """`listeners:`, and each default_backend named (checked once backends are known)."""
     listeners: list[Listener] = []
     default_backends: list[tuple[str, yaml.Node, str]] = []
     for i, node in enumerate(chk.sequence("listeners", top.get("listeners"))):
@@ -216,7 +237,13 @@ def parse_routes(text: str, filename: str = "<routes>") -> TableSpec:
                     deny_ja4=frozenset(deny),
                 )
             )
+    return listeners, default_backends
 
+
+def _parse_backends(
+    chk: _Checker, top: dict[str, yaml.Node], filename: str
+) -> dict[str, Backend]:
+    """`backends:`, by name."""
     backends: dict[str, Backend] = {}
     for i, node in enumerate(chk.sequence("backends", top.get("backends"))):
         p = f"backends[{i}]"
@@ -256,13 +283,18 @@ def parse_routes(text: str, filename: str = "<routes>") -> TableSpec:
             source=f"file {filename}:{line}",
             limits=limits,
         )
+    return backends
 
-    for path, dnode, default in default_backends:
-        if default not in backends:
-            chk.fail(path, dnode, f"unknown backend {default!r}")
 
+def _parse_route_list(
+    chk: _Checker,
+    top: dict[str, yaml.Node],
+    backends: dict[str, Backend],
+    listener_names: set[str],
+    filename: str,
+) -> list[Route]:
+    """`routes:`; each route's backends and listeners must exist."""
     routes: list[Route] = []
-    listener_names = {lis.name for lis in listeners}
     for i, node in enumerate(chk.sequence("routes", top.get("routes"))):
         p = f"routes[{i}]"
         m = chk.mapping(p, node, _ROUTE_KEYS)
@@ -275,46 +307,9 @@ def parse_routes(text: str, filename: str = "<routes>") -> TableSpec:
             except WireError as exc:
                 chk.fail(f"{p}.host", m["host"], f"bad hostname: {exc}")
                 host = None
-        targets: list[WeightedBackend] = []
-        if ("backend" in m) == ("backends" in m):
-            chk.fail(p, node, "give exactly one of 'backend' or 'backends'")
-        elif "backend" in m:
-            bname = chk.string(f"{p}.backend", m["backend"])
-            if bname is not None:
-                targets.append(WeightedBackend(bname, 1))
-        else:
-            for j, wnode in enumerate(chk.sequence(f"{p}.backends", m["backends"])):
-                wm = chk.mapping(f"{p}.backends[{j}]", wnode, {"name", "weight"})
-                bname = chk.string(f"{p}.backends[{j}].name", wm.get("name"))
-                weight = 1
-                if "weight" in wm:
-                    got = chk.integer(f"{p}.backends[{j}].weight", wm["weight"], 0, 1_000_000)
-                    weight = got or 0
-                if bname is not None:
-                    targets.append(WeightedBackend(bname, weight))
-            if targets and not any(w.weight for w in targets):
-                chk.fail(f"{p}.backends", m["backends"], "every weight is 0")
-        for j, w in enumerate(targets):
-            if w.backend not in backends:
-                key = "backend" if "backend" in m else f"backends[{j}]"
-                chk.fail(f"{p}.{key}", m.get("backend") or m.get("backends"),
-                         f"unknown backend {w.backend!r}")
-        only: frozenset[str] | None = None
-        if "listeners" in m:
-            names = [chk.string(f"{p}.listeners[{j}]", n)
-                     for j, n in enumerate(chk.sequence(f"{p}.listeners", m["listeners"]))]
-            for j, n in enumerate(names):
-                if n is not None and n not in listener_names:
-                    chk.fail(f"{p}.listeners[{j}]", m["listeners"], f"unknown listener {n!r}")
-            only = frozenset(n for n in names if n)
-        alpn: tuple[str, ...] = ()
-        if "alpn" in m:
-            names = [chk.string(f"{p}.alpn[{j}]", n)
-                     for j, n in enumerate(chk.sequence(f"{p}.alpn", m["alpn"]))]
-            try:
-                alpn = validate_alpn(n for n in names if n is not None)
-            except ValueError as exc:
-                chk.fail(f"{p}.alpn", m["alpn"], str(exc))
+        targets = _route_targets(chk, p, m, node, backends)
+        only = _route_listeners(chk, p, m, listener_names)
+        alpn = _route_alpn(chk, p, m)
         if host is not None and targets:
             line = node.start_mark.line + 1
             routes.append(
@@ -328,11 +323,66 @@ def parse_routes(text: str, filename: str = "<routes>") -> TableSpec:
                     alpn=alpn,
                 )
             )
-    if chk.problems:
-        raise RoutesFileError(filename, sorted(chk.problems, key=lambda p: p.line or 0))
-    return TableSpec(
-        tuple(listeners), tuple(backends.values()), tuple(routes), defaults, tenant_limits
-    )
+    return routes
+
+
+def _route_targets(
+    chk: _Checker, p: str, m: dict[str, yaml.Node], node: yaml.Node, backends: dict[str, Backend]
+) -> list[WeightedBackend]:
+    """A route's `backend:` or weighted `backends:`."""
+    targets: list[WeightedBackend] = []
+    if ("backend" in m) == ("backends" in m):
+        chk.fail(p, node, "give exactly one of 'backend' or 'backends'")
+    elif "backend" in m:
+        bname = chk.string(f"{p}.backend", m["backend"])
+        if bname is not None:
+            targets.append(WeightedBackend(bname, 1))
+    else:
+        for j, wnode in enumerate(chk.sequence(f"{p}.backends", m["backends"])):
+            wm = chk.mapping(f"{p}.backends[{j}]", wnode, {"name", "weight"})
+            bname = chk.string(f"{p}.backends[{j}].name", wm.get("name"))
+            weight = 1
+            if "weight" in wm:
+                got = chk.integer(f"{p}.backends[{j}].weight", wm["weight"], 0, 1_000_000)
+                weight = got or 0
+            if bname is not None:
+                targets.append(WeightedBackend(bname, weight))
+        if targets and not any(w.weight for w in targets):
+            chk.fail(f"{p}.backends", m["backends"], "every weight is 0")
+    for j, w in enumerate(targets):
+        if w.backend not in backends:
+            key = "backend" if "backend" in m else f"backends[{j}]"
+            chk.fail(f"{p}.{key}", m.get("backend") or m.get("backends"),
+                     f"unknown backend {w.backend!r}")
+    return targets
+
+
+def _route_listeners(
+    chk: _Checker, p: str, m: dict[str, yaml.Node], listener_names: set[str]
+) -> frozenset[str] | None:
+    """A route's `listeners:` (None: every listener)."""
+    only: frozenset[str] | None = None
+    if "listeners" in m:
+        names = [chk.string(f"{p}.listeners[{j}]", n)
+                 for j, n in enumerate(chk.sequence(f"{p}.listeners", m["listeners"]))]
+        for j, n in enumerate(names):
+            if n is not None and n not in listener_names:
+                chk.fail(f"{p}.listeners[{j}]", m["listeners"], f"unknown listener {n!r}")
+        only = frozenset(n for n in names if n)
+    return only
+
+
+def _route_alpn(chk: _Checker, p: str, m: dict[str, yaml.Node]) -> tuple[str, ...]:
+    """A route's `alpn:` list, validated."""
+    alpn: tuple[str, ...] = ()
+    if "alpn" in m:
+        names = [chk.string(f"{p}.alpn[{j}]", n)
+                 for j, n in enumerate(chk.sequence(f"{p}.alpn", m["alpn"]))]
+        try:
+            alpn = validate_alpn(n for n in names if n is not None)
+        except ValueError as exc:
+            chk.fail(f"{p}.alpn", m["alpn"], str(exc))
+    return alpn
 
 
 def _parse_limits(
