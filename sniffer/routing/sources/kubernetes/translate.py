@@ -298,9 +298,36 @@ def translate_namespace(
     routes: list[Route] = []
     defaults: list[DefaultCandidate] = []
     deps: set[str] = set()
+    _translate_ingresses(view, settings, listeners, ns, backends, routes, defaults, problems)
+    route_status, attachments = _translate_tls_routes(
+        view, settings, listeners, ns, backends, routes, deps, problems
+    )
+    tenant_limits = _tenant_limits(view, ns, problems)
+    return NamespaceResult(
+        routes=tuple(routes),
+        backends=backends.out,
+        defaults=tuple(defaults),
+        problems=tuple(problems),
+        deps=frozenset(deps - {ns}),
+        route_status=route_status,
+        attachments=attachments,
+        tenant_limits=tenant_limits,
+    )
+
+
+def _translate_ingresses(
+    view: ClusterView,
+    settings: KubernetesSettings,
+    listeners: tuple[Listener, ...],
+    ns: str,
+    backends: _Backends,
+    routes: list[Route],
+    defaults: list[DefaultCandidate],
+    problems: list[str],
+) -> None:
+    """The namespace's Ingresses (of our class) into `routes` and default candidates."""
     tls_names = frozenset(lis.name for lis in listeners if lis.protocol == "tls")
     http_names = frozenset(lis.name for lis in listeners if lis.protocol == "http")
-
     # Ingress: one-label wildcards, the rule's port on TLS listeners, the annotated port
     # on HTTP listeners.
     classes = view.ingress_classes()
@@ -356,6 +383,19 @@ def translate_namespace(
                     Route(host, (WeightedBackend(http_b),), http_names, False, source, prec)
                 )
 
+
+def _translate_tls_routes(
+    view: ClusterView,
+    settings: KubernetesSettings,
+    listeners: tuple[Listener, ...],
+    ns: str,
+    backends: _Backends,
+    routes: list[Route],
+    deps: set[str],
+    problems: list[str],
+) -> tuple[dict[str, tuple[ParentOutcome, ...]], dict[tuple[str, str, str], int]]:
+    """The namespace's TLSRoutes into `routes`; their status per parent and how many
+    routes attach to each Gateway listener."""
     # Gateway API TLSRoute: multi-label wildcards, weights, status per parent.
     route_status: dict[str, tuple[ParentOutcome, ...]] = {}
     attachments: dict[tuple[str, str, str], int] = {}
@@ -387,7 +427,11 @@ def translate_namespace(
         if weighted and alpn is not None:
             for host, names in sorted(hosts.items()):
                 routes.append(Route(host, weighted, frozenset(names), True, source, prec, alpn))
+    return route_status, attachments
 
+
+def _tenant_limits(view: ClusterView, ns: str, problems: list[str]) -> Limits:
+    """The tenant's limits from its Namespace's annotations."""
     tenant_limits = NO_LIMITS
     namespace = view.namespace(ns)
     if namespace is not None and namespace.annotations:
@@ -395,17 +439,7 @@ def translate_namespace(
             namespace.annotations, "tenant", f"Namespace {ns}"
         )
         problems.extend(bad)
-
-    return NamespaceResult(
-        routes=tuple(routes),
-        backends=backends.out,
-        defaults=tuple(defaults),
-        problems=tuple(problems),
-        deps=frozenset(deps - {ns}),
-        route_status=route_status,
-        attachments=attachments,
-        tenant_limits=tenant_limits,
-    )
+    return tenant_limits
 
 
 def _alpn(annotation: str | None, source: str, problems: list[str]) -> tuple[str, ...] | None:
