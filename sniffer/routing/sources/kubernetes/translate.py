@@ -590,6 +590,8 @@ def _attach(
     hosts: dict[str, set[str]],
     attachments: dict[tuple[str, str, str], int],
 ) -> ParentOutcome | None:
+    """Attach `rt` to one parent Gateway: its hostnames into `hosts`, a count per Gateway
+    listener into `attachments`, and the parent's status; None when not ours to judge."""
     if parent.group != GATEWAY_GROUP or parent.kind != "Gateway":
         return None
     gw = view.gateways(parent.namespace).get(parent.name)
@@ -599,6 +601,37 @@ def _attach(
     def reject(reason: str, message: str) -> ParentOutcome:
         return ParentOutcome(parent, _cond("Accepted", False, reason, message), resolved)
 
+    usable = _usable_listeners(view, gw, parent, rt.namespace, tls_by_port)
+    if isinstance(usable, tuple):
+        return reject(*usable)
+    route_hosts, bad = _route_hostnames(rt)
+    if bad and not route_hosts:
+        return reject("UnsupportedValue", "; ".join(bad))
+    made = _intersect(gw, usable, route_hosts, tls_by_port, hosts, attachments)
+    if isinstance(made, tuple):
+        return reject(*made)
+    if not made:
+        return reject(
+            "NoMatchingListenerHostname",
+            "no route hostname intersects a listener hostname of the Gateway",
+        )
+    return ParentOutcome(
+        parent,
+        _cond("Accepted", True, "Accepted", "Route is accepted"),
+        resolved,
+        tuple(sorted(set(made))),
+    )
+
+
+def _usable_listeners(
+    view: ClusterView,
+    gw: GatewayRec,
+    parent: ParentRef,
+    namespace: str,
+    tls_by_port: Mapping[int, list[str]],
+) -> list[GatewayListenerRec] | tuple[str, str]:
+    """The Gateway listeners the parent ref names that admit the route and that sniffer
+    serves, or the (reason, message) of the rejection."""
     candidates = [
         lis
         for lis in gw.listeners
@@ -606,17 +639,22 @@ def _attach(
         and (parent.port is None or lis.port == parent.port)
     ]
     if not candidates:
-        return reject("NoMatchingParent", "no listener of the Gateway matches sectionName/port")
-    allowed = [lis for lis in candidates if _listener_admits(view, gw, lis, rt.namespace)]
+        return ("NoMatchingParent", "no listener of the Gateway matches sectionName/port")
+    allowed = [lis for lis in candidates if _listener_admits(view, gw, lis, namespace)]
     if not allowed:
-        return reject(
+        return (
             "NotAllowedByListeners",
-            "no TLS listener of the Gateway allows TLSRoutes from namespace " + rt.namespace,
+            "no TLS listener of the Gateway allows TLSRoutes from namespace " + namespace,
         )
     usable = [lis for lis in allowed if listener_problem(lis, tls_by_port) is None]
     if not usable:
         reason, message = listener_problem(allowed[0], tls_by_port) or ("", "")
-        return reject("NotAllowedByListeners", f"listener {allowed[0].name}: {message} ({reason})")
+        return ("NotAllowedByListeners", f"listener {allowed[0].name}: {message} ({reason})")
+    return usable
+
+
+def _route_hostnames(rt: TLSRouteRec) -> tuple[list[str], list[str]]:
+    """The route's hostnames normalised, and the problems of those that are not names."""
     route_hosts: list[str] = []
     bad: list[str] = []
     for h in rt.hostnames:
@@ -624,8 +662,19 @@ def _attach(
             route_hosts.append(normalize_route_host(h))
         except ValueError as exc:
             bad.append(str(exc))
-    if bad and not route_hosts:
-        return reject("UnsupportedValue", "; ".join(bad))
+    return route_hosts, bad
+
+
+def _intersect(
+    gw: GatewayRec,
+    usable: list[GatewayListenerRec],
+    route_hosts: list[str],
+    tls_by_port: Mapping[int, list[str]],
+    hosts: dict[str, set[str]],
+    attachments: dict[tuple[str, str, str], int],
+) -> list[str] | tuple[str, str]:
+    """Route hostnames intersected with each listener's: the names made (also added to
+    `hosts` and counted in `attachments`), or a rejection (reason, message)."""
     made: list[str] = []
     for lis in usable:
         lis_host = None
@@ -636,7 +685,7 @@ def _attach(
                 continue
         candidates_h = route_hosts or ([lis_host] if lis_host else [])
         if not candidates_h:
-            return reject(
+            return (
                 "UnsupportedValue",
                 f"no hostnames on the route or listener {lis.name}: sniffer routes by name",
             )
@@ -649,19 +698,8 @@ def _attach(
             hosts.setdefault(host, set()).update(tls_by_port[lis.port])
             made.append(host)
         if matched:
-            key = (gw.namespace, gw.name, lis.name)
-            count(attachments, key)
-    if not made:
-        return reject(
-            "NoMatchingListenerHostname",
-            "no route hostname intersects a listener hostname of the Gateway",
-        )
-    return ParentOutcome(
-        parent,
-        _cond("Accepted", True, "Accepted", "Route is accepted"),
-        resolved,
-        tuple(sorted(set(made))),
-    )
+            count(attachments, (gw.namespace, gw.name, lis.name))
+    return made
 
 
 # -- assembly -----------------------------------------------------------------------------
