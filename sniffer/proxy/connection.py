@@ -22,7 +22,7 @@ import random
 import socket
 import struct
 import time
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
 from sniffer.observe.counting import count
 from sniffer.observe.stats import BackendTally, ListenerTally
@@ -48,11 +48,51 @@ from sniffer.wire.sniff import NEED_DATA, Refused, Sniffed, Sniffer, SniffLimits
 from sniffer.wire.tls import ClientHello
 
 if TYPE_CHECKING:
-    from sniffer.proxy.server import DataPlane
+    import itertools
+    from collections.abc import Callable
+
+    from sniffer.observe.stats import DataPlaneStats
+    from sniffer.proxy.admission import Admission
     from sniffer.proxy.settings import ProxySettings
+    from sniffer.routing.table import RouteTable
 
 log = logging.getLogger("sniffer.proxy")
 
+
+
+class Plane(Protocol):
+    """All a connection may see of its data plane (`sniffer.proxy.server.DataPlane`).
+
+    The plane, in turn, ends a connection only through `ClientConnection.close_for`,
+    times it out through `hello_timed_out` / `dial_timed_out_now`, and reads its
+    `state`, `started`, `dial_began` and byte counts in its sweeps; the stats read the
+    byte counts and `tally` and never write on a connection.
+    """
+
+    # read-only shared state
+    settings: ProxySettings
+    loop: asyncio.AbstractEventLoop
+    table: RouteTable
+    """The current route table: read once per connection, when it is routed."""
+    stats: DataPlaneStats
+    admission: Admission
+    access_log: Callable[[ClientConnection, float], None] | None
+    id_prefix: str
+    serials: itertools.count[int]
+    max_connections: int
+    draining: bool
+    # the plane's registries, which a connection enters and leaves itself
+    connections: set[ClientConnection]
+    sniffing: set[ClientConnection]
+    """Waiting for their hello: the hello-timeout sweep's candidates."""
+    dialing: set[ClientConnection]
+    """A dial attempt in flight: the connect-timeout sweep's candidates."""
+    drained: asyncio.Event
+    """Set by the last connection to close while draining."""
+
+    def next_index(self, backend: str, n: int) -> int:
+        """Round-robin start among a backend's `n` endpoints."""
+        ...
 
 
 def sniff_limits(listener: Listener, settings: ProxySettings) -> SniffLimits:
@@ -103,7 +143,7 @@ class ClientConnection(asyncio.Protocol):
 
     def __init__(
         self,
-        state: DataPlane,
+        state: Plane,
         listener: Listener,
         ltally: ListenerTally,
         limits: SniffLimits | None = None,
