@@ -294,38 +294,42 @@ def translate_namespace(
     ns: str,
 ) -> NamespaceResult:
     problems: list[str] = []
-    backends = _Backends(view, settings, problems)
-    routes: list[Route] = []
-    defaults: list[DefaultCandidate] = []
-    deps: set[str] = set()
-    _translate_ingresses(view, settings, listeners, ns, backends, routes, defaults, problems)
-    route_status, attachments = _translate_tls_routes(
-        view, settings, listeners, ns, backends, routes, deps, problems
-    )
+    w = _Work(view, settings, listeners, ns, _Backends(view, settings, problems), problems)
+    _translate_ingresses(w)
+    route_status, attachments = _translate_tls_routes(w)
     tenant_limits = _tenant_limits(view, ns, problems)
     return NamespaceResult(
-        routes=tuple(routes),
-        backends=backends.out,
-        defaults=tuple(defaults),
+        routes=tuple(w.routes),
+        backends=w.backends.out,
+        defaults=tuple(w.defaults),
         problems=tuple(problems),
-        deps=frozenset(deps - {ns}),
+        deps=frozenset(w.deps - {ns}),
         route_status=route_status,
         attachments=attachments,
         tenant_limits=tenant_limits,
     )
 
 
-def _translate_ingresses(
-    view: ClusterView,
-    settings: KubernetesSettings,
-    listeners: tuple[Listener, ...],
-    ns: str,
-    backends: _Backends,
-    routes: list[Route],
-    defaults: list[DefaultCandidate],
-    problems: list[str],
-) -> None:
+@dataclass(slots=True)
+class _Work:
+    """One namespace's translation: what every step reads, and what they add to."""
+
+    view: ClusterView
+    settings: KubernetesSettings
+    listeners: tuple[Listener, ...]
+    ns: str
+    backends: _Backends
+    problems: list[str]
+    routes: list[Route] = field(default_factory=list)
+    defaults: list[DefaultCandidate] = field(default_factory=list)
+    deps: set[str] = field(default_factory=set)
+    """Namespaces whose objects this one's routes read (ReferenceGrants, Services)."""
+
+
+def _translate_ingresses(w: _Work) -> None:
     """The namespace's Ingresses (of our class) into `routes` and default candidates."""
+    view, settings, listeners, ns = w.view, w.settings, w.listeners, w.ns
+    backends, routes, defaults, problems = w.backends, w.routes, w.defaults, w.problems
     tls_names = frozenset(lis.name for lis in listeners if lis.protocol == "tls")
     http_names = frozenset(lis.name for lis in listeners if lis.protocol == "http")
     # Ingress: one-label wildcards, the rule's port on TLS listeners, the annotated port
@@ -385,17 +389,12 @@ def _translate_ingresses(
 
 
 def _translate_tls_routes(
-    view: ClusterView,
-    settings: KubernetesSettings,
-    listeners: tuple[Listener, ...],
-    ns: str,
-    backends: _Backends,
-    routes: list[Route],
-    deps: set[str],
-    problems: list[str],
+    w: _Work,
 ) -> tuple[dict[str, tuple[ParentOutcome, ...]], dict[tuple[str, str, str], int]]:
     """The namespace's TLSRoutes into `routes`; their status per parent and how many
     routes attach to each Gateway listener."""
+    view, settings, listeners, ns = w.view, w.settings, w.listeners, w.ns
+    backends, routes, deps, problems = w.backends, w.routes, w.deps, w.problems
     # Gateway API TLSRoute: multi-label wildcards, weights, status per parent.
     route_status: dict[str, tuple[ParentOutcome, ...]] = {}
     attachments: dict[tuple[str, str, str], int] = {}
