@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from sniffer.proxy.settings import ProxySettings
 from sniffer.wire.errors import ALERT_DECODE_ERROR, ALERT_UNRECOGNIZED_NAME
@@ -13,6 +17,7 @@ from tests.wire.hellos import handshake, modern_hello, records
 HELLO = records(modern_hello(sni=b"App.Example.", alpn=(b"h2", b"acme-tls/1")))
 HEAD = b"GET / HTTP/1.1\r\nHost: Web.Example:8080\r\nUser-Agent: t\r\n\r\n"
 SRC, DST = ("192.0.2.7", 40000), ("198.51.100.1", 443)
+SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def sniffer(tls: bool = True, proxy_in: bool = False, **settings: int) -> Sniffer:
@@ -132,3 +137,40 @@ def test_bad_proxy_header_closes_tls_and_answers_400_on_http() -> None:
 def test_empty_feed_needs_data() -> None:
     assert sniffer().feed(b"") is NEED_DATA
     assert sniffer(tls=False).feed(b"") is NEED_DATA
+
+
+def _split(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
+    return [data[a:b] for a, b in itertools.pairwise(points)]
+
+
+@SETTINGS
+@given(
+    prefix=st.sampled_from([b"", encode_v1(SRC, DST), encode_v2(SRC, DST), b"PROXY "]),
+    body=st.one_of(st.binary(max_size=300), st.sampled_from([HELLO, HEAD, HELLO[:-1]])),
+    cuts=st.lists(st.integers(min_value=0, max_value=4000), max_size=6),
+    tls=st.booleans(),
+    proxy_in=st.booleans(),
+    cap=st.sampled_from([64, 100, 16384]),
+)
+def test_three_outcomes_whatever_the_bytes_or_reads(
+    prefix: bytes, body: bytes, cuts: list[int], tls: bool, proxy_in: bool, cap: int
+) -> None:
+    """Nothing but NEED_DATA, Sniffed or Refused comes out, nothing raises, an outcome
+    stays, and a Sniffed replays exactly the bytes after the PROXY header."""
+    data = prefix + body
+    sn = sniffer(tls=tls, proxy_in=proxy_in, max_hello_bytes=cap, max_http_head_bytes=cap)
+    event: object = NEED_DATA
+    for piece in _split(data, cuts):
+        event = sn.feed(piece)
+        assert event is NEED_DATA or type(event) in (Sniffed, Refused)
+        if event is not NEED_DATA:
+            break
+    if type(event) is Sniffed:
+        header = event.proxy_header
+        start = 0 if header is None else header.length
+        assert proxy_in == (header is not None)
+        assert data[start:].startswith(bytes(event.replay))
+        assert len(event.replay) > 0
+    if event is not NEED_DATA:
+        assert sn.feed(b"x") is event
