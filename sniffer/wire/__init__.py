@@ -1,11 +1,14 @@
 """Bytes to facts: the sans-I/O readers that sniff a connection's first bytes.
 
 Everything here is pure: bytes in, a result, ``NEED_DATA``, "not this protocol" or a
-``WireError`` out. Nothing in this package may import asyncio, socket or ssl, or any
-other sniffer package; the data plane (``sniffer.proxy``) and the route table
-(``sniffer.routing``) build on it, never the other way round.
+``WireError`` out; ``Sniffer`` (``sniff.py``) turns a connection's first bytes into one
+event, and ``answers.py`` writes the refusals. Nothing in this package may import
+asyncio, socket or ssl, or any other sniffer package (``tests/test_layers.py``); the
+data plane (``sniffer.proxy``) and the route table (``sniffer.routing``) build on it,
+never the other way round.
 """
 
+from sniffer.wire.answers import http_error, tls_alert
 from sniffer.wire.errors import (
     BadHttpHead,
     BadProxyHeader,
@@ -24,6 +27,7 @@ from sniffer.wire.proxy_protocol import (
     encode_v2_local,
 )
 from sniffer.wire.sentinels import NEED_DATA, NOT_HTTP, NOT_TLS, NeedData, NotHTTP, NotTLS
+from sniffer.wire.sniff import Refused, Sniffed, Sniffer, SniffLimits
 from sniffer.wire.tls import ClientHello, ClientHelloReader
 
 __all__ = [
@@ -43,12 +47,18 @@ __all__ = [
     "NotTLS",
     "ProxyHeader",
     "ProxyHeaderReader",
+    "Refused",
+    "SniffLimits",
+    "Sniffed",
+    "Sniffer",
     "WireError",
     "encode_v1",
     "encode_v1_unknown",
     "encode_v2",
     "encode_v2_local",
+    "http_error",
     "is_ip_literal",
     "normalize_hostname",
     "normalize_route_host",
+    "tls_alert",
 ]
