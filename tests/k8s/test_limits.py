@@ -97,13 +97,18 @@ async def test_namespace_and_service_annotations_reach_the_table(
 
     # A changed annotation changes the limit without a restart; a malformed one is
     # reported once (log, counter, problems) and ignored: the other annotation stays.
-    errors = metrics.ANNOTATION_ERRORS.labels("Namespace")
-    before = errors._value.get()
+    def errors() -> float:
+        value = metrics.REGISTRY.get_sample_value(
+            "sniffer_annotation_errors_total", {"kind": "Namespace"}
+        )
+        return value or 0.0
+
+    before = errors()
     ns = copy.deepcopy(api_server.get("Namespace", None, "team-a"))
     ns["metadata"]["annotations"]["sniffer.dev/max-connections"] = "lots"
     api_server.update(ns)
     await h.until(lambda: "max_connections" not in h.table.effective_limits("tenant", "team-a"))
     assert h.table.effective_limits("tenant", "team-a")["connections_per_second"].value == 50
     assert any("sniffer.dev/max-connections='lots'" in p for p in h.source.problems())
-    assert errors._value.get() == before + 1
+    assert errors() == before + 1
     await h.stop()

@@ -16,7 +16,10 @@ def _tenant(server, ns, host, addr="10.0.0.1"):
 
 
 def _relists(kind, reason):
-    return metrics.WATCH_RELISTS.labels(kind, reason)._value.get()
+    value = metrics.REGISTRY.get_sample_value(
+        "sniffer_watch_relists_total", {"kind": kind, "reason": reason}
+    )
+    return value or 0.0
 
 
 async def test_410_mid_watch_relists_and_catches_up(api_server, harness_factory):
@@ -67,7 +70,7 @@ async def test_server_down_keeps_last_table_and_reports(api_server, harness_fact
     health = h.source.health()
     assert health["synced"] is True
     assert any(k["last_error"] for k in health["kinds"].values())
-    assert metrics.WATCH_UP.labels("Ingress")._value.get() == 0
+    assert metrics.REGISTRY.get_sample_value("sniffer_watch_up", {"kind": "Ingress"}) == 0
     # Still down after several failed retries: the last table is what is served.
     await h.until(lambda: h.source.health()["kinds"]["Ingress"]["errors"] >= 3)
     assert h.source.publishes == published
