@@ -287,10 +287,7 @@ class ClientConnection(asyncio.Protocol):
             self._refuse(event.reason, event.alert, event.http_status)
             return
         assert type(event) is Sniffed
-        self.host = event.host
-        self.hello = event.hello
-        self.pending = event.replay
-        header = event.proxy_header
+        self.host, self.hello, header, self.pending = event  # one unpack, not four lookups
         if header is not None:
             if header.source is not None:
                 self.client_addr = header.source
