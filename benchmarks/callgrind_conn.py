@@ -149,13 +149,9 @@ def main() -> None:
                 time.sleep(0.5)
         # Warm-up: imports, caches, code paths.
         loop.run_until_complete(drive(listen, 200, args.alpn))
-        subprocess.run(
-            ["callgrind_control", "-z", str(proc.pid)], check=True, capture_output=True
-        )
+        subprocess.run(["callgrind_control", "-z", str(proc.pid)], check=True, capture_output=True)
         loop.run_until_complete(drive(listen, args.n, args.alpn))
-        subprocess.run(
-            ["callgrind_control", "-d", str(proc.pid)], check=True, capture_output=True
-        )
+        subprocess.run(["callgrind_control", "-d", str(proc.pid)], check=True, capture_output=True)
     finally:
         server_task.cancel()
         loop.run_until_complete(asyncio.gather(server_task, return_exceptions=True))

@@ -252,9 +252,7 @@ def kernel_floor(results: dict[str, Any]) -> list[str]:
             continue
         best, limit = peer[0], 0.8 * peer[1]
         low = min(system, key=system.__getitem__)
-        cells = [
-            f"{_fmt(users.get(r), '{:.1f}')} / {_fmt(system.get(r), '{:.1f}')}" for r in live
-        ]
+        cells = [f"{_fmt(users.get(r), '{:.1f}')} / {_fmt(system.get(r), '{:.1f}')}" for r in live]
         table.append(
             f"| {w} | {limit:.1f} ({best}) | "
             + " | ".join(cells)

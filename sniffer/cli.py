@@ -527,8 +527,9 @@ def _render_table(table: RouteTable) -> str:
             eps = ",".join(str(e) for e in b.endpoints) if b else "(unknown backend)"
             rows.append(("(default)", "*", "default", lis.name, lis.default_backend, eps, ""))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-             for row in rows]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
+    ]
     lines.append("")
     lines.append(
         "listeners: "

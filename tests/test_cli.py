@@ -139,8 +139,15 @@ def test_route_table_explains_a_host(tmp_path: Path) -> None:
 
     def explain(name: str, listener: str = "tls") -> dict[str, object]:
         out = run(
-            "route-table", "--routes", str(good), "--host", name, "--listener", listener,
-            "-o", "json",
+            "route-table",
+            "--routes",
+            str(good),
+            "--host",
+            name,
+            "--listener",
+            listener,
+            "-o",
+            "json",
         )
         result: dict[str, object] = json.loads(out.stdout)[0]
         return result
@@ -194,18 +201,18 @@ def test_route_table_shows_effective_limits_and_where_they_came_from(tmp_path: P
     f.write_text(LIMITS)
     data = json.loads(run("route-table", "--routes", str(f), "-o", "json", check=True).stdout)
     backends = {b["name"]: b["limits"] for b in data["backends"]}
-    assert backends["tenant-a"]["max_connections"] == {
-        "value": 200, "from": f"backends[0] {f}:11"
-    }
+    assert backends["tenant-a"]["max_connections"] == {"value": 200, "from": f"backends[0] {f}:11"}
     assert backends["tenant-a"]["max_pending_dials"] == {
-        "value": 256, "from": f"limits.backend {f}:5"
+        "value": 256,
+        "from": f"limits.backend {f}:5",
     }
     assert backends["tenant-b"]["max_connections"]["from"] == f"limits.backend {f}:5"
     tenants = {t["name"]: t["limits"] for t in data["tenants"]}
     assert tenants["tenant-a"]["max_connections"]["value"] == 300
     assert tenants["tenant-a"]["burst"] == {"value": 50, "from": f"tenants[0] {f}:8"}
     assert tenants["tenant-b"]["max_connections"] == {
-        "value": 20000, "from": f"limits.tenant {f}:4"
+        "value": 20000,
+        "from": f"limits.tenant {f}:4",
     }
     assert data["limits"]["client"]["max_connections"] == 512
     text = run("route-table", "--routes", str(f), check=True).stdout
@@ -264,9 +271,7 @@ def test_serve_limit_flags_fill_in_under_the_file(tmp_path: Path) -> None:
     listeners, rest = LIMITS.split("limits:", 1)
     publish(Update(parse_routes(listeners + "backends:" + rest.split("backends:", 1)[1])))
     table = controller.table
-    assert table.effective_limits("tenant", "tenant-b")["max_connections"].source == (
-        "serve flags"
-    )
+    assert table.effective_limits("tenant", "tenant-b")["max_connections"].source == ("serve flags")
     assert table.effective_limits("tenant", "tenant-b")["connections_per_second"].value == 2.5
     assert table.effective_limits("client")["max_connections"].value == 7
     assert table.effective_limits("backend", "tenant-b")["max_connections"].value == 9

@@ -102,9 +102,7 @@ async def backends(pki: PKI) -> AsyncIterator[dict[str, TLSBackend]]:
 def start_sniffer(tmp_path: Path) -> Iterator[object]:
     procs: list[subprocess.Popen[bytes]] = []
 
-    async def start(
-        routes_text: str, port: int, *extra: str, nofile: int | None = None
-    ) -> Sniffer:
+    async def start(routes_text: str, port: int, *extra: str, nofile: int | None = None) -> Sniffer:
         """`sniffer serve`; with `nofile`, under that RLIMIT_NOFILE (soft and hard)."""
         routes = tmp_path / "routes.yaml"
         routes.write_text(routes_text)
@@ -116,8 +114,17 @@ def start_sniffer(tmp_path: Path) -> Iterator[object]:
                 resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
 
         proc = subprocess.Popen(
-            [sys.executable, "-m", "sniffer", "serve", "--routes", str(routes),
-             "--admin", f"127.0.0.1:{admin_port}", *extra],
+            [
+                sys.executable,
+                "-m",
+                "sniffer",
+                "serve",
+                "--routes",
+                str(routes),
+                "--admin",
+                f"127.0.0.1:{admin_port}",
+                *extra,
+            ],
             stdout=stdout.open("wb"),
             stderr=stderr.open("wb"),
             cwd=REPO,
@@ -167,10 +174,15 @@ async def test_serve_reload_and_bad_reload(
     # route-table --from reads the live table.
     out = subprocess.run(
         [sys.executable, "-m", "sniffer", "route-table", "--from", s.admin, "-o", "json"],
-        capture_output=True, text=True, cwd=REPO, timeout=60, check=True,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+        check=True,
     )
     assert {r["host"] for r in json.loads(out.stdout)["routes"]} == {
-        "app.a.example", "app.b.example"
+        "app.a.example",
+        "app.b.example",
     }
     s.proc.send_signal(signal.SIGTERM)
     loop = asyncio.get_running_loop()
@@ -183,7 +195,11 @@ async def test_sigterm_drains_open_connections_then_exits_zero(
     port = free_port()
     s: Sniffer = await start_sniffer(  # type: ignore[operator]
         routes_yaml(port, {"a": backends["a"].port}, {"app.a.example": "a"}),
-        port, "--workers", "1", "--drain-grace", "20",
+        port,
+        "--workers",
+        "1",
+        "--drain-grace",
+        "20",
     )
     reader, writer = await open_tls(pki, port, "app.a.example")
     writer.write(b"who\n")
@@ -216,9 +232,14 @@ async def test_workers_aggregate_metrics_and_survive_a_worker_crash(
 ) -> None:
     port = free_port()
     s: Sniffer = await start_sniffer(  # type: ignore[operator]
-        routes_yaml(port, {"a": backends["a"].port, "b": backends["b"].port},
-                    {"app.a.example": "a", "app.b.example": "b"}),
-        port, "--workers", "2",
+        routes_yaml(
+            port,
+            {"a": backends["a"].port, "b": backends["b"].port},
+            {"app.a.example": "a", "app.b.example": "b"},
+        ),
+        port,
+        "--workers",
+        "2",
     )
     for _ in range(10):
         assert await tls_request(pki, port, "app.a.example") == b"a\n"
@@ -236,8 +257,10 @@ async def test_workers_aggregate_metrics_and_survive_a_worker_crash(
     os.kill(victim, signal.SIGKILL)
     await s.wait_for(lambda: s.metrics().get("sniffer_worker_restarts_total") == 1)
     await s.wait_for(
-        lambda: victim not in [w["pid"] for w in json.loads(s.get("/readyz")[1])["workers"]]
-        and s.get("/readyz")[0] == 200
+        lambda: (
+            victim not in [w["pid"] for w in json.loads(s.get("/readyz")[1])["workers"]]
+            and s.get("/readyz")[0] == 200
+        )
     )
     assert s.metrics()['sniffer_workers{state="alive"}'] == 2
     for _ in range(6):
@@ -252,11 +275,10 @@ async def test_workers_aggregate_metrics_and_survive_a_worker_crash(
     # A route change reaches both workers, the restarted one and the other, as a delta
     # from the table each was sent last: ready means both confirmed the new version.
     v = await s.table_version()
-    s.routes.write_text(
-        routes_yaml(port, {"a": backends["a"].port}, {"app.a.example": "a"})
+    s.routes.write_text(routes_yaml(port, {"a": backends["a"].port}, {"app.a.example": "a"}))
+    await s.wait_for(
+        lambda: s.get("/readyz")[0] == 200 and json.loads(s.get("/routes")[1])["version"] > v
     )
-    await s.wait_for(lambda: s.get("/readyz")[0] == 200 and json.loads(
-        s.get("/routes")[1])["version"] > v)
     for _ in range(6):  # SO_REUSEPORT spreads these over both workers
         assert await refused_by_name(port, "app.b.example")
         assert await tls_request(pki, port, "app.a.example") == b"a\n"

@@ -58,8 +58,12 @@ class AdminServer:
                 return
             status, ctype, body = self._route(path)
             await self._send(writer, status, ctype, b"" if method == "HEAD" else body)
-        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
-                ConnectionError):
+        except (
+            TimeoutError,
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+            ConnectionError,
+        ):
             pass
         except Exception:
             log.exception("admin request failed")
@@ -83,8 +87,14 @@ class AdminServer:
     async def _send(
         self, writer: asyncio.StreamWriter, status: int, ctype: str, body: bytes
     ) -> None:
-        reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-                  500: "Internal Server Error", 503: "Service Unavailable"}[status]
+        reason = {
+            200: "OK",
+            400: "Bad Request",
+            404: "Not Found",
+            405: "Method Not Allowed",
+            500: "Internal Server Error",
+            503: "Service Unavailable",
+        }[status]
         writer.write(
             f"HTTP/1.1 {status} {reason}\r\ncontent-type: {ctype}\r\n"
             f"content-length: {len(body)}\r\nconnection: close\r\n\r\n".encode()

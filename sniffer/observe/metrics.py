@@ -65,7 +65,9 @@ WATCH_EVENTS = Counter(
     "sniffer_watch_events", "Watch events by kind and type", ["kind", "type"], registry=REGISTRY
 )
 WATCH_RELISTS = Counter(
-    "sniffer_watch_relists", "Full re-lists by kind and reason", ["kind", "reason"],
+    "sniffer_watch_relists",
+    "Full re-lists by kind and reason",
+    ["kind", "reason"],
     registry=REGISTRY,
 )
 WATCH_ERRORS = Counter(
@@ -222,4 +224,3 @@ class DataPlaneCollector(Collector):
 
 def _bound(b: float) -> str:
     return "+Inf" if b == float("inf") else repr(b)
-

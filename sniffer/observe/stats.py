@@ -27,6 +27,7 @@ SNIFF_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.025, 0.1, 0.5, 1.0, 5.0)
 # sniffer's own stalls is 10 ms, and a starved CPU shows up in the tail.
 LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
+
 class _Hist:
     """A fixed-bucket histogram as plain ints: `observe` is a bisect and two adds."""
 

@@ -59,7 +59,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("sniffer.proxy")
 
 
-
 class Plane(Protocol):
     """All a connection may see of its data plane (`sniffer.proxy.server.DataPlane`).
 
@@ -298,9 +297,7 @@ class ClientConnection(asyncio.Protocol):
     def hello_timed_out(self) -> None:
         """The plane's sweep found this client still sniffing past the hello timeout."""
         if self.state is SNIFFING:
-            self._refuse(
-                "hello_timeout", None, 408 if self.listener.protocol == "http" else None
-            )
+            self._refuse("hello_timeout", None, 408 if self.listener.protocol == "http" else None)
 
     # -- routing and dialing -------------------------------------------------------------
 
@@ -437,10 +434,14 @@ class ClientConnection(asyncio.Protocol):
                 sock = self.transport.get_extra_info("sockname") if self.transport else None
                 dst = (sock[0], sock[1]) if sock else None
             header = (
-                encode_v2(src, dst, self.host, self.conn_id)
-                if mode == "v2"
-                else encode_v1(src, dst)
-            ) if src and dst else b""
+                (
+                    encode_v2(src, dst, self.host, self.conn_id)
+                    if mode == "v2"
+                    else encode_v1(src, dst)
+                )
+                if src and dst
+                else b""
+            )
             if header:
                 ut.write(header)
         pending = self.pending
@@ -583,9 +584,7 @@ class ClientConnection(asyncio.Protocol):
         host = self.host
         hello = self.hello
         # The memo probe inlined: this runs for every connection.
-        facts = (
-            _NO_HELLO if hello is None else (_HELLO_JS.get(hello[1:]) or _hello_js(hello))
-        )
+        facts = _NO_HELLO if hello is None else (_HELLO_JS.get(hello[1:]) or _hello_js(hello))
         if ep is not None and tally is not None and client is not None and host is not None:
             # A relayed connection, nearly every line: the backend's fields come
             # preformatted from its tally, the endpoint's text from the table.
@@ -628,12 +627,12 @@ class ClientConnection(asyncio.Protocol):
 _LINE = (
     '{"id":"%s%x","client":%s,"listener":%s,"%s":%s,"route":%s,"backend":%s,"tenant":%s,'
     '"endpoint":%s,"bytes_in":%d,"bytes_out":%d,"duration":%.6f,"outcome":%s'
-    '%s}\n'
+    "%s}\n"
 )
 _ROUTED_LINE = (
     '{"id":"%s%x","client":"%s","listener":%s,"%s":"%s","route":%s,%s,'
     '"endpoint":"%s","bytes_in":%d,"bytes_out":%d,"duration":%.6f,"outcome":%s'
-    '%s}\n'
+    "%s}\n"
 )
 # The offered ALPN list in the log: enough to see what a client wanted, never a
 # client-chosen amount of log (a hello may carry hundreds of names of 255 bytes).

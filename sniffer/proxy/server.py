@@ -54,6 +54,7 @@ def connection_limit(nofile: int | None = None) -> int:
 
 AccessLog = Callable[[ClientConnection, float], None]
 
+
 class ListenerKey(NamedTuple):
     """What makes a listening socket: a table changing any of it reopens the listener."""
 

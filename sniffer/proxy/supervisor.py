@@ -140,9 +140,7 @@ class Supervisor:
         reader, writer = await asyncio.open_connection(sock=parent)
         w.writer = writer
         self._count_alive()
-        await self._send(
-            w, Configure(replace(self.settings, index=w.index, workers=self.count))
-        )
+        await self._send(w, Configure(replace(self.settings, index=w.index, workers=self.count)))
         await self._send_full(w)
         self._spawn_task(self._read(w, reader))
 
@@ -223,5 +221,3 @@ class Supervisor:
             except TimeoutError:
                 log.error("worker %d did not drain in time; killing it", w.index)
                 proc.kill()
-
-

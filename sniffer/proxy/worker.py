@@ -87,9 +87,7 @@ async def _worker_main(fd: int) -> int:
                     message = InstallTable(table)
                 if isinstance(message, InstallTable):
                     await plane.install(message.table)
-                    await send(
-                        writer, Installed(message.table.version, dict(plane.listen_errors))
-                    )
+                    await send(writer, Installed(message.table.version, dict(plane.listen_errors)))
                 elif isinstance(message, Drain):
                     drain_grace[0] = message.grace
                     stop.set()

@@ -91,7 +91,10 @@ class RouteController:
                 continue  # said when it appeared; a rebuild must not repeat every conflict
             log.warning(
                 "route conflict on %s (listener %s): %s wins over %s",
-                c.host, c.listener, c.winner, c.loser,
+                c.host,
+                c.listener,
+                c.winner,
+                c.loser,
             )
 
     def _export(self, table: RouteTable) -> None:

@@ -135,9 +135,7 @@ class RouteTable:
         return cls.build(TableSpec(), version=0)
 
     @classmethod
-    def build(
-        cls, spec: TableSpec, version: int = 1, built_at: float | None = None
-    ) -> RouteTable:
+    def build(cls, spec: TableSpec, version: int = 1, built_at: float | None = None) -> RouteTable:
         """Index routes per listener; on a duplicate hostname the lowest precedence wins.
 
         `built_at` (Unix time) defaults to now; a table decoded from another process or

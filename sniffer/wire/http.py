@@ -192,8 +192,7 @@ class HttpHeadReader(StickyReader[HttpRequestHead | NotHTTP]):
     def __init__(self, max_bytes: int = DEFAULT_MAX_HEAD_BYTES) -> None:
         if not MIN_HEAD_BYTES <= max_bytes <= MAX_HEAD_BYTES_LIMIT:
             raise ValueError(
-                f"max_bytes must be in [{MIN_HEAD_BYTES}, {MAX_HEAD_BYTES_LIMIT}],"
-                f" got {max_bytes}"
+                f"max_bytes must be in [{MIN_HEAD_BYTES}, {MAX_HEAD_BYTES_LIMIT}], got {max_bytes}"
             )
         super().__init__()
         self.max_bytes = max_bytes

@@ -165,9 +165,7 @@ def _parse_server_name(buf: bytes | bytearray, pos: int, end: int) -> str | None
             reason=f"sni_{exc.problem}",
             alert=ALERT_UNRECOGNIZED_NAME,
         ) from None
-    return _remember(
-        _sni_memo, bytes(buf[pos:end]), name, _SNI_MEMO_MAX_ENTRIES, _SNI_MEMO_MAX_KEY
-    )
+    return _remember(_sni_memo, bytes(buf[pos:end]), name, _SNI_MEMO_MAX_ENTRIES, _SNI_MEMO_MAX_KEY)
 
 
 def _parse_server_name_list(buf: bytes | bytearray, pos: int, end: int) -> bytes | None:

@@ -37,9 +37,7 @@ def test_a_limit_below_every_rows_kernel_share_is_called_unreachable() -> None:
 
 def test_a_reachable_limit_is_not_called_unreachable() -> None:
     # nginx spends most of its time in its own code: 0.8x its total is above the kernel's.
-    r = results(
-        [per_op("sniffer", 150, 60), per_op("nginx", 200, 120)], ["sniffer", "nginx"]
-    )
+    r = results([per_op("sniffer", 150, 60), per_op("nginx", 200, 120)], ["sniffer", "nginx"])
     text = "\n".join(kernel_floor(r))
     assert "| new-conn | 160.0 (nginx) |" in text
     assert "cannot be met" not in text

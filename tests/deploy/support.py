@@ -116,7 +116,10 @@ def kustomize_command() -> list[str]:
 def _render(dirname: str) -> str:
     proc = subprocess.run(
         [*kustomize_command(), str(MANIFESTS / dirname)],
-        capture_output=True, text=True, timeout=120, check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert proc.returncode == 0, f"kustomize {dirname} failed:\n{proc.stderr}"
     return proc.stdout
@@ -129,8 +132,7 @@ def render(dirname: str) -> list[dict[str, Any]]:
 
 def find(objs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
     hits = [
-        o for o in objs
-        if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)
+        o for o in objs if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)
     ]
     assert len(hits) == 1, f"expected one {kind} {name or ''}, found {len(hits)}"
     return hits[0]

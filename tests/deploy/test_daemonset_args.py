@@ -46,11 +46,15 @@ def test_daemonset_args_run(layout: str, tmp_path: Path) -> None:
     assert args[0] == "serve"
 
     routes = tmp_path / "routes.yaml"
-    routes.write_text(yaml.safe_dump({
-        "listeners": [],
-        "backends": [{"name": "b", "endpoints": ["127.0.0.1:9"]}],
-        "routes": [{"host": "a.example.com", "backend": "b"}],
-    }))
+    routes.write_text(
+        yaml.safe_dump(
+            {
+                "listeners": [],
+                "backends": [{"name": "b", "endpoints": ["127.0.0.1:9"]}],
+                "routes": [{"host": "a.example.com", "backend": "b"}],
+            }
+        )
+    )
     ports: dict[str, int] = {}
     cmd = [sniffer]
     for arg in args:
@@ -77,8 +81,10 @@ def test_daemonset_args_run(layout: str, tmp_path: Path) -> None:
         deadline = time.monotonic() + 60
         while not _ready(f"http://127.0.0.1:{ports['admin']}/readyz"):
             if proc.poll() is not None:
-                pytest.fail(f"sniffer exited {proc.returncode} with the {layout} args "
-                            f"{cmd[1:]}:\n{log.read_text()[-3000:]}")
+                pytest.fail(
+                    f"sniffer exited {proc.returncode} with the {layout} args "
+                    f"{cmd[1:]}:\n{log.read_text()[-3000:]}"
+                )
             if time.monotonic() > deadline:
                 pytest.fail(f"sniffer not ready after 60 s:\n{log.read_text()[-3000:]}")
             time.sleep(0.1)

@@ -151,14 +151,21 @@ def test_queries_parse_as_promql(tmp_path: Path) -> None:
     rules = []
     for p in panels():
         for t in p["targets"]:
-            rules.append({
-                "record": f"dashboard:panel_{p['id']}:{t['refId'].lower()}",
-                "expr": substitute(t["expr"], tenant="tenant-a|tenant-b"),
-            })
+            rules.append(
+                {
+                    "record": f"dashboard:panel_{p['id']}:{t['refId'].lower()}",
+                    "expr": substitute(t["expr"], tenant="tenant-a|tenant-b"),
+                }
+            )
     path = tmp_path / "dashboard_rules.yaml"
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
-    proc = subprocess.run([promtool, "check", "rules", str(path)],
-                          capture_output=True, text=True, timeout=60, check=False)
+    proc = subprocess.run(
+        [promtool, "check", "rules", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 

@@ -68,19 +68,34 @@ ROUNDS = int(os.environ.get("SNIFFER_DASHBOARD_ROUNDS", "10"))
 
 def per_round(rnd: int) -> dict[str, int]:
     """Connections per round, varied so the graphs show change; tenant-a always > tenant-b."""
-    return {"tenant-a": 4 + 2 * (rnd % 3), "tenant-b": 1 + rnd % 2,
-            "unknown": 1 + (rnd % 4 == 0), "tenant-c": 1, "tenant-d": 1}
+    return {
+        "tenant-a": 4 + 2 * (rnd % 3),
+        "tenant-b": 1 + rnd % 2,
+        "unknown": 1 + (rnd % 4 == 0),
+        "tenant-c": 1,
+        "tenant-d": 1,
+    }
 
 
 HELD = {"tenant-a": 3, "tenant-b": 1}
 PAYLOAD = {"tenant-a": (2048, 16384), "tenant-b": (512, 4096)}  # (request, response) bytes
-HOSTS = {"tenant-a": "www.tenant-a.test", "tenant-b": "shop.tenant-b.test",
-         "tenant-c": "api.tenant-c.test", "tenant-d": "app.tenant-d.test",
-         "unknown": "nobody.unrouted.test"}
+HOSTS = {
+    "tenant-a": "www.tenant-a.test",
+    "tenant-b": "shop.tenant-b.test",
+    "tenant-c": "api.tenant-c.test",
+    "tenant-d": "app.tenant-d.test",
+    "unknown": "nobody.unrouted.test",
+}
 # Metrics that only the Kubernetes source produces.
-KUBERNETES_ONLY = {"sniffer_watch_events_total", "sniffer_watch_relists_total",
-                   "sniffer_watch_errors_total", "sniffer_watch_up", "sniffer_objects_cached",
-                   "sniffer_leader", "sniffer_status_writes_total"}
+KUBERNETES_ONLY = {
+    "sniffer_watch_events_total",
+    "sniffer_watch_relists_total",
+    "sniffer_watch_errors_total",
+    "sniffer_watch_up",
+    "sniffer_objects_cached",
+    "sniffer_leader",
+    "sniffer_status_writes_total",
+}
 DEADLINE = 60.0  # seconds for any one wait; the whole test takes ~30-60 s
 
 
@@ -121,8 +136,11 @@ def make_pki(tmp: Path) -> Pki:
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sniffer test CA")])
     ca = (
-        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
-        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(hours=1))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
@@ -136,20 +154,25 @@ def make_pki(tmp: Path) -> Pki:
         cert = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, HOSTS[tenant])]))
-            .issuer_name(ca_name).public_key(key.public_key())
+            .issuer_name(ca_name)
+            .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - dt.timedelta(minutes=5))
             .not_valid_after(now + dt.timedelta(hours=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(HOSTS[tenant])]),
-                           critical=False)
+            .add_extension(
+                x509.SubjectAlternativeName([x509.DNSName(HOSTS[tenant])]), critical=False
+            )
             .sign(ca_key, hashes.SHA256())
         )
         cert_path, key_path = tmp / f"{tenant}.crt", tmp / f"{tenant}.key"
         cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        key_path.write_bytes(key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ))
+        key_path.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
         certs[tenant] = (cert_path, key_path)
     return Pki(ca_pem, certs)
 
@@ -180,9 +203,11 @@ class TlsBackend:
 
     def _serve(self, conn: socket.socket) -> None:
         conn.settimeout(30)
-        with contextlib.suppress(OSError), conn, self.ctx.wrap_socket(
-            conn, server_side=True
-        ) as tls:
+        with (
+            contextlib.suppress(OSError),
+            conn,
+            self.ctx.wrap_socket(conn, server_side=True) as tls,
+        ):
             buf = b""
             while b"\n" not in buf:
                 chunk = tls.recv(65536)
@@ -273,8 +298,13 @@ def alive(proc: subprocess.Popen[bytes], log: Path) -> None:
 def stack(tmp_path: Path) -> Iterator[Stack]:
     prometheus = require_tool("prometheus", Path("/usr/bin/prometheus"))
     sniffer = find_tool("sniffer")
-    if sniffer is None or subprocess.run([sniffer, "--help"], capture_output=True,
-                                         timeout=60, check=False).returncode != 0:
+    if (
+        sniffer is None
+        or subprocess.run(
+            [sniffer, "--help"], capture_output=True, timeout=60, check=False
+        ).returncode
+        != 0
+    ):
         missing("the `sniffer` command is not installed (pip install -e . in the venv)")
     assert sniffer is not None
 
@@ -285,10 +315,16 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
     routes = {
         "listeners": [{"name": "tls", "address": f"127.0.0.1:{tls_port}", "protocol": "tls"}],
         "backends": [
-            {"name": "router", "tenant": "tenant-a",
-             "endpoints": [f"127.0.0.1:{backends['tenant-a'].port}"]},
-            {"name": "router-b", "tenant": "tenant-b",
-             "endpoints": [f"127.0.0.1:{backends['tenant-b'].port}"]},
+            {
+                "name": "router",
+                "tenant": "tenant-a",
+                "endpoints": [f"127.0.0.1:{backends['tenant-a'].port}"],
+            },
+            {
+                "name": "router-b",
+                "tenant": "tenant-b",
+                "endpoints": [f"127.0.0.1:{backends['tenant-b'].port}"],
+            },
             {"name": "router-c", "tenant": "tenant-c", "endpoints": [f"127.0.0.1:{dead_port}"]},
             # tenant-d may hold no connection at all: every one is refused by its limit.
             {"name": "router-d", "tenant": "tenant-d", "endpoints": [f"127.0.0.1:{dead_port}"]},
@@ -304,33 +340,60 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
     routes_file = tmp_path / "routes.yaml"
     routes_file.write_text(yaml.safe_dump(routes))
     prom_config = tmp_path / "prometheus.yml"
-    prom_config.write_text(yaml.safe_dump({
-        "global": {"scrape_interval": "1s", "scrape_timeout": "1s",
-                   "evaluation_interval": "1s"},
-        "scrape_configs": [{
-            "job_name": "sniffer",
-            "static_configs": [{"targets": [f"127.0.0.1:{admin_port}"]}],
-        }],
-    }))
+    prom_config.write_text(
+        yaml.safe_dump(
+            {
+                "global": {
+                    "scrape_interval": "1s",
+                    "scrape_timeout": "1s",
+                    "evaluation_interval": "1s",
+                },
+                "scrape_configs": [
+                    {
+                        "job_name": "sniffer",
+                        "static_configs": [{"targets": [f"127.0.0.1:{admin_port}"]}],
+                    }
+                ],
+            }
+        )
+    )
     admin = f"http://127.0.0.1:{admin_port}"
     prom = f"http://127.0.0.1:{prom_port}"
     sniffer_log, prom_log = tmp_path / "sniffer.log", tmp_path / "prometheus.log"
     try:
         with running(
-            [sniffer, "serve", "--routes", str(routes_file), "--admin",
-             f"127.0.0.1:{admin_port}", "--workers", "1", "--drain-grace", "1"],
+            [
+                sniffer,
+                "serve",
+                "--routes",
+                str(routes_file),
+                "--admin",
+                f"127.0.0.1:{admin_port}",
+                "--workers",
+                "1",
+                "--drain-grace",
+                "1",
+            ],
             sniffer_log,
         ) as sp:
-            wait_for("sniffer /readyz", lambda: alive(sp, sniffer_log) or
-                     http_get(f"{admin}/readyz")[0] == 200)
+            wait_for(
+                "sniffer /readyz",
+                lambda: alive(sp, sniffer_log) or http_get(f"{admin}/readyz")[0] == 200,
+            )
             with running(
-                [prometheus, f"--config.file={prom_config}",
-                 f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                 f"--web.listen-address=127.0.0.1:{prom_port}", "--log.level=warn"],
+                [
+                    prometheus,
+                    f"--config.file={prom_config}",
+                    f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                    f"--web.listen-address=127.0.0.1:{prom_port}",
+                    "--log.level=warn",
+                ],
                 prom_log,
             ) as pp:
-                wait_for("prometheus ready", lambda: alive(pp, prom_log) or
-                         http_get(f"{prom}/-/ready")[0] == 200)
+                wait_for(
+                    "prometheus ready",
+                    lambda: alive(pp, prom_log) or http_get(f"{prom}/-/ready")[0] == 200,
+                )
                 yield Stack(tls_port, admin, prom, tmp_path, pki)
                 alive(sp, sniffer_log)
     finally:
@@ -353,8 +416,7 @@ def query(prom: str, expr: str, at: float | None = None) -> list[dict[str, Any]]
 
 
 def by(result: list[dict[str, Any]], *labels: str) -> dict[tuple[str, ...], float]:
-    return {tuple(r["metric"].get(lbl, "") for lbl in labels): float(r["value"][1])
-            for r in result}
+    return {tuple(r["metric"].get(lbl, "") for lbl in labels): float(r["value"][1]) for r in result}
 
 
 def scalar_sum(prom: str, expr: str) -> float:
@@ -394,8 +456,12 @@ def expectations(start: float, end: float) -> dict[str, Check]:
 
     def endpoints(r: list[list[dict[str, Any]]]) -> None:
         got = by(r[0], "tenant", "backend")
-        assert got == {("tenant-a", "router"): 1, ("tenant-b", "router-b"): 1,
-                       ("tenant-c", "router-c"): 1, ("tenant-d", "router-d"): 1}, got
+        assert got == {
+            ("tenant-a", "router"): 1,
+            ("tenant-b", "router-b"): 1,
+            ("tenant-c", "router-c"): 1,
+            ("tenant-d", "router-d"): 1,
+        }, got
 
     def connect_errors(r: list[list[dict[str, Any]]]) -> None:
         got = by(r[0], "tenant", "backend", "reason")
@@ -524,8 +590,10 @@ def drive_traffic(s: Stack, held: list[ssl.SSLSocket]) -> tuple[float, float]:
 
     def settled() -> bool:
         got = by(query(prom, "sum by (tenant) (sniffer_connections_active)"), "tenant")
-        return got.get(("tenant-a",)) == HELD["tenant-a"] and got.get(
-            ("tenant-b",)) == HELD["tenant-b"]
+        return (
+            got.get(("tenant-a",)) == HELD["tenant-a"]
+            and got.get(("tenant-b",)) == HELD["tenant-b"]
+        )
 
     wait_for("active connections to reach Prometheus", settled)
     last = float(query(prom, "sniffer_build_info")[0]["value"][0])
@@ -557,8 +625,9 @@ def test_metrics_page_matches_the_contract(stack: Stack) -> None:
         if not family.name.startswith("sniffer_") or family.name.endswith("_created"):
             continue
         name = family.name + ("_total" if family.type == "counter" else "")
-        label_sets = {frozenset(s.labels) - {"le"} for s in family.samples
-                      if not s.name.endswith("_created")}
+        label_sets = {
+            frozenset(s.labels) - {"le"} for s in family.samples if not s.name.endswith("_created")
+        }
         exposed[name] = (family.type, label_sets)
     unknown = set(exposed) - set(METRICS)
     assert not unknown, f"exposed but not in the contract (dashboard/alerts): {unknown}"
@@ -583,8 +652,11 @@ def test_every_dashboard_query_against_live_prometheus(stack: Stack) -> None:
         for panel in panels:
             results = []
             for target in panel["targets"]:
-                expr = target["expr"].replace("$tenant", TENANTS).replace(
-                    "$__rate_interval", RATE_INTERVAL)
+                expr = (
+                    target["expr"]
+                    .replace("$tenant", TENANTS)
+                    .replace("$__rate_interval", RATE_INTERVAL)
+                )
                 results.append(query(stack.prometheus, expr, at=last))
             try:
                 checks[panel["title"]](results)
@@ -595,7 +667,8 @@ def test_every_dashboard_query_against_live_prometheus(stack: Stack) -> None:
         # The tenant variable's own query lists the tenants with traffic.
         status, body = http_get(
             f"{stack.prometheus}/api/v1/label/tenant/values?"
-            + urllib.parse.urlencode({"match[]": "sniffer_connections_active"}))
+            + urllib.parse.urlencode({"match[]": "sniffer_connections_active"})
+        )
         assert status == 200
         assert {"tenant-a", "tenant-b"} <= set(json.loads(body)["data"])
 
@@ -609,7 +682,8 @@ def _render_preview(stack: Stack, first: float, last: float) -> None:
     if importlib.util.find_spec("matplotlib") is None:
         missing("matplotlib not installed: cannot draw the dashboard preview")
     spec = importlib.util.spec_from_file_location(
-        "render_preview", MANIFESTS / "grafana" / "render_preview.py")
+        "render_preview", MANIFESTS / "grafana" / "render_preview.py"
+    )
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
@@ -617,10 +691,17 @@ def _render_preview(stack: Stack, first: float, last: float) -> None:
         spec.loader.exec_module(module)
         target = os.environ.get("SNIFFER_DASHBOARD_PNG")
         out = (REPO / target) if target else stack.tmp / "dashboard.png"
-        drawn = module.render(stack.prometheus, first - 3, last + 1, out,
-                              tenant=TENANTS, rate_interval="5s", step=0.5,
-                              note="routes from a file: the Kubernetes-only panels "
-                                   "(watches, objects, update lag) have no data")
+        drawn = module.render(
+            stack.prometheus,
+            first - 3,
+            last + 1,
+            out,
+            tenant=TENANTS,
+            rate_interval="5s",
+            step=0.5,
+            note="routes from a file: the Kubernetes-only panels "
+            "(watches, objects, update lag) have no data",
+        )
     finally:
         del sys.modules[spec.name]
     assert drawn >= 20, f"only {drawn} series drawn"

@@ -46,8 +46,13 @@ def _package_version() -> str:
 
 def test_hadolint_clean() -> None:
     hadolint = require_tool("hadolint")
-    proc = subprocess.run([hadolint, "--no-color", str(DOCKERFILE)],
-                          capture_output=True, text=True, timeout=60, check=False)
+    proc = subprocess.run(
+        [hadolint, "--no-color", str(DOCKERFILE)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -59,15 +64,16 @@ def test_dockerfile_shape() -> None:
     args = dict(a.split("=", 1) for w, a in ins if w == "ARG" and "=" in a)
     final_base = froms[1].replace("${PYTHON_VERSION}", args["PYTHON_VERSION"])
     assert final_base == "python:3.12-slim"
-    final = ins[[i for i, (w, _) in enumerate(ins) if w == "FROM"][1]:]
+    final = ins[[i for i, (w, _) in enumerate(ins) if w == "FROM"][1] :]
     builder = ins[: len(ins) - len(final)]
 
     assert any(w == "RUN" and "pip wheel" in a for w, a in builder), "builder builds wheels"
     final_runs = " ".join(a for w, a in final if w == "RUN")
     assert "--no-index" in final_runs, "final stage installs only the built wheels"
     assert not re.search(r"apt-get|gcc|build-essential", final_runs), "no build tools"
-    assert not any(w in {"COPY", "ADD"} and "/src" not in a for w, a in final
-                   if "--from=builder" not in a), "final stage copies no source"
+    assert not any(
+        w in {"COPY", "ADD"} and "/src" not in a for w, a in final if "--from=builder" not in a
+    ), "final stage copies no source"
 
     (user,) = [a for w, a in final if w == "USER"]
     assert user == "65532:65532"
@@ -99,7 +105,8 @@ def _dockerignored(path: str, patterns: list[str]) -> bool:
 
 def test_dockerignore_lets_through_what_the_build_copies() -> None:
     patterns = [
-        line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
+        line.strip()
+        for line in (REPO / ".dockerignore").read_text().splitlines()
         if line.strip() and not line.startswith("#")
     ]
     copied = []
@@ -116,8 +123,14 @@ def test_dockerignore_lets_through_what_the_build_copies() -> None:
                 assert _dockerignored(rel, patterns), f"{rel} should be ignored"
             else:
                 assert not _dockerignored(rel, patterns), f"{rel} is copied but dockerignored"
-    for rel in ("tests/__init__.py", "manifests/base/daemonset.yaml", ".venv/bin/python",
-                ".git/HEAD", "benchmarks/x.py", "sniffer/__pycache__/x.pyc"):
+    for rel in (
+        "tests/__init__.py",
+        "manifests/base/daemonset.yaml",
+        ".venv/bin/python",
+        ".git/HEAD",
+        "benchmarks/x.py",
+        "sniffer/__pycache__/x.pyc",
+    ):
         assert _dockerignored(rel, patterns), f"{rel} would be sent to the daemon"
 
 
@@ -127,9 +140,21 @@ def test_wheel_installs_into_a_fresh_venv_and_runs(tmp_path: Path) -> None:
     wheels = tmp_path / "wheels"
     build = subprocess.run(
         # As the Dockerfile's builder does (isolated build with the declared backend).
-        [sys.executable, "-m", "pip", "wheel", str(REPO), "-w", str(wheels), "--no-deps",
-         "--disable-pip-version-check"],
-        capture_output=True, text=True, timeout=300, check=False,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            str(REPO),
+            "-w",
+            str(wheels),
+            "--no-deps",
+            "--disable-pip-version-check",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert build.returncode == 0, build.stdout + build.stderr
     (wheel,) = wheels.glob("sniffer-*.whl")
@@ -138,25 +163,36 @@ def test_wheel_installs_into_a_fresh_venv_and_runs(tmp_path: Path) -> None:
     assert "sniffer/py.typed" in names
     assert not [n for n in names if n.startswith(("tests/", "manifests/", "benchmarks/"))]
     entry = [n for n in names if n.endswith("entry_points.txt")]
-    assert entry and "sniffer = sniffer.cli:main" in zipfile.ZipFile(wheel).read(
-        entry[0]).decode()
+    assert entry and "sniffer = sniffer.cli:main" in zipfile.ZipFile(wheel).read(entry[0]).decode()
 
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(with_pip=True).create(env_dir)
     py = env_dir / "bin" / "python"
     install = subprocess.run(
-        [str(py), "-m", "pip", "install", "--disable-pip-version-check", "--quiet",
-         str(wheel)],
-        capture_output=True, text=True, timeout=540, check=False,
+        [str(py), "-m", "pip", "install", "--disable-pip-version-check", "--quiet", str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=540,
+        check=False,
     )
     assert install.returncode == 0, install.stdout + install.stderr
-    run = subprocess.run([str(env_dir / "bin" / "sniffer"), "--version"], cwd=tmp_path,
-                         capture_output=True, text=True, timeout=60, check=False)
+    run = subprocess.run(
+        [str(env_dir / "bin" / "sniffer"), "--version"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     assert _package_version() in run.stdout
     # It ran the installed copy, not the source tree.
-    where = subprocess.run([str(py), "-c", "import sniffer; print(sniffer.__file__)"],
-                           cwd=tmp_path, capture_output=True, text=True, timeout=60,
-                           check=True)
+    where = subprocess.run(
+        [str(py), "-c", "import sniffer; print(sniffer.__file__)"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     assert str(env_dir) in where.stdout
-

@@ -50,7 +50,8 @@ def _patch_files() -> set[Path]:
 def _object_files() -> list[Path]:
     patches = _patch_files()
     return [
-        p for p in iter_manifest_files()
+        p
+        for p in iter_manifest_files()
         if p.name != "kustomization.yaml" and p.resolve() not in patches
     ]
 
@@ -67,9 +68,7 @@ def validate(obj: dict[str, Any]) -> None:
         errors = sorted(
             jsonschema.Draft202012Validator(schema).iter_errors(obj), key=lambda e: e.json_path
         )
-        assert not errors, f"{where}: " + "; ".join(
-            f"{e.json_path}: {e.message}" for e in errors
-        )
+        assert not errors, f"{where}: " + "; ".join(f"{e.json_path}: {e.message}" for e in errors)
         assert obj["metadata"].get("name"), f"{where}: no metadata.name"
         return
     for k8s in K8S_VERSIONS:
@@ -106,9 +105,7 @@ def test_manifest_tree_is_what_the_kustomizations_reference() -> None:
             assert path.parent.resolve() in kustomized_dirs, f"{path} not in KUSTOMIZATIONS"
 
 
-@pytest.mark.parametrize(
-    "path", _object_files(), ids=lambda p: str(p.relative_to(MANIFESTS))
-)
+@pytest.mark.parametrize("path", _object_files(), ids=lambda p: str(p.relative_to(MANIFESTS)))
 def test_manifest_file_validates(path: Path) -> None:
     docs = load_docs(path)
     assert docs, f"{path} is empty"
@@ -126,8 +123,12 @@ def test_kustomization_renders_and_validates(dirname: str) -> None:
     assert objs, f"kustomize {dirname} rendered nothing"
     seen = set()
     for obj in objs:
-        key = (obj["apiVersion"], obj["kind"], obj["metadata"].get("namespace"),
-               obj["metadata"]["name"])
+        key = (
+            obj["apiVersion"],
+            obj["kind"],
+            obj["metadata"].get("namespace"),
+            obj["metadata"]["name"],
+        )
         assert key not in seen, f"{dirname}: duplicate {key}"
         seen.add(key)
         validate(obj)
@@ -152,8 +153,12 @@ def test_base_has_every_required_object() -> None:
     }
     for obj in objs:
         cluster_scoped = obj["kind"] in {
-            "Namespace", "ClusterRole", "ClusterRoleBinding", "PriorityClass",
-            "IngressClass", "GatewayClass",
+            "Namespace",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "PriorityClass",
+            "IngressClass",
+            "GatewayClass",
         }
         ns = obj["metadata"].get("namespace")
         assert (ns is None) if cluster_scoped else (ns == "sniffer-system"), obj["kind"]
@@ -168,7 +173,9 @@ def test_classes_name_sniffers_controllers() -> None:
     assert gw["spec"]["gatewayClassName"] == gc["metadata"]["name"]
     (listener,) = gw["spec"]["listeners"]
     assert (listener["protocol"], listener["port"], listener["tls"]["mode"]) == (
-        "TLS", 443, "Passthrough"
+        "TLS",
+        443,
+        "Passthrough",
     )
     args = _container(find(objs, "DaemonSet"))["args"]
     assert f"--ingress-class={find(objs, 'IngressClass')['metadata']['name']}" in args
@@ -194,7 +201,8 @@ def test_tenant_example_routes_attach_to_sniffer() -> None:
     for route in routes:
         (parent,) = route["spec"]["parentRefs"]
         assert (parent["name"], parent["namespace"]) == (
-            gw["metadata"]["name"], gw["metadata"]["namespace"]
+            gw["metadata"]["name"],
+            gw["metadata"]["namespace"],
         )
         assert parent["sectionName"] == gw["spec"]["listeners"][0]["name"]
         (rule,) = route["spec"]["rules"]
@@ -262,7 +270,8 @@ def test_daemonset_ports_probes_and_drain(dirname: str) -> None:
     (grace,) = _flag(args, "drain-grace")
     assert pod["terminationGracePeriodSeconds"] == int(grace) + 5
     assert ds["spec"]["updateStrategy"] == {
-        "type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 1},
     }
 
     # Workers: from the CPU limit, through the downward API.
@@ -271,7 +280,9 @@ def test_daemonset_ports_probes_and_drain(dirname: str) -> None:
     assert var, f"--workers={workers} should come from an env var"
     (env,) = [e for e in c["env"] if e["name"] == var.group(1)]
     assert env["valueFrom"]["resourceFieldRef"] == {
-        "containerName": c["name"], "resource": "limits.cpu", "divisor": "1"
+        "containerName": c["name"],
+        "resource": "limits.cpu",
+        "divisor": "1",
     }
     resources = c["resources"]
     assert {"cpu", "memory"} <= resources["requests"].keys()
@@ -323,7 +334,8 @@ def test_edge_nodes_overlay_only_adds_the_selector() -> None:
     base = find(render("base"), "DaemonSet")
     edge = find(render("overlays/edge-nodes"), "DaemonSet")
     assert edge["spec"]["template"]["spec"]["nodeSelector"] == {
-        "kubernetes.io/os": "linux", "node-role.kubernetes.io/edge": ""
+        "kubernetes.io/os": "linux",
+        "node-role.kubernetes.io/edge": "",
     }
     del edge["spec"]["template"]["spec"]["nodeSelector"]
     del base["spec"]["template"]["spec"]["nodeSelector"]

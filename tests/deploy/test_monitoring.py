@@ -37,8 +37,13 @@ def _write_rules(tmp_path: Path) -> Path:
 def test_promtool_check_rules(tmp_path: Path) -> None:
     promtool = require_tool("promtool")
     rules = _write_rules(tmp_path)
-    proc = subprocess.run([promtool, "check", "rules", str(rules)],
-                          capture_output=True, text=True, timeout=60, check=False)
+    proc = subprocess.run(
+        [promtool, "check", "rules", str(rules)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     count = sum(len(g["rules"]) for g in _rule_groups())
     assert f"SUCCESS: {count} rules found" in proc.stdout
@@ -48,8 +53,14 @@ def test_promtool_unit_tests_of_alerts(tmp_path: Path) -> None:
     promtool = require_tool("promtool")
     _write_rules(tmp_path)
     shutil.copy(HERE / "rules_test.yaml", tmp_path / "rules_test.yaml")
-    proc = subprocess.run([promtool, "test", "rules", "rules_test.yaml"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120, check=False)
+    proc = subprocess.run(
+        [promtool, "test", "rules", "rules_test.yaml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -66,11 +77,11 @@ def test_required_alerts_exist_with_severity_and_text() -> None:
     alerts = {r["alert"]: r for g in _rule_groups() for r in g["rules"]}
     for required in (
         "SnifferRoutedHostNoEndpoints",  # no endpoints for a routed host
-        "SnifferRefusalRateHigh",        # refusal rate up
-        "SnifferRouteUpdateLagHigh",     # route update lag high
-        "SnifferWatchDown",              # watch failing
+        "SnifferRefusalRateHigh",  # refusal rate up
+        "SnifferRouteUpdateLagHigh",  # route update lag high
+        "SnifferWatchDown",  # watch failing
         "SnifferWatchErrors",
-        "SnifferWorkerRestarts",         # worker restarts
+        "SnifferWorkerRestarts",  # worker restarts
     ):
         assert required in alerts
     for name, rule in alerts.items():

@@ -78,11 +78,13 @@ def test_cluster_role_is_read_only_except_status() -> None:
 
 
 def _binds_service_account(binding: dict[str, Any], sa: dict[str, Any]) -> None:
-    assert binding["subjects"] == [{
-        "kind": "ServiceAccount",
-        "name": sa["metadata"]["name"],
-        "namespace": sa["metadata"]["namespace"],
-    }]
+    assert binding["subjects"] == [
+        {
+            "kind": "ServiceAccount",
+            "name": sa["metadata"]["name"],
+            "namespace": sa["metadata"]["namespace"],
+        }
+    ]
 
 
 def test_binding_grants_the_role_to_the_daemonsets_account() -> None:
@@ -91,7 +93,9 @@ def test_binding_grants_the_role_to_the_daemonsets_account() -> None:
     sa = find(objs, "ServiceAccount", "sniffer")
     ds = find(objs, "DaemonSet", "sniffer")
     assert binding["roleRef"] == {
-        "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "sniffer"
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "ClusterRole",
+        "name": "sniffer",
     }
     _binds_service_account(binding, sa)
     assert ds["spec"]["template"]["spec"]["serviceAccountName"] == sa["metadata"]["name"]
@@ -111,7 +115,9 @@ def test_lease_role_is_namespaced_and_matches_code() -> None:
     binding = find(objs, "RoleBinding", "sniffer-leader-election")
     assert binding["metadata"]["namespace"] == sa["metadata"]["namespace"]
     assert binding["roleRef"] == {
-        "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "sniffer-leader-election"
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": "sniffer-leader-election",
     }
     _binds_service_account(binding, sa)
 

@@ -309,9 +309,7 @@ async def test_weight_zero_backend_gets_nothing(
 
 async def test_http_listener_routes_by_host(data_plane: PlaneFactory) -> None:
     raw = await RawBackend().start()
-    plane = await data_plane(
-        tls_spec({"r": [raw.port]}, {"www.r.example": "r"}, protocol="http")
-    )
+    plane = await data_plane(tls_spec({"r": [raw.port]}, {"www.r.example": "r"}, protocol="http"))
     port = plane.bound_ports()["main"]
     request = b"GET /x HTTP/1.1\r\nHost: WWW.R.example:8080\r\nUser-Agent: t\r\n\r\nbody"
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -362,9 +360,7 @@ async def test_proxy_protocol_in_is_consumed_and_client_address_used(
     data_plane: PlaneFactory,
 ) -> None:
     raw = await RawBackend().start()
-    plane = await data_plane(
-        tls_spec({"r": [raw.port]}, {"app.r.example": "r"}, proxy_in=True)
-    )
+    plane = await data_plane(tls_spec({"r": [raw.port]}, {"app.r.example": "r"}, proxy_in=True))
     port = plane.bound_ports()["main"]
     hello = client_hello("app.r.example")
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -394,9 +390,7 @@ async def _closed(plane: object) -> None:
 
 async def test_hello_timeout_closes_slow_client(data_plane: PlaneFactory) -> None:
     raw = await RawBackend().start()
-    plane = await data_plane(
-        tls_spec({"r": [raw.port]}, {"app.r.example": "r"}), hello_timeout=0.2
-    )
+    plane = await data_plane(tls_spec({"r": [raw.port]}, {"app.r.example": "r"}), hello_timeout=0.2)
     port = plane.bound_ports()["main"]
     hello = client_hello("app.r.example")
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -411,9 +405,7 @@ async def test_hello_timeout_closes_slow_client(data_plane: PlaneFactory) -> Non
 
 async def test_idle_timeout_closes_silent_relay(data_plane: PlaneFactory) -> None:
     raw = await RawBackend().start()
-    plane = await data_plane(
-        tls_spec({"r": [raw.port]}, {"app.r.example": "r"}), idle_timeout=0.3
-    )
+    plane = await data_plane(tls_spec({"r": [raw.port]}, {"app.r.example": "r"}), idle_timeout=0.3)
     port = plane.bound_ports()["main"]
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(client_hello("app.r.example"))
@@ -566,9 +558,7 @@ async def test_dial_failure_after_client_half_close_still_answers(
     writer.close()
     dead.close()
     # The process is fine: the next connection is answered the same way.
-    assert await _refusal(port, client_hello("app.gone.example")) == bytes.fromhex(
-        "15030300020250"
-    )
+    assert await _refusal(port, client_hello("app.gone.example")) == bytes.fromhex("15030300020250")
 
 
 async def test_a_crowd_of_bad_clients_never_disturbs_good_ones(

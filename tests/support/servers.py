@@ -43,9 +43,7 @@ class TLSBackend:
             self.sni_seen.append(name)
 
         self.context.sni_callback = on_sni  # type: ignore[assignment]
-        self.server = await asyncio.start_server(
-            self._handle, "127.0.0.1", 0, ssl=self.context
-        )
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0, ssl=self.context)
         self.port = self.server.sockets[0].getsockname()[1]
         return self
 

@@ -63,9 +63,7 @@ class RoutesFileError(ValueError):
 
 
 _TOP = {"listeners", "backends", "routes", "limits", "tenants"}
-_LISTENER_KEYS = {
-    "name", "address", "protocol", "default_backend", "proxy_protocol_in", "deny_ja4"
-}
+_LISTENER_KEYS = {"name", "address", "protocol", "default_backend", "proxy_protocol_in", "deny_ja4"}
 _BACKEND_KEYS = {"name", "endpoints", "proxy_protocol", "tenant", "limits"}
 _ROUTE_KEYS = {"host", "backend", "backends", "listeners", "alpn"}
 
@@ -88,8 +86,11 @@ class _Checker:
         for knode, vnode in node.value:
             key = knode.value if isinstance(knode, yaml.ScalarNode) else None
             if not isinstance(key, str) or key not in allowed:
-                self.fail(f"{path}.{key}" if path else str(key), knode,
-                          f"unknown key (expected one of: {', '.join(sorted(allowed))})")
+                self.fail(
+                    f"{path}.{key}" if path else str(key),
+                    knode,
+                    f"unknown key (expected one of: {', '.join(sorted(allowed))})",
+                )
                 continue
             if key in out:
                 self.fail(f"{path}.{key}" if path else key, knode, "duplicate key")
@@ -140,8 +141,10 @@ class _Checker:
         m = self.mapping(path, node, set(SCOPE_FIELDS[scope]))
         got: dict[str, float] = {}
         for key, vnode in m.items():
-            if key == "connections_per_second" and isinstance(vnode, yaml.ScalarNode) and (
-                vnode.tag == "tag:yaml.org,2002:float"
+            if (
+                key == "connections_per_second"
+                and isinstance(vnode, yaml.ScalarNode)
+                and (vnode.tag == "tag:yaml.org,2002:float")
             ):
                 rate = float(vnode.value)
                 if 0 < rate <= 10_000_000:
@@ -240,9 +243,7 @@ def _parse_listeners(
     return listeners, default_backends
 
 
-def _parse_backends(
-    chk: _Checker, top: dict[str, yaml.Node], filename: str
-) -> dict[str, Backend]:
+def _parse_backends(chk: _Checker, top: dict[str, yaml.Node], filename: str) -> dict[str, Backend]:
     """`backends:`, by name."""
     backends: dict[str, Backend] = {}
     for i, node in enumerate(chk.sequence("backends", top.get("backends"))):
@@ -352,8 +353,11 @@ def _route_targets(
     for j, w in enumerate(targets):
         if w.backend not in backends:
             key = "backend" if "backend" in m else f"backends[{j}]"
-            chk.fail(f"{p}.{key}", m.get("backend") or m.get("backends"),
-                     f"unknown backend {w.backend!r}")
+            chk.fail(
+                f"{p}.{key}",
+                m.get("backend") or m.get("backends"),
+                f"unknown backend {w.backend!r}",
+            )
     return targets
 
 
@@ -363,8 +367,10 @@ def _route_listeners(
     """A route's `listeners:` (None: every listener)."""
     only: frozenset[str] | None = None
     if "listeners" in m:
-        names = [chk.string(f"{p}.listeners[{j}]", n)
-                 for j, n in enumerate(chk.sequence(f"{p}.listeners", m["listeners"]))]
+        names = [
+            chk.string(f"{p}.listeners[{j}]", n)
+            for j, n in enumerate(chk.sequence(f"{p}.listeners", m["listeners"]))
+        ]
         for j, n in enumerate(names):
             if n is not None and n not in listener_names:
                 chk.fail(f"{p}.listeners[{j}]", m["listeners"], f"unknown listener {n!r}")
@@ -376,8 +382,10 @@ def _route_alpn(chk: _Checker, p: str, m: dict[str, yaml.Node]) -> tuple[str, ..
     """A route's `alpn:` list, validated."""
     alpn: tuple[str, ...] = ()
     if "alpn" in m:
-        names = [chk.string(f"{p}.alpn[{j}]", n)
-                 for j, n in enumerate(chk.sequence(f"{p}.alpn", m["alpn"]))]
+        names = [
+            chk.string(f"{p}.alpn[{j}]", n)
+            for j, n in enumerate(chk.sequence(f"{p}.alpn", m["alpn"]))
+        ]
         try:
             alpn = validate_alpn(n for n in names if n is not None)
         except ValueError as exc:

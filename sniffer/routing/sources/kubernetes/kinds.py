@@ -803,7 +803,5 @@ def parse_namespace(obj: JSON) -> NamespaceRec:
     return NamespaceRec(
         sys.intern(name),
         _string_pairs(meta.get("labels"), "metadata.labels"),
-        _string_pairs(
-            meta.get("annotations"), "metadata.annotations", NAMESPACE_ANNOTATION_PREFIX
-        ),
+        _string_pairs(meta.get("annotations"), "metadata.annotations", NAMESPACE_ANNOTATION_PREFIX),
     )

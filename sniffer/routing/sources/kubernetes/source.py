@@ -355,9 +355,7 @@ class KubernetesSource:
             settings.identity or socket.gethostname(),
             lambda leading: writer.leadership(leading),
         )
-        writer = StatusWriter(
-            api, settings, versions, self.listeners, lambda: elector.is_leader
-        )
+        writer = StatusWriter(api, settings, versions, self.listeners, lambda: elector.is_leader)
         self.elector, self._status = elector, writer
         tg.create_task(writer.run(), name="status-writer")
         tg.create_task(elector.run(), name="leader-election")

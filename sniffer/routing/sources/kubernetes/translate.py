@@ -557,9 +557,7 @@ def _kind_allowed(lis: GatewayListenerRec) -> bool:
     )
 
 
-def _namespace_allowed(
-    view: ClusterView, gw: GatewayRec, lis: GatewayListenerRec, ns: str
-) -> bool:
+def _namespace_allowed(view: ClusterView, gw: GatewayRec, lis: GatewayListenerRec, ns: str) -> bool:
     """`allowedRoutes.namespaces`: All, Same (the default), or Selector on the route
     namespace's labels (a namespace not in the cache matches no selector)."""
     if lis.allowed_from == "All":
@@ -572,9 +570,7 @@ def _namespace_allowed(
     return False
 
 
-def _listener_admits(
-    view: ClusterView, gw: GatewayRec, lis: GatewayListenerRec, ns: str
-) -> bool:
+def _listener_admits(view: ClusterView, gw: GatewayRec, lis: GatewayListenerRec, ns: str) -> bool:
     """A TLS listener that allows TLSRoutes from namespace `ns`."""
     return lis.protocol == "TLS" and _kind_allowed(lis) and _namespace_allowed(view, gw, lis, ns)
 
