@@ -240,13 +240,6 @@ class Admission:
                 conn.client_key = client
         return refusal
 
-    @staticmethod
-    def dial_done(conn: Holder) -> None:
-        """The admitted dial connected, failed or was abandoned: free its slot."""
-        if conn.dial_held:
-            conn.dial_held = False
-            conn.ticket.backend.pending -= 1  # type: ignore[union-attr]
-
     def release(self, conn: Holder) -> None:
         """An admitted connection closed (or was refused after all): give back its counts."""
         ticket = conn.ticket

@@ -329,24 +329,16 @@ class ClientConnection(asyncio.Protocol):
             count(tally.errors, "no_endpoints")
             self._refuse("no_endpoints", ALERT_INTERNAL_ERROR, 503)
             return
-        if not self._admit(backend, tally):
+        # Admission (sniffer.proxy.admission): every limit checked before the dial; a
+        # refusal answers at once (TLS internal_error / 503 with Retry-After).
+        refusal = shared.admission.admit(self, backend)
+        if refusal is not None:
+            count(tally.limited, refusal[1])
+            self._refuse(refusal[0], ALERT_INTERNAL_ERROR, 503, retry_after=1)
             return
         self.tally = tally
         self.state = DIALING
         self.dial_task = shared.loop.create_task(self._dial(backend))
-
-    # -- admission (sniffer.proxy.admission): limits checked before the dial ------------
-
-    def _admit(self, backend: Backend, tally: BackendTally) -> bool:
-        """Count this connection against its tenant's, backend's and client's limits, or
-        refuse it at once (TLS internal_error / 503 with Retry-After)."""
-        refusal = self.state_shared.admission.admit(self, backend)
-        if refusal is None:
-            return True
-        reason, limit = refusal
-        count(tally.limited, limit)
-        self._refuse(reason, ALERT_INTERNAL_ERROR, 503, retry_after=1)
-        return False
 
     def _overloaded(self, transport: asyncio.Transport) -> None:
         """At the process limit: close at once (not left in the backlog), counted; the
@@ -421,7 +413,9 @@ class ClientConnection(asyncio.Protocol):
         self.upstream = upstream
         self.state = RELAYING
         self.dial_task = None
-        shared.admission.dial_done(self)
+        if self.dial_held:  # connected: free the dial slot `Admission.admit` took
+            self.dial_held = False
+            self.ticket.backend.pending -= 1  # type: ignore[union-attr]
         self.routed_at = time.monotonic()
         shared.stats.opened(self.listener.name, self, dial_seconds)
         ut = upstream.transport
