@@ -12,11 +12,10 @@ nothing is written per read.
 from __future__ import annotations
 
 import asyncio
-import collections
 import os
+import queue
 import select
 import threading
-import time
 from typing import Protocol
 
 _PIPE_BUF = select.PIPE_BUF
@@ -43,11 +42,12 @@ class AccessLog:
         self._timer: asyncio.TimerHandle | None = None
         self.dropped = 0
         """Lines not written: the buffer was full or stdout failed."""
-        # the writer thread's side
-        self._chunks: collections.deque[bytes] = collections.deque()
+        # the writer thread's side: a C queue, so a handoff costs no Python-level lock
+        # dance on either side. An Event in it is set once what came before is written.
+        self._chunks: queue.SimpleQueue[bytes | threading.Event] = queue.SimpleQueue()
         self._queued = 0
-        self._busy = False
-        self._wake = threading.Condition()
+        """Bytes handed over and not yet written (guarded by `_lock`)."""
+        self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
     def __call__(self, conn: Loggable, now: float) -> None:
@@ -64,43 +64,42 @@ class AccessLog:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        lines, self._lines, self._size = self._lines, [], 0
-        chunks: list[bytes] = []
-        chunk: list[str] = []
-        size = 0
-        for line in lines:
-            if chunk and size + len(line) > _PIPE_BUF:
-                chunks.append("".join(chunk).encode())
-                chunk, size = [], 0
-            chunk.append(line)
-            size += len(line)
-        if chunk:
-            chunks.append("".join(chunk).encode())
-        if not chunks:
+        if not self._lines:
             return
-        with self._wake:
-            for data in chunks:
-                if self._queued + len(data) > self.max_buffer:
-                    self.dropped += data.count(b"\n")
+        data = "".join(self._lines).encode()
+        self._lines, self._size = [], 0
+        # Cut at line ends into chunks of at most PIPE_BUF bytes (a longer line alone):
+        # one search per chunk, not a step per line.
+        chunks: list[bytes] = []
+        start, total = 0, len(data)
+        while total - start > _PIPE_BUF:
+            cut = data.rfind(b"\n", start, start + _PIPE_BUF) + 1
+            if cut <= start:  # a line longer than PIPE_BUF: alone in its chunk
+                cut = data.index(b"\n", start) + 1
+            chunks.append(data[start:cut])
+            start = cut
+        chunks.append(data[start:] if start else data)
+        put = self._chunks.put
+        with self._lock:
+            for chunk in chunks:
+                if self._queued + len(chunk) > self.max_buffer:
+                    self.dropped += chunk.count(b"\n")
                     continue
-                self._chunks.append(data)
-                self._queued += len(data)
-            self._wake.notify()
+                self._queued += len(chunk)
+                put(chunk)
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="access-log", daemon=True)
             self._thread.start()
 
     def _run(self) -> None:
+        get = self._chunks.get
         while True:
-            with self._wake:
-                while not self._chunks:
-                    self._busy = False
-                    self._wake.notify_all()
-                    self._wake.wait()
-                data = self._chunks.popleft()
-                self._busy = True
+            data = get()
+            if isinstance(data, threading.Event):
+                data.set()  # everything handed over before it is written
+                continue
             self._write(data)
-            with self._wake:
+            with self._lock:
                 self._queued -= len(data)
 
     def _write(self, data: bytes) -> None:
@@ -109,16 +108,14 @@ class AccessLog:
                 n = os.write(self.fd, data)
                 data = data[n:]
         except OSError:  # stdout closed: count, never crash
-            with self._wake:
+            with self._lock:
                 self.dropped += data.count(b"\n")
 
     def close(self, timeout: float = 2.0) -> None:
         """Flush and wait up to `timeout` for the writer (a stuck pipe cannot hold exit)."""
         self.flush()
-        deadline = time.monotonic() + timeout
-        with self._wake:
-            while (self._chunks or self._busy) and self._thread is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self._wake.wait(left)
+        if self._thread is None:
+            return
+        done = threading.Event()
+        self._chunks.put(done)
+        done.wait(timeout)
