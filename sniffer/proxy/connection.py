@@ -581,21 +581,25 @@ class ClientConnection(asyncio.Protocol):
         facts = _NO_HELLO if hello is None else (_HELLO_JS.get(hello[1:]) or _hello_js(hello))
         if ep is not None and tally is not None and client is not None and host is not None:
             # A relayed connection, nearly every line: the backend's fields come
-            # preformatted from its tally, the endpoint's text from the table.
+            # preformatted from its tally, the endpoint's text from the table, and the
+            # `_js` memo is probed inline (json.dumps never returns "").
+            listener = self.listener.name
+            route = self.route
+            outcome = self.outcome
             return _ROUTED_LINE % (
                 self.state_shared.id_prefix,
                 self.serial,
                 join_host_port(*client),
-                _js(self.listener.name),
+                _JS.get(listener) or _js(listener),
                 "sni" if self.listener.protocol == "tls" else "host",
                 host,
-                _js(self.route),
+                _JS.get(route) or _js(route),
                 tally.log_fields,
                 ep.text,
                 self.bytes_up,
                 self.bytes_down,
                 now - self.started,
-                _js(self.outcome),
+                _JS.get(outcome) or _js(outcome),
                 facts,
             )
         backend = self.backend
