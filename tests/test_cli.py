@@ -11,6 +11,7 @@ import yaml
 
 from sniffer import __version__
 from tests.conftest import REPO
+from tests.support.sources import IdleSource
 
 GOOD = """\
 listeners:
@@ -250,17 +251,7 @@ def test_serve_limit_flags_fill_in_under_the_file(tmp_path: Path) -> None:
 
     flags = _flag_limits(100, 2.5, None, 9, None, 7)
 
-    class Source:
-        name = "file"
-        synced = True
-
-        def health(self) -> dict[str, object]:
-            return {}
-
-        async def run(self, publish: object) -> None:
-            raise NotImplementedError
-
-    controller = RouteController([Source()], flags)  # type: ignore[list-item]
+    controller = RouteController([IdleSource()], flags)  # type: ignore[list-item]
     publish = controller._publisher(controller.sources[0])  # type: ignore[arg-type]
     publish(Update(parse_routes(LIMITS)))
     table = controller.table

@@ -16,6 +16,7 @@ from sniffer.routing.table import (
     TableSpec,
     WeightedBackend,
 )
+from tests.support.sources import IdleSource
 
 
 def tenant(i: int) -> tuple[Backend, tuple[Route, ...]]:
@@ -114,17 +115,7 @@ def test_a_reread_file_ships_only_what_changed(tmp_path: object) -> None:
         f"backends:\n{backends}routes:\n{routes}"
     )
 
-    class Source:
-        name = "file"
-        synced = True
-
-        def health(self) -> dict[str, object]:
-            return {}
-
-        async def run(self, publish: object) -> None:
-            raise NotImplementedError
-
-    controller = RouteController([Source()])  # type: ignore[list-item]
+    controller = RouteController([IdleSource()])  # type: ignore[list-item]
     publish = controller._publisher(controller.sources[0])  # type: ignore[arg-type]
     publish(Update(parse_routes(head)))
     first = controller.table
