@@ -306,11 +306,11 @@ class ClientConnection(asyncio.Protocol):
         shared.sniffing.discard(self)
         self.ltally.sniff_times.observe(time.monotonic() - self.started)
         table = shared.table
+        hello = self.hello
         deny = table.denied_ja4 and table.deny_ja4(self.listener.name)
-        if deny and self.hello is not None and self.ja4() in deny:
+        if deny and hello is not None and ja4(hello) in deny:
             self._refuse("ja4_denied", ALERT_HANDSHAKE_FAILURE, None)
             return
-        hello = self.hello
         match = table.lookup(self.listener.name, self.host, () if hello is None else hello.alpn)
         if match.kind is MatchKind.NONE:
             self._refuse("unknown_name" if self.host else "no_name", ALERT_UNRECOGNIZED_NAME, 421)
@@ -322,7 +322,7 @@ class ClientConnection(asyncio.Protocol):
             self._refuse("no_backend", ALERT_INTERNAL_ERROR, 503)
             return
         self.backend = backend
-        if self.hello is not None and self.hello.has_ech:
+        if hello is not None and hello.has_ech:
             self.ltally.count_ech(backend.tenant)
         tally = shared.stats.backend((backend.name, backend.tenant))
         if not backend.endpoints:
@@ -404,8 +404,7 @@ class ClientConnection(asyncio.Protocol):
             self._relay(upstream, time.monotonic() - began)
             return
         self.tally = None
-        shared.admission.release(self)
-        self._refuse("backend_unavailable", ALERT_INTERNAL_ERROR, 502)
+        self._refuse("backend_unavailable", ALERT_INTERNAL_ERROR, 502)  # releases the ticket
 
     def _relay(self, upstream: UpstreamConnection, dial_seconds: float) -> None:
         shared = self.state_shared
