@@ -559,10 +559,6 @@ class ClientConnection(asyncio.Protocol):
         """
         return f"{self.state_shared.id_prefix}{self.serial:x}"
 
-    def ja4(self) -> str | None:
-        """The client's JA4 fingerprint (None off TLS)."""
-        return None if self.hello is None else ja4(self.hello)
-
     def log_line(self, now: float) -> str:
         """The access-log line (JSON and a newline), formatted rather than encoded.
 
