@@ -99,12 +99,26 @@ class Dropping(Protocol):
     dropped: int
 
 
+class Counts(Protocol):
+    """A relay's live byte counts (`sniffer.proxy.relay.Relay`)."""
+
+    @property
+    def bytes_up(self) -> int: ...
+
+    @property
+    def bytes_down(self) -> int: ...
+
+
 class OpenConnection(Protocol):
-    """What the stats need from a live connection to report its bytes while open."""
+    """What the stats need from a connection: its backend's tally, its relay's live
+    counts while open, and its final counts once closed."""
 
     tally: BackendTally | None
     bytes_up: int
     bytes_down: int
+
+    @property
+    def relay(self) -> Counts | None: ...
 
 
 @dataclass(slots=True)
@@ -180,12 +194,13 @@ class DataPlaneStats:
         live: dict[BackendTally, list[int]] = {}
         for conn in self.open:
             t = conn.tally
-            if t is not None:
+            relay = conn.relay
+            if t is not None and relay is not None:
                 sums = live.get(t)
                 if sums is None:
                     sums = live[t] = [0, 0]
-                sums[0] += conn.bytes_up
-                sums[1] += conn.bytes_down
+                sums[0] += relay.bytes_up
+                sums[1] += relay.bytes_down
         snap = Snapshot()
         c, g, h = snap.counters, snap.gauges, snap.hists
         if self.access_log is not None:

@@ -1,26 +1,20 @@
-"""One client connection: sniff, route, dial, pump.
+"""One client connection: sniff, route, dial, then hand the pair to the relay.
 
-`ClientConnection` is the `asyncio.Protocol` of the accepted socket and
-`UpstreamConnection` that of the backend socket. `data_received` only feeds the
-sans-I/O readers of `sniffer.wire` and acts on what they return. Every byte read while
-sniffing is kept in `self.pending` and written to the backend, unaltered, before
-anything else (after our own PROXY header when the backend asks for one).
-
-Flow control is symmetric and tiny: when one side's write buffer passes its high-water
-mark, the other side stops reading until it drains, so a connection's memory is bounded
-by two write buffers, whatever the speed difference of the peers.
+`ClientConnection` is the `asyncio.Protocol` of the accepted socket until the hand-off.
+`data_received` only feeds the sans-I/O readers of `sniffer.wire` and acts on what they
+return. Every byte read while sniffing is kept in `self.pending` and written to the
+backend, unaltered, before anything else (after our own PROXY header when the backend
+asks for one); then the plane's `RelayEngine` (`sniffer.proxy.relay`) moves the bytes
+and tells the connection when the pair has ended. It never copies relayed bytes itself.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import json
 import logging
 import random
-import socket
-import struct
 import time
 from typing import TYPE_CHECKING, Protocol, cast
 
@@ -28,6 +22,7 @@ from sniffer.observe.counting import count
 from sniffer.observe.stats import BackendTally, ListenerTally
 from sniffer.proxy.admission import Ticket
 from sniffer.proxy.phases import CLOSED, CLOSING, DIALING, RELAYING, SNIFFING, Phase
+from sniffer.proxy.relay.userspace import Pump
 from sniffer.routing.table import (
     Backend,
     Endpoint,
@@ -53,6 +48,7 @@ if TYPE_CHECKING:
 
     from sniffer.observe.stats import DataPlaneStats
     from sniffer.proxy.admission import Admission
+    from sniffer.proxy.relay import Relay, RelayEngine
     from sniffer.proxy.settings import ProxySettings
     from sniffer.routing.table import RouteTable
 
@@ -76,6 +72,8 @@ class Plane(Protocol):
     stats: DataPlaneStats
     admission: Admission
     access_log: Callable[[ClientConnection, float], None] | None
+    relay_engine: RelayEngine
+    """Moves the bytes of every routed pair of this process (picked once)."""
     id_prefix: str
     serials: itertools.count[int]
     max_connections: int
@@ -126,6 +124,7 @@ class ClientConnection(asyncio.Protocol):
         "ltally",
         "outcome",
         "pending",
+        "relay",
         "route",
         "routed_at",
         "serial",
@@ -136,8 +135,6 @@ class ClientConnection(asyncio.Protocol):
         "tally",
         "ticket",
         "transport",
-        "upstream",
-        "upstream_eof",
     )
 
     def __init__(
@@ -154,7 +151,8 @@ class ClientConnection(asyncio.Protocol):
         self.ltally = ltally
         # per-connection state
         self.transport: asyncio.Transport | None = None
-        self.upstream: UpstreamConnection | None = None
+        self.relay: Relay | None = None
+        """The pair's relay, from the hand-off on (it then owns both transports)."""
         self.state: Phase = SNIFFING
         """Where this connection is; the moves are `sniffer.proxy.phases.TRANSITIONS`."""
         self.sniffer = Sniffer(limits or sniff_limits(listener, state.settings))
@@ -179,9 +177,10 @@ class ClientConnection(asyncio.Protocol):
         self.dial_began = 0.0
         self.dial_timed_out = False
         self.bytes_up = 0
+        """Bytes relayed client -> backend (the replay included), set when it closes; the
+        relay counts them while open."""
         self.bytes_down = 0
         self.client_eof = False
-        self.upstream_eof = False
         self.outcome = ""
         self.started = time.monotonic()
         self.routed_at = 0.0
@@ -214,13 +213,9 @@ class ClientConnection(asyncio.Protocol):
         shared.sniffing.add(self)
 
     def data_received(self, data: bytes) -> None:
+        # (Once relaying, the relay's protocol gets the client's bytes, not this one.)
         state = self.state
-        if state is RELAYING:
-            self.bytes_up += len(data)
-            upstream = self.upstream
-            assert upstream is not None and upstream.transport is not None
-            upstream.transport.write(data)
-        elif state is SNIFFING:
+        if state is SNIFFING:
             self._sniff(data)
         elif state is DIALING:
             if type(self.pending) is bytes:
@@ -233,15 +228,6 @@ class ClientConnection(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self.client_eof = True
-        if self.state is RELAYING:
-            upstream = self.upstream
-            assert upstream is not None and upstream.transport is not None
-            if self.upstream_eof:
-                self._finish("closed")
-                return False
-            if upstream.transport.can_write_eof():
-                upstream.transport.write_eof()
-            return True
         if self.state is DIALING:
             return True  # half-closed after the hello: deliver it, then the FIN
         if self.state is SNIFFING:
@@ -251,30 +237,14 @@ class ClientConnection(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if exc is not None and self.state is RELAYING:
-            self.outcome = "client_reset"
-            upstream = self.upstream
-            if upstream is not None and upstream.transport is not None:
-                reset(upstream.transport)
         if self.state is SNIFFING and not self.outcome:
             self.outcome = "client_reset" if exc else "client_closed"
             self.ltally.refuse(self.outcome)
         self._finish(self.outcome or ("client_reset" if exc else "closed"))
-        # The transport holds us and we hold it (and the upstream, which holds us): break
-        # the cycles so a closed connection is freed by reference counting at once instead
-        # of waiting for (and costing) a cyclic garbage collection.
+        # The transport holds us and we hold it: break the cycle so a closed connection
+        # is freed by reference counting at once instead of waiting for (and costing) a
+        # cyclic garbage collection.
         self.transport = None
-        self.upstream = None
-
-    def pause_writing(self) -> None:
-        upstream = self.upstream
-        if upstream is not None and upstream.transport is not None:
-            upstream.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        upstream = self.upstream
-        if upstream is not None and upstream.transport is not None and not upstream.closed:
-            upstream.transport.resume_reading()
 
     # -- sniffing ------------------------------------------------------------------------
 
@@ -368,6 +338,9 @@ class ClientConnection(asyncio.Protocol):
         errors = tally.errors
         loop = shared.loop
         dialing = shared.dialing
+        client = self.transport
+        high = shared.settings.write_buffer_high
+        assert client is not None
         for i in range(n):
             if self.state is not DIALING:
                 return  # the client went away while we dialed
@@ -375,8 +348,8 @@ class ClientConnection(asyncio.Protocol):
             began = self.dial_began = time.monotonic()
             dialing.add(self)  # the plane's sweep enforces connect_timeout
             try:
-                transport, upstream = await loop.create_connection(
-                    lambda: UpstreamConnection(self), ep.host, ep.port
+                transport, pump = await loop.create_connection(
+                    lambda: Pump(self, client, high), ep.host, ep.port
                 )
             except asyncio.CancelledError:
                 if not self.dial_timed_out:
@@ -401,15 +374,14 @@ class ClientConnection(asyncio.Protocol):
                 transport.close()
                 return
             self.endpoint = ep
-            self._relay(upstream, time.monotonic() - began)
+            self._relay(pump, time.monotonic() - began)
             return
         self.tally = None
         self._refuse("backend_unavailable", ALERT_INTERNAL_ERROR, 502)  # releases the ticket
 
-    def _relay(self, upstream: UpstreamConnection, dial_seconds: float) -> None:
+    def _relay(self, pump: Pump, dial_seconds: float) -> None:
         shared = self.state_shared
         assert self.backend is not None
-        self.upstream = upstream
         self.state = RELAYING
         self.dial_task = None
         if self.dial_held:  # connected: free the dial slot `Admission.admit` took
@@ -417,7 +389,7 @@ class ClientConnection(asyncio.Protocol):
             self.ticket.backend.pending -= 1  # type: ignore[union-attr]
         self.routed_at = time.monotonic()
         shared.stats.opened(self.listener.name, self, dial_seconds)
-        ut = upstream.transport
+        ut = pump.backend
         assert ut is not None
         mode = self.backend.proxy_protocol
         if mode != "none":
@@ -439,14 +411,12 @@ class ClientConnection(asyncio.Protocol):
                 ut.write(header)
         pending = self.pending
         self.pending = b""
-        self.bytes_up = len(pending)
         ut.write(pending)
-        assert self.transport is not None
-        if self.client_eof:
-            if ut.can_write_eof():
-                ut.write_eof()
-        else:
-            self.transport.resume_reading()
+        self.relay = shared.relay_engine.start(pump, len(pending), self.client_eof)
+
+    def relay_closed(self, outcome: str) -> None:
+        """The relay's report that the pair has ended (`sniffer.proxy.relay.RelayOwner`)."""
+        self._finish(outcome)
 
     # -- refusing and closing ------------------------------------------------------------
 
@@ -503,11 +473,9 @@ class ClientConnection(asyncio.Protocol):
         if self.lingering is not None:
             self.lingering.cancel()
             self.lingering = None
-        if self.transport is not None and not self.transport.is_closing():
+        # A relay closes its pair itself before it reports the end (or was aborted).
+        if self.relay is None and self.transport is not None and not self.transport.is_closing():
             self.transport.close()
-        upstream = self.upstream
-        if upstream is not None:
-            upstream.close()
         if self.dial_task is not None:  # the client left mid-dial: stop dialing
             self.dial_task.cancel()
             self.dial_task = None
@@ -515,6 +483,10 @@ class ClientConnection(asyncio.Protocol):
             shared.admission.release(self)
         now = time.monotonic()
         if was_relaying:
+            relay = self.relay
+            assert relay is not None
+            self.bytes_up = relay.bytes_up
+            self.bytes_down = relay.bytes_down
             shared.stats.closed(self, now - self.routed_at)
         if shared.access_log is not None:
             shared.access_log(self, now)
@@ -527,29 +499,11 @@ class ClientConnection(asyncio.Protocol):
 
     def abort(self) -> None:
         """Drop the connection now, keeping the outcome it has (`aborted` if none)."""
-        if self.transport is not None:
+        if self.relay is not None:
+            self.relay.abort()
+        elif self.transport is not None:
             self.transport.abort()
-        if self.upstream is not None and self.upstream.transport is not None:
-            self.upstream.transport.abort()
         self._finish(self.outcome or "aborted")
-
-    # -- upstream events -----------------------------------------------------------------
-
-    def on_upstream_eof(self) -> bool:
-        self.upstream_eof = True
-        transport = self.transport
-        if self.client_eof or transport is None or transport.is_closing():
-            self._finish("closed")
-            return False
-        if transport.can_write_eof():
-            transport.write_eof()
-        return True
-
-    def on_upstream_lost(self, exc: Exception | None) -> None:
-        if self.state is RELAYING:
-            if exc is not None and self.transport is not None:
-                reset(self.transport)
-            self._finish("backend_reset" if exc else "closed")
 
     @property
     def conn_id(self) -> str:
@@ -671,63 +625,7 @@ def _js(value: str) -> str:
     return out
 
 
-class UpstreamConnection(asyncio.Protocol):
-    __slots__ = ("client", "closed", "transport")
-
-    def __init__(self, client: ClientConnection) -> None:
-        self.client = client
-        self.transport: asyncio.Transport | None = None
-        self.closed = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport = cast(asyncio.Transport, transport)
-        self.transport = transport
-        # (uvloop already sets TCP_NODELAY on every TCP transport.)
-        transport.set_write_buffer_limits(self.client.state_shared.settings.write_buffer_high)
-
-    def data_received(self, data: bytes) -> None:
-        # The client's on_upstream_data, inlined: this runs once per chunk relayed.
-        client = self.client
-        client.bytes_down += len(data)
-        transport = client.transport
-        assert transport is not None
-        transport.write(data)
-
-    def eof_received(self) -> bool:
-        return self.client.on_upstream_eof()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        self.client.on_upstream_lost(exc)
-        self.transport = None  # break the transport <-> protocol cycle (see the client's)
-
-    def pause_writing(self) -> None:
-        t = self.client.transport
-        if t is not None:
-            t.pause_reading()
-
-    def resume_writing(self) -> None:
-        t = self.client.transport
-        if t is not None and self.client.state is RELAYING and not self.client.client_eof:
-            t.resume_reading()
-
-    def close(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.close()
-
-
 _UNREACHABLE = {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ETIMEDOUT}
-_LINGER_ZERO = struct.pack("ii", 1, 0)
-
-
-def reset(transport: asyncio.Transport) -> None:
-    """Close with an RST, as the peer on the other side did: `abort()` alone sends a FIN,
-    which a client without its own framing would take for a complete response."""
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
-    transport.abort()
 
 
 def _choose(backends: tuple[WeightedBackend, ...]) -> WeightedBackend | None:

@@ -25,6 +25,8 @@ from sniffer.observe.stats import DataPlaneStats
 from sniffer.proxy.admission import Admission
 from sniffer.proxy.connection import ClientConnection, sniff_limits
 from sniffer.proxy.phases import DIALING, RELAYING, SNIFFING
+from sniffer.proxy.relay import RelayEngine
+from sniffer.proxy.relay.userspace import USERSPACE
 from sniffer.proxy.settings import ProxySettings
 from sniffer.routing.table import Listener, RouteTable, join_host_port
 
@@ -80,6 +82,8 @@ class DataPlane:
         # settings
         self.settings = settings
         self.access_log = access_log
+        self.relay_engine: RelayEngine = USERSPACE
+        """Moves the bytes of every routed pair (`sniffer.proxy.relay`): picked once."""
         self.max_connections = settings.max_connections or connection_limit()
         """At this many open client connections new ones are closed at accept."""
         # shared server state
@@ -202,9 +206,10 @@ class DataPlane:
         while True:
             await asyncio.sleep(interval)
             for conn in list(self.connections):
-                if conn.state is not RELAYING:
+                relay = conn.relay
+                if conn.state is not RELAYING or relay is None:
                     continue
-                mark = conn.bytes_up + conn.bytes_down
+                mark = relay.bytes_up + relay.bytes_down
                 if mark != conn.idle_mark:
                     conn.idle_mark = mark
                     idle_ticks.pop(conn, None)

@@ -48,6 +48,12 @@ class FakeTransport:
     def set_write_buffer_limits(self, high: int | None = None) -> None:
         pass
 
+    def set_protocol(self, protocol: asyncio.Protocol) -> None:
+        self.protocol = protocol
+
+    def get_protocol(self) -> asyncio.Protocol:
+        return self.protocol
+
     def write(self, data: bytes) -> None:
         assert not self.closing, "write after close"
         self.written += data
@@ -182,16 +188,18 @@ async def test_sniffing_dialing_relaying_closed(rig: Rig) -> None:
     await until(lambda: conn.state is RELAYING)
     (upstream,) = rig.loop.upstreams
     assert bytes(upstream.written) == HELLO + b"early"
-    conn.data_received(b"up")
+    # Handed to the relay: the client's transport now calls the relay's protocol.
+    assert client.protocol is not conn and conn.relay is upstream.protocol
+    client.protocol.data_received(b"up")
     assert upstream.written.endswith(b"up")
-    conn.upstream.data_received(b"down")  # type: ignore[union-attr]
+    upstream.protocol.data_received(b"down")
     assert bytes(client.written) == b"down"
-    assert conn.eof_received() is True  # half-close passed on, connection stays
+    assert client.protocol.eof_received() is True  # half-close passed on, connection stays
     assert upstream.eof_written and conn.state is RELAYING
-    assert conn.upstream.eof_received() is False  # type: ignore[union-attr]
+    assert upstream.protocol.eof_received() is False
     assert conn.state is CLOSED and conn.outcome == "closed"
     assert_walk(conn, [SNIFFING, DIALING, RELAYING, CLOSED])
-    await until(lambda: conn.transport is None)
+    await until(lambda: client.closing and upstream.closing)
     assert rig.logged == [conn]
     assert (conn.bytes_up, conn.bytes_down) == (len(HELLO) + 7, 4)
     labels = {"listener": "main", "backend": "a", "tenant": "tenant-a"}
