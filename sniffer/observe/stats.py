@@ -9,7 +9,6 @@ addition, which is how worker processes' figures reach the control process's
 
 from __future__ import annotations
 
-import json
 from bisect import bisect_left
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -54,15 +53,12 @@ class BackendTally:
         "errors",
         "key",
         "limited",
-        "log_fields",
         "routed",
         "up",
     )
 
     def __init__(self, key: tuple[str, str]) -> None:
         self.key = key
-        self.log_fields = f'"backend":{json.dumps(key[0])},"tenant":{json.dumps(key[1])}'
-        """This backend's access-log fields, encoded once instead of on every line."""
         self.routed: dict[str, int] = {}
         """Connections routed here, by listener."""
         self.active = 0

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from sniffer.observe.accesslog import AccessLog as BufferedAccessLog
+from sniffer.observe.accesslog import AccessRecord
 from sniffer.observe.stats import DataPlaneStats
 from sniffer.proxy.admission import Admission
 from sniffer.proxy.connection import ClientConnection, sniff_limits
@@ -54,7 +55,7 @@ def connection_limit(nofile: int | None = None) -> int:
     return max(1, (nofile - reserve) // 2)
 
 
-AccessLog = Callable[[ClientConnection, float], None]
+AccessLog = Callable[[AccessRecord], None]
 
 
 class ListenerKey(NamedTuple):
