@@ -59,41 +59,35 @@ def format_line(r: AccessRecord) -> str:
     """The access-log line (JSON and a newline), formatted rather than encoded.
 
     Hostnames were normalised and addresses are IP literals, so they need no escaping;
-    names from the route table go through a small memo of `json.dumps`, which escapes
+    names from the route table go through small memos of `json.dumps`, which escapes
     anything outside ASCII: the line is ASCII, so its length is its size in bytes.
     """
-    (prefix, serial, client, listener, tls, host, route, backend, tenant, endpoint) = r[:10]
+    (prefix, serial, client, listener, tls, host, route, backend, tenant, endpoint, bytes_in,
+     bytes_out, duration, outcome, hello) = r  # fmt: skip
     if client is not None and host is not None and endpoint is not None and backend:
-        # A relayed connection, nearly every line: the `_js` memo probed inline
-        # (json.dumps never returns "").
+        # A relayed connection, nearly every line: one f-string, the parts that repeat
+        # for every connection of a listener and of a route/backend/endpoint from two
+        # memos probed inline (the `get` never returns "").
         addr, port = client
-        outcome = r.outcome
-        return _ROUTED_LINE % (
-            prefix,
-            serial,
-            f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}",
-            _JS.get(listener) or _js(listener),
-            "sni" if tls else "host",
-            host,
-            _JS.get(route) or _js(route),
-            _JS.get(backend) or _js(backend),
-            _JS.get(tenant) or _js(tenant),  # type: ignore[arg-type]
-            endpoint,
-            r.bytes_in,
-            r.bytes_out,
-            r.duration,
-            _JS.get(outcome) or _js(outcome),
-            r.hello,
+        if ":" in addr:
+            addr = f"[{addr}]"
+        lis = (listener, tls)
+        where = (route, backend, tenant, endpoint)
+        return (
+            f'{{"id":"{prefix}{serial:x}","client":"{addr}:{port}'
+            f"{_LISTENER.get(lis) or _listener(lis)}{host}{_WHERE.get(where) or _where(where)}"
+            f'{bytes_in},"bytes_out":{bytes_out},"duration":{duration:.6f},'
+            f'"outcome":{_JS.get(outcome) or _js(outcome)}{hello}}}\n'
         )
     if client is None:
-        where = "null"
+        at = "null"
     else:
         addr, port = client
-        where = f'"[{addr}]:{port}"' if ":" in addr else f'"{addr}:{port}"'
+        at = f'"[{addr}]:{port}"' if ":" in addr else f'"{addr}:{port}"'
     return _LINE % (
         prefix,
         serial,
-        where,
+        at,
         _js(listener),
         "sni" if tls else "host",
         "null" if host is None else f'"{host}"',
@@ -101,22 +95,41 @@ def format_line(r: AccessRecord) -> str:
         "null" if backend is None else _js(backend),
         "null" if tenant is None else _js(tenant),
         "null" if endpoint is None else f'"{endpoint}"',
-        r.bytes_in,
-        r.bytes_out,
-        r.duration,
-        _js(r.outcome),
-        r.hello,
+        bytes_in,
+        bytes_out,
+        duration,
+        _js(outcome),
+        hello,
     )
+
+
+_LISTENER: dict[tuple[str, bool], str] = {}
+_WHERE: dict[tuple[str, str, str | None, str], str] = {}
+
+
+def _listener(key: tuple[str, bool]) -> str:
+    """From the client's closing quote to the name's opening quote, per listener."""
+    if len(_LISTENER) > 10_000:  # bounded whatever the tables do
+        _LISTENER.clear()
+    out = _LISTENER[key] = f'","listener":{_js(key[0])},"{"sni" if key[1] else "host"}":"'
+    return out
+
+
+def _where(key: tuple[str, str, str | None, str]) -> str:
+    """From the name's closing quote to `bytes_in`'s value, per route/backend/endpoint."""
+    if len(_WHERE) > 10_000:
+        _WHERE.clear()
+    route, backend, tenant, endpoint = key
+    out = _WHERE[key] = (
+        f'","route":{_js(route)},"backend":{_js(backend)},"tenant":{_js(tenant or "")},'
+        f'"endpoint":"{endpoint}","bytes_in":'
+    )
+    return out
 
 
 _LINE = (
     '{"id":"%s%x","client":%s,"listener":%s,"%s":%s,"route":%s,"backend":%s,"tenant":%s,'
     '"endpoint":%s,"bytes_in":%d,"bytes_out":%d,"duration":%.6f,"outcome":%s'
-    "%s}\n"
-)
-_ROUTED_LINE = (
-    '{"id":"%s%x","client":"%s","listener":%s,"%s":"%s","route":%s,"backend":%s,'
-    '"tenant":%s,"endpoint":"%s","bytes_in":%d,"bytes_out":%d,"duration":%.6f,"outcome":%s'
     "%s}\n"
 )
 _JS: dict[str, str] = {}

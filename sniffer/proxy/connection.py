@@ -284,7 +284,8 @@ class ClientConnection(asyncio.Protocol):
             self._refuse(UNKNOWN_NAME if self.host else NO_NAME)
             return
         self.route = match.route.host if match.route is not None else "(default)"
-        chosen = _choose(match.backends)
+        backends = match.backends  # one backend, nearly always: no call for the choice
+        chosen = backends[0] if len(backends) == 1 and backends[0].weight else _choose(backends)
         backend = table.backends.get(chosen.backend) if chosen is not None else None
         if backend is None:
             self._refuse(NO_BACKEND)
@@ -325,8 +326,9 @@ class ClientConnection(asyncio.Protocol):
         self.tally = None
         self._refuse(BACKEND_UNAVAILABLE)
 
-    def dialed(self, endpoint: Endpoint, pump: Pump, dial_seconds: float) -> None:
-        """Connected: write our PROXY header and the replay, then hand the pair over."""
+    def dialed(self, endpoint: Endpoint, pump: Pump, began: float, now: float) -> None:
+        """Connected (the attempt began at `began`, answered at `now`): write our PROXY
+        header and the replay, then hand the pair over."""
         shared = self.state_shared
         backend = self.backend
         assert backend is not None
@@ -336,8 +338,8 @@ class ClientConnection(asyncio.Protocol):
         if self.dial_held:  # connected: free the dial slot `Admission.admit` took
             self.dial_held = False
             self.ticket.backend.pending -= 1  # type: ignore[union-attr]
-        self.routed_at = time.monotonic()
-        shared.stats.opened(self.listener.name, self, dial_seconds)
+        self.routed_at = now
+        shared.stats.opened(self.listener.name, self, now - began)
         out = pump.backend
         assert out is not None
         version = backend.proxy_protocol
@@ -351,10 +353,6 @@ class ClientConnection(asyncio.Protocol):
         self.pending = b""
         out.write(pending)
         self.relay = shared.relay_engine.start(pump, len(pending), self.client_eof)
-
-    def relay_closed(self, outcome: str) -> None:
-        """The relay's report that the pair has ended (`sniffer.proxy.relay.RelayOwner`)."""
-        self._finish(outcome)
 
     # -- refusing and closing ------------------------------------------------------------
 
@@ -419,6 +417,9 @@ class ClientConnection(asyncio.Protocol):
             shared.stats.closed(self, now - self.routed_at)
         if shared.access_log is not None:
             shared.access_log(record(self, now))
+
+    relay_closed = _finish
+    """The relay's report that the pair has ended (`sniffer.proxy.relay.RelayOwner`)."""
 
     def close_for(self, reason: str) -> None:
         """The data plane's one way to end a connection: drop it now (both sides), with

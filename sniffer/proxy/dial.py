@@ -15,6 +15,7 @@ import asyncio
 import errno
 import logging
 import time
+from functools import partial
 from typing import TYPE_CHECKING, Final
 
 from sniffer.observe.counting import count
@@ -66,13 +67,13 @@ async def dial(conn: ClientConnection, backend: Backend, tally: BackendTally) ->
     shared = conn.state_shared
     eps = backend.endpoints
     n = len(eps)
-    start = shared.next_index(backend.name, n)
+    start = 0 if n == 1 else shared.next_index(backend.name, n)
     errors = tally.errors
     loop = shared.loop
     dialing = shared.dialing
-    client = conn.transport
-    high = shared.settings.write_buffer_high
-    assert client is not None
+    assert conn.transport is not None
+    # The backend socket's protocol, made by C (`partial`), not by a Python lambda.
+    factory = partial(Pump, conn, conn.transport, shared.settings.write_buffer_high)
     for i in range(n):
         if conn.state is not DIALING:
             return  # the client went away while we dialed
@@ -80,9 +81,7 @@ async def dial(conn: ClientConnection, backend: Backend, tally: BackendTally) ->
         began = conn.dial_began = time.monotonic()
         dialing.add(conn)  # the plane's sweep enforces connect_timeout
         try:
-            transport, pump = await loop.create_connection(
-                lambda: Pump(conn, client, high), ep.host, ep.port
-            )
+            transport, pump = await loop.create_connection(factory, ep.host, ep.port)
         except asyncio.CancelledError:
             if not conn.dial_timed_out:
                 raise
@@ -103,6 +102,6 @@ async def dial(conn: ClientConnection, backend: Backend, tally: BackendTally) ->
         if conn.state is not DIALING:
             transport.close()
             return
-        conn.dialed(ep, pump, time.monotonic() - began)
+        conn.dialed(ep, pump, began, time.monotonic())
         return
     conn.dial_failed()

@@ -58,6 +58,21 @@ def connection_limit(nofile: int | None = None) -> int:
 AccessLog = Callable[[AccessRecord], None]
 
 
+DEFER_ACCEPT_SECONDS = 1
+"""TCP_DEFER_ACCEPT on the data-plane listeners: the kernel hands a connection over with
+its first bytes (a TLS or HTTP client, or a load balancer's PROXY header, speaks first),
+so accepting and reading the hello take one wake-up, not two, and a client that connects
+and says nothing costs no descriptor. One second, the least the kernel takes: a silent
+client is accepted after it anyway, and the hello timeout runs from there."""
+
+
+def _defer_accept(sock: socket.socket) -> None:
+    option = getattr(socket, "TCP_DEFER_ACCEPT", None)
+    if option is not None:  # Linux; elsewhere every connection is accepted at once
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, option, DEFER_ACCEPT_SECONDS)
+
+
 class ListenerKey(NamedTuple):
     """What makes a listening socket: a table changing any of it reopens the listener."""
 
@@ -172,6 +187,7 @@ class DataPlane:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6 and lis.host in ("::", ""):
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            _defer_accept(sock)
             sock.bind((lis.host, lis.port))
             sock.listen(4096)
             sock.setblocking(False)

@@ -404,6 +404,24 @@ async def test_hello_timeout_closes_slow_client(data_plane: PlaneFactory) -> Non
     await raw.close()
 
 
+async def test_a_silent_client_waits_in_the_kernel_then_times_out(data_plane: PlaneFactory) -> None:
+    """Listeners accept a connection with its first bytes (TCP_DEFER_ACCEPT): one that
+    says nothing costs no descriptor for its first second, then is accepted anyway and
+    the hello timeout still closes it."""
+    raw = await RawBackend().start()
+    plane = await data_plane(tls_spec({"r": [raw.port]}, {"app.r.example": "r"}), hello_timeout=0.2)
+    (server,) = plane._servers.values()
+    assert server.sockets[0].getsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT) > 0
+    port = plane.bound_ports()["main"]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)  # then silence
+    assert await asyncio.wait_for(reader.read(), 10) == b""
+    c = plane.stats.snapshot().counters
+    assert c[("sniffer_refused_connections", ("main", "hello_timeout"))] == 1
+    assert raw.accepted.empty()
+    writer.close()
+    await raw.close()
+
+
 async def test_idle_timeout_closes_silent_relay(data_plane: PlaneFactory) -> None:
     raw = await RawBackend().start()
     plane = await data_plane(tls_spec({"r": [raw.port]}, {"app.r.example": "r"}), idle_timeout=0.3)

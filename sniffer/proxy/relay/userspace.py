@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import socket
 import struct
-from typing import TYPE_CHECKING, Final, cast
+from typing import TYPE_CHECKING, Final
 
 from sniffer.proxy.relay import BACKEND_RESET, CLIENT_RESET, CLOSED
 
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = ["USERSPACE", "ClientSide", "Pump", "UserSpaceEngine", "reset"]
 
 _LINGER_ZERO = struct.pack("ii", 1, 0)
+_new = object.__new__
 
 
 def reset(transport: asyncio.Transport) -> None:
@@ -87,7 +88,11 @@ class Pump(asyncio.Protocol):
         client = self.client
         backend = self.backend
         assert client is not None
-        self.side = side = ClientSide(self, backend, replayed)
+        # A ClientSide built without an __init__ frame: this runs for every pair.
+        self.side = side = _new(ClientSide)
+        side.pump = self
+        side.backend = backend
+        side.bytes_up = replayed
         self.started = True
         self.client_eof = client_eof
         client.set_protocol(side)
@@ -118,7 +123,12 @@ class Pump(asyncio.Protocol):
 
     def _end(self, outcome: str) -> None:
         """Close both sides (letting written bytes out), then tell the owner, once."""
-        self.close()
+        client = self.client  # (`close`, inlined: this runs for every pair)
+        if client is not None and not client.is_closing():
+            client.close()
+        backend = self.backend
+        if backend is not None and not backend.is_closing():
+            backend.close()
         owner = self.owner
         if owner is not None:
             self.owner = None
@@ -127,11 +137,10 @@ class Pump(asyncio.Protocol):
     # -- the backend transport's callbacks ---------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports are not asyncio.Transport subclasses, only duck-alike.
-        transport = cast(asyncio.Transport, transport)
-        self.backend = transport
-        # (uvloop already sets TCP_NODELAY on every TCP transport.)
-        transport.set_write_buffer_limits(self.high)
+        # (uvloop's transports are not asyncio.Transport subclasses, only duck-alike; and
+        # uvloop already sets TCP_NODELAY on every TCP transport.)
+        self.backend = transport  # type: ignore[assignment]
+        transport.set_write_buffer_limits(self.high)  # type: ignore[attr-defined]
 
     def data_received(self, data: bytes) -> None:
         self.bytes_down += len(data)
@@ -173,14 +182,16 @@ class Pump(asyncio.Protocol):
 
 
 class ClientSide(asyncio.Protocol):
-    """The client transport's protocol once relaying: counts and writes on each chunk."""
+    """The client transport's protocol once relaying: counts and writes on each chunk.
+
+    Made by `Pump.start` only (no __init__: its three fields are set there)."""
 
     __slots__ = ("backend", "bytes_up", "pump")
-
-    def __init__(self, pump: Pump, backend: asyncio.Transport | None, replayed: int) -> None:
-        self.pump: Pump | None = pump
-        self.backend = backend
-        self.bytes_up = replayed
+    pump: Pump | None
+    """None once the client's socket is gone (the cycle through it broken)."""
+    backend: asyncio.Transport | None
+    bytes_up: int
+    """Bytes delivered client -> backend, the replay included."""
 
     def data_received(self, data: bytes) -> None:
         self.bytes_up += len(data)
