@@ -140,13 +140,16 @@ def pods(
         print(f"----- {pod.name} (exit {pod.proc.returncode}) -----\n{pod.log()[-3000:]}")
 
 
-async def until(pred: Callable[[], bool], timeout: float, what: str) -> float:
+async def until(
+    pred: Callable[[], bool], timeout: float, what: str, show: Callable[[], object] | None = None
+) -> float:
     """Seconds until `pred()` (run in a thread: it may call the API) holds; polled every
     20 ms, since the API server and other processes offer no event to wait on."""
     loop = asyncio.get_running_loop()
     t0 = loop.time()
     while not await asyncio.to_thread(pred):
         if loop.time() - t0 > timeout:
-            raise AssertionError(f"not within {timeout}s: {what}")
+            seen = "" if show is None else f"; last seen: {await asyncio.to_thread(show)}"
+            raise AssertionError(f"not within {timeout}s: {what}{seen}")
         await asyncio.sleep(0.02)
     return loop.time() - t0

@@ -205,6 +205,10 @@ class Client:
         out: Obj = self.call("PUT", path_of_obj(obj), obj)
         return out
 
+    def replace_status(self, obj: Obj) -> Obj:
+        out: Obj = self.call("PUT", path_of_obj(obj) + "/status", obj)
+        return out
+
     def patch(self, kind: str, namespace: str | None, name: str, patch: Obj) -> Obj:
         out: Obj = self.call(
             "PATCH",
