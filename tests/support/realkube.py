@@ -13,6 +13,7 @@ beyond loopback.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import http.client
@@ -379,7 +380,7 @@ class RealKube:
         )
         return str(out["status"]["token"])
 
-    def kubeconfig(self, path: Path, token: str) -> Path:
+    def kubeconfig(self, path: Path, token: str, server: str | None = None) -> Path:
         cfg = {
             "apiVersion": "v1",
             "kind": "Config",
@@ -387,7 +388,7 @@ class RealKube:
                 {
                     "name": "real",
                     "cluster": {
-                        "server": self.url,
+                        "server": server or self.url,
                         "certificate-authority-data": base64.b64encode(self.ca_pem).decode(),
                     },
                 }
@@ -525,3 +526,63 @@ class Pod:
             self.proc.kill()
             self.proc.wait()
         self._out.close()
+
+
+class Cutter:
+    """A loopback TCP forwarder in front of the API server that a test can cut: every
+    connection through it reset, new ones refused until `restore()` (a network partition
+    between one pod and the API, which the real server cannot do on its own)."""
+
+    def __init__(self, port: int) -> None:
+        self.target = port
+        self.port = 0
+        self.cut_off = False
+        self._server: asyncio.Server | None = None
+        self._open: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> Cutter:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.cut_off:
+            writer.transport.abort()
+            return
+        try:
+            up_r, up_w = await asyncio.open_connection("127.0.0.1", self.target)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._open.update((writer, up_w))
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (OSError, asyncio.CancelledError):
+                pass
+            finally:
+                dst.transport.abort()
+
+        await asyncio.gather(pump(reader, up_w), pump(up_r, writer))
+        self._open.difference_update((writer, up_w))
+
+    def cut(self) -> None:
+        self.cut_off = True
+        for w in list(self._open):
+            w.transport.abort()
+
+    def restore(self) -> None:
+        self.cut_off = False
+
+    async def close(self) -> None:
+        self.cut()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
