@@ -6,14 +6,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
+import ssl
+import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from tests.support.pki import PKI
 from tests.support.prereq import missing
 from tests.support.realkube import (
     REPO,
@@ -26,6 +29,7 @@ from tests.support.realkube import (
     shared_dir,
     start_session_server,
 )
+from tests.support.servers import TLSBackend
 
 Obj = dict[str, Any]
 
@@ -153,3 +157,50 @@ async def until(
             raise AssertionError(f"not within {timeout}s: {what}{seen}")
         await asyncio.sleep(0.02)
     return loop.time() - t0
+
+
+Backends = Callable[[str, str], Awaitable[TLSBackend]]
+
+
+@pytest.fixture
+async def backends(pki: PKI) -> AsyncIterator[Backends]:
+    """Start a TLS backend named `name` with a certificate for `host`."""
+    made: list[TLSBackend] = []
+
+    async def start(name: str, host: str) -> TLSBackend:
+        b = await TLSBackend(name, pki.issue(host).server_context()).start()
+        made.append(b)
+        return b
+
+    yield start
+    for b in made:
+        await b.close()
+
+
+async def who(pod: Pod, host: str, ctx: ssl.SSLContext) -> str | None:
+    """The name of the backend a TLS connection for `host` through the pod reaches."""
+    try:
+        async with asyncio.timeout(3):
+            r, w = await asyncio.open_connection(
+                "127.0.0.1", pod.tls_port, ssl=ctx, server_hostname=host
+            )
+            try:
+                w.write(b"who\n")
+                await w.drain()
+                return (await r.readline()).decode().strip() or None
+            finally:
+                w.close()
+                with contextlib.suppress(OSError, ssl.SSLError):
+                    await w.wait_closed()
+    except (OSError, ssl.SSLError, TimeoutError):
+        return None
+
+
+async def routed(pod: Pod, host: str, name: str, ctx: ssl.SSLContext, timeout: float) -> float:
+    """Seconds until a connection for `host` reaches backend `name`."""
+    t0 = time.monotonic()
+    while (got := await who(pod, host, ctx)) != name:
+        if time.monotonic() - t0 > timeout:
+            raise AssertionError(f"{host}: reached {got!r}, not {name!r}, after {timeout}s")
+        await asyncio.sleep(0.02)
+    return time.monotonic() - t0

@@ -10,65 +10,14 @@ change made right after it answers again is routed within 2 s.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-
-import pytest
 
 from tests.kubeapi import objects as o
-from tests.realkube.conftest import Tenants, until
+from tests.realkube.conftest import Backends, Tenants, routed, until, who
 from tests.realkube.world import endpoints, external_service, gateway, route, service
 from tests.support.pki import PKI
-from tests.support.realkube import Pod, RealKube
+from tests.support.realkube import RealKube
 from tests.support.servers import TLSBackend
-
-Backends = Callable[[str, str], Awaitable[TLSBackend]]
-
-
-@pytest.fixture
-async def backends(pki: PKI) -> AsyncIterator[Backends]:
-    """Start a TLS backend named `name` with a certificate for `host`."""
-    made: list[TLSBackend] = []
-
-    async def start(name: str, host: str) -> TLSBackend:
-        b = await TLSBackend(name, pki.issue(host).server_context()).start()
-        made.append(b)
-        return b
-
-    yield start
-    for b in made:
-        await b.close()
-
-
-async def who(pod: Pod, host: str, ctx: ssl.SSLContext) -> str | None:
-    """The name of the backend a TLS connection for `host` through the pod reaches."""
-    try:
-        async with asyncio.timeout(3):
-            r, w = await asyncio.open_connection(
-                "127.0.0.1", pod.tls_port, ssl=ctx, server_hostname=host
-            )
-            try:
-                w.write(b"who\n")
-                await w.drain()
-                return (await r.readline()).decode().strip() or None
-            finally:
-                w.close()
-                with contextlib.suppress(OSError, ssl.SSLError):
-                    await w.wait_closed()
-    except (OSError, ssl.SSLError, TimeoutError):
-        return None
-
-
-async def routed(pod: Pod, host: str, name: str, ctx: ssl.SSLContext, timeout: float) -> float:
-    """Seconds until a connection for `host` reaches backend `name`."""
-    t0 = time.monotonic()
-    while (got := await who(pod, host, ctx)) != name:
-        if time.monotonic() - t0 > timeout:
-            raise AssertionError(f"{host}: reached {got!r}, not {name!r}, after {timeout}s")
-        await asyncio.sleep(0.02)
-    return time.monotonic() - t0
 
 
 async def _ingress_world(t: Tenants, backends: Backends, host: str) -> tuple[str, TLSBackend]:
