@@ -137,10 +137,41 @@ class Schemas:
         validator = self._validators.get((plural, version))
         if validator is None:
             return []
-        return [
+        errors = [
             f"{'.'.join(str(p) for p in e.absolute_path) or '<root>'}: {e.message}"
             for e in validator.iter_errors(obj)
         ]
+        return errors or list_key_errors(validator.schema, obj, "")
+
+
+def list_key_errors(schema: Any, value: Any, where: str) -> list[str]:
+    """Duplicates in `x-kubernetes-list-type: map` (by `x-kubernetes-list-map-keys`) and
+    `set` lists, which the real server refuses (422) and JSON Schema cannot express.
+    (CEL rules, `x-kubernetes-validations`, are not evaluated here.)"""
+    if not isinstance(schema, dict):
+        return []
+    errors: list[str] = []
+    if isinstance(value, dict):
+        props = schema.get("properties") or {}
+        for k, v in value.items():
+            if k in props:
+                errors += list_key_errors(props[k], v, f"{where}.{k}" if where else k)
+    elif isinstance(value, list):
+        kind = schema.get("x-kubernetes-list-type")
+        keys = schema.get("x-kubernetes-list-map-keys") or []
+        seen: set[str] = set()
+        for i, item in enumerate(value):
+            if kind == "map" and isinstance(item, dict):
+                ident = json.dumps([item.get(k) for k in keys])
+            elif kind == "set":
+                ident = json.dumps(item, sort_keys=True)
+            else:
+                ident = ""
+            if ident and ident in seen:
+                errors.append(f"{where}[{i}]: Duplicate value: {ident}")
+            seen.add(ident)
+            errors += list_key_errors(schema.get("items"), item, f"{where}[{i}]")
+    return errors
 
 
 _DNS1123_SUBDOMAIN = re.compile(

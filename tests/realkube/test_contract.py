@@ -182,6 +182,19 @@ def sequence(c: Client, ns: str) -> list[tuple[str, Obj]]:
 
     # -- Gateway API objects: create, replace, status writes, generation
     step("create Gateway", c.request("POST", path_of("Gateway", ns), gateway(ns)), *OBJ)
+    dup = gateway(ns, "dup", [o.tls_listener("a"), o.tls_listener("a", 8443)])
+    step(
+        "create Gateway with two listeners of one name (list-map key)",
+        c.request("POST", path_of("Gateway", ns), dup),
+        *ERROR,
+    )
+    cel = gateway(ns, "cel", [o.tls_listener("h", 80, protocol="HTTP")])
+    cel["spec"]["listeners"][0]["tls"] = {"mode": "Terminate"}
+    step(
+        "create Gateway breaking a CEL rule (tls on an HTTP listener)",
+        c.request("POST", path_of("Gateway", ns), cel),
+        *ERROR,
+    )
     rt = step(
         "create TLSRoute",
         c.request("POST", path_of("TLSRoute", ns), route(ns, "r", ["r.example.com"], ns)),
@@ -362,6 +375,10 @@ DEVIATIONS: dict[str, str] = {
         "the real server refuses 127.0.0.0/8 endpoints (422); the fake accepts them so that "
         "tests can route real connections to loopback backends through EndpointSlices "
         "(the real tier uses ExternalName Services instead)"
+    ),
+    "create Gateway breaking a CEL rule (tls on an HTTP listener)": (
+        "the fake validates CRDs with their OpenAPI schema and list-map keys but does not "
+        "evaluate CEL rules (x-kubernetes-validations); only the real tier catches those"
     ),
 }
 """Steps where the fake differs on purpose (step -> why). The test fails if such a step
