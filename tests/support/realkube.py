@@ -422,16 +422,24 @@ def start_session_server(extra_args: str = "") -> RealKube:
     """Start, install, return (the caller stops it with `down()`)."""
     shared = shared_dir()
     assert shared is not None
-    state = Path(tempfile.mkdtemp(prefix="realkube-"))
-    kube = RealKube(shared, state / "run", extra_args)
-    try:
-        kube.up()
-        kube.install()
-    except BaseException:
-        kube.down()
-        shutil.rmtree(state, ignore_errors=True)
-        raise
-    return kube
+    for attempt in (1, 2, 3):
+        state = Path(tempfile.mkdtemp(prefix="realkube-"))
+        kube = RealKube(shared, state / "run", extra_args)
+        try:
+            kube.up()
+            kube.install()
+            return kube
+        except RuntimeError:
+            # Another session may have bound one of the free ports we picked: new ports.
+            kube.down()
+            shutil.rmtree(state, ignore_errors=True)
+            if attempt == 3:
+                raise
+        except BaseException:
+            kube.down()
+            shutil.rmtree(state, ignore_errors=True)
+            raise
+    raise AssertionError("unreachable")
 
 
 class Pod:
