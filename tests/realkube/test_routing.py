@@ -94,7 +94,10 @@ async def test_a_change_right_after_an_api_server_restart_is_routed_within_2s(
     relists = pod.metric("sniffer_watch_relists_total")
 
     await asyncio.to_thread(kube.restart)
-    print(f"restart: up.sh took {kube.startups[-1]:.1f}s")
+    print(
+        f"restart: stopping took {kube.stopping[-1]:.1f}s "
+        f"(SIGKILL needed: {kube.killed_on_restart[-1]}), up.sh {kube.startups[-1]:.1f}s"
+    )
     host2 = f"new.{tenants.prefix}.example.com"
     gamma = await backends("gamma", host2)
     t0 = time.monotonic()

@@ -262,6 +262,9 @@ class RealKube:
         self.etcd_peer_port = free_port()
         self.startups: list[float] = []
         """Seconds each `up.sh` took (start and restarts)."""
+        self.stopping: list[float] = []
+        """Seconds each SIGTERM of kube-apiserver and etcd took to end them (restarts)."""
+        self.killed_on_restart: list[bool] = []
         self._admin: Client | None = None
 
     @property
@@ -307,13 +310,15 @@ class RealKube:
             return int((self.state / f"{which}.pid").read_text().strip())
         return None
 
-    def _stop_pid(self, which: str, sig: signal.Signals = signal.SIGTERM) -> None:
+    def _stop_pid(self, which: str, grace: float = 30.0) -> bool:
+        """SIGTERM, then SIGKILL after `grace` s; True when it had to be killed."""
         pid = self.pid(which)
         if pid is None:
-            return
+            return False
         with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
-        deadline = time.monotonic() + 30
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        killed = False
         while time.monotonic() < deadline:
             try:
                 os.kill(pid, 0)
@@ -321,18 +326,34 @@ class RealKube:
                 break
             time.sleep(0.05)
         else:
+            killed = True
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+            while True:
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.05)
         (self.state / f"{which}.pid").unlink(missing_ok=True)
+        return killed
 
-    def stop_apiserver(self) -> None:
-        """SIGTERM the kube-apiserver (and etcd, which `up.sh` insists on starting itself)."""
-        self._stop_pid("kube-apiserver")
+    def stop_apiserver(self, grace: float = 5.0) -> bool:
+        """SIGTERM the kube-apiserver (and etcd, which `up.sh` insists on starting itself);
+        True when kube-apiserver outlived `grace` s and was killed.
+
+        It stops listening at once, but with sniffer's watch streams open its process
+        lingers until the streams close (about 60 s): a restart does not wait for that.
+        """
+        killed = self._stop_pid("kube-apiserver", grace)
         self._stop_pid("etcd")
+        return killed
 
     def restart(self) -> None:
         """A real restart: the same state dir (data, certificates, tokens), new processes."""
-        self.stop_apiserver()
+        t0 = time.monotonic()
+        self.killed_on_restart.append(self.stop_apiserver())
+        self.stopping.append(time.monotonic() - t0)
         self.up()
 
     @property
