@@ -1,10 +1,17 @@
 """Routes from the Kubernetes API: Ingresses and Gateway API TLSRoutes of sniffer's classes.
 
-The package owns everything between the API server and a `TableSpec`: settings
-(`settings`), the kinds and their compact records (`kinds`), a raw-JSON API client
-(`api`), informers (`informer`), the translation to routes (`translate`), status writes
-(`status`) and the source itself (`source`). It must never build the data plane's
-`RouteTable`, update the controller's rebuild/lag metrics, or read Secrets.
+The package owns everything between the API server and a `TableSpec`, in layers:
+- the API: settings (`settings`), the kinds and their RBAC (`kinds`), a raw-JSON client
+  (`api`), the records kept of each object (`records`), decoding (`fields`, `parsers`)
+  and status signatures (`signatures`);
+- the caches: informers (`informer`), discovery and the typed view over them (`watches`,
+  `view`);
+- the translation, by API family: Services (`services`), Ingress (`ingress`), Gateway API
+  (`gateway`), their results (`outcomes`) and the assembly (`translate`);
+- the writes: wished-for status (`desired`), the status writer (`status`) and its Lease
+  (`leader`); and the source itself (`source`).
+It must never build the data plane's `RouteTable`, update the controller's rebuild/lag
+metrics, or read Secrets.
 
 The http-port annotation (default `sniffer.dev/http-port`) on a Service names the Service
 port (number or name) that plaintext HTTP listeners route an Ingress rule's host to; a
