@@ -326,7 +326,7 @@ class StatusWriter:
         path = self._path(w.kind, w.namespace or None, w.name)
         backoff = Backoff(self._settings.backoff_initial, self._settings.backoff_max)
         last: ApiError | None = None
-        for _ in range(max(1, self._settings.status_retry_limit)):
+        for _ in range(self._settings.status_retry_limit):
             if not self._may_write():
                 return True
             try:
