@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from sniffer.routing.sources.kubernetes.outcomes import DefaultCandidate, Work, alpn_of
-from sniffer.routing.sources.kubernetes.records import IngressClassRec, IngressRec
+from sniffer.routing.sources.kubernetes.records import IngressClassRec, IngressRec, PortRef
 from sniffer.routing.table import Route, WeightedBackend
 from sniffer.wire.hostname import normalize_route_host
 
@@ -30,13 +30,12 @@ def ingress_is_ours(ing: IngressRec, classes: Mapping[str, IngressClassRec], cls
 def translate_ingresses(w: Work) -> None:
     """The namespace's Ingresses (of our class) into `routes` and default candidates."""
     view, settings, listeners, ns = w.view, w.settings, w.listeners, w.ns
-    backends, routes, defaults, problems = w.backends, w.routes, w.defaults, w.problems
+    routes, defaults, problems = w.routes, w.defaults, w.problems
     tls_names = frozenset(lis.name for lis in listeners if lis.protocol == "tls")
     http_names = frozenset(lis.name for lis in listeners if lis.protocol == "http")
     # Ingress: one-label wildcards, the rule's port on TLS listeners, the annotated port
     # on HTTP listeners.
     classes = view.ingress_classes()
-    services = view.services(ns)
     for ing in sorted(view.ingresses(ns).values(), key=lambda i: (i.created, i.name)):
         if not ingress_is_ours(ing, classes, settings.ingress_class):
             continue
@@ -46,13 +45,7 @@ def translate_ingresses(w: Work) -> None:
         if alpn is None:
             continue
         if ing.default_service is not None and ing.default_port is not None:
-            tls_b = backends.resolve(ns, ing.default_service, ing.default_port, source)
-            svc = services.get(ing.default_service)
-            http_b = (
-                backends.resolve(ns, ing.default_service, svc.http_port, source)
-                if svc is not None and svc.http_port is not None
-                else None
-            )
+            tls_b, http_b = _resolve(w, ing.default_service, ing.default_port, source)
             defaults.append(DefaultCandidate(prec, tls_b, http_b))
         for rule in ing.rules:
             for path in rule.ignored_paths:
@@ -63,13 +56,7 @@ def translate_ingresses(w: Work) -> None:
             if rule.unsupported is not None or rule.service is None or rule.port is None:
                 problems.append(f"{source}: host {rule.host or '*'}: {rule.unsupported}")
                 continue
-            tls_b = backends.resolve(ns, rule.service, rule.port, source)
-            svc = services.get(rule.service)
-            http_b = (
-                backends.resolve(ns, rule.service, svc.http_port, source)
-                if svc is not None and svc.http_port is not None
-                else None
-            )
+            tls_b, http_b = _resolve(w, rule.service, rule.port, source)
             if rule.host is None:
                 # A rule without a host applies to every name: the listener default.
                 defaults.append(DefaultCandidate(prec, tls_b, http_b))
@@ -87,3 +74,13 @@ def translate_ingresses(w: Work) -> None:
                 routes.append(
                     Route(host, (WeightedBackend(http_b),), http_names, False, source, prec)
                 )
+
+
+def _resolve(w: Work, service: str, port: PortRef, source: str) -> tuple[str, str | None]:
+    """The backends of a Service port: for TLS listeners (the port), and for HTTP ones
+    (the port its http-port annotation names; None without the annotation)."""
+    tls_b = w.backends.resolve(w.ns, service, port, source)
+    svc = w.view.services(w.ns).get(service)
+    if svc is None or svc.http_port is None:
+        return tls_b, None
+    return tls_b, w.backends.resolve(w.ns, service, svc.http_port, source)

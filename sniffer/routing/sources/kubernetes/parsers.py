@@ -12,7 +12,6 @@ from __future__ import annotations
 import sys
 from collections.abc import Mapping
 from datetime import datetime
-from typing import TypeVar
 
 from sniffer.routing.sources.kubernetes.fields import (
     JSON,
@@ -21,6 +20,7 @@ from sniffer.routing.sources.kubernetes.fields import (
     json_list,
     json_map,
     opt_interned,
+    shared,
 )
 from sniffer.routing.sources.kubernetes.kinds import (
     ALPN_ANNOTATION,
@@ -55,8 +55,6 @@ from sniffer.routing.sources.kubernetes.signatures import (
     gateway_status_sig,
     route_parents_sig,
 )
-
-_T = TypeVar("_T")
 
 
 def _port_ref(value: object) -> PortRef:
@@ -197,23 +195,6 @@ def parse_ingress(obj: JSON) -> IngressRec:
     )
 
 
-_SHARED: dict[object, object] = {}
-"""Identical immutable parts (port lists) shared by every record that has them.
-
-Most Services of a cluster have one of a few port layouts; sharing them is what keeps
-the cache near the size of the names it must hold. Bounded by the layouts in use.
-"""
-
-
-def _shared(value: _T) -> _T:
-    held = _SHARED.get(value)
-    if held is None:
-        if len(_SHARED) < 100_000:
-            _SHARED[value] = value
-        return value
-    return held  # type: ignore[return-value]
-
-
 def parse_service(obj: JSON, http_port_annotation: str, keep_cluster_ip: bool = True) -> ServiceRec:
     _, _, meta = _meta(obj)
     spec = json_map(obj.get("spec"), "spec")
@@ -228,7 +209,7 @@ def parse_service(obj: JSON, http_port_annotation: str, keep_cluster_ip: bool = 
             raise MalformedObject("spec.ports[].port is not a number")
         target = p.get("targetPort")
         ports.append(
-            _shared(
+            shared(
                 ServicePort(
                     interned(p.get("name") or ""),
                     number,
@@ -242,7 +223,7 @@ def parse_service(obj: JSON, http_port_annotation: str, keep_cluster_ip: bool = 
         stype,
         cluster_ip if keep_cluster_ip else None,
         opt_interned(spec.get("externalName")) if stype == "ExternalName" else None,
-        _shared(tuple(ports)),
+        shared(tuple(ports)),
         _port_ref(http.strip()) if isinstance(http, str) and http.strip() else None,
         limit_annotations(
             (k, v) for k, v in ann.items() if isinstance(k, str) and isinstance(v, str)
@@ -250,7 +231,7 @@ def parse_service(obj: JSON, http_port_annotation: str, keep_cluster_ip: bool = 
     )
     # Records without a ClusterIP or external name repeat across the cluster (a few
     # layouts); the others are unique and would only fill the shared table.
-    return _shared(rec) if rec.cluster_ip is None and rec.external_name is None else rec
+    return shared(rec) if rec.cluster_ip is None and rec.external_name is None else rec
 
 
 def parse_endpoint_slice(obj: JSON) -> EndpointSliceRec:
@@ -272,7 +253,7 @@ def parse_endpoint_slice(obj: JSON) -> EndpointSliceRec:
         if addrs and isinstance(addrs[0], str) and "," not in addrs[0]:
             addresses.append(addrs[0])
     target = SliceTarget(interned(svc) if isinstance(svc, str) else None, tuple(sorted(ports)))
-    return EndpointSliceRec(_shared(target), ",".join(sorted(addresses)))
+    return EndpointSliceRec(shared(target), ",".join(sorted(addresses)))
 
 
 def _generation(meta: JSON) -> int:

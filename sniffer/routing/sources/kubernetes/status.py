@@ -1,10 +1,12 @@
 """Status written back to the Gateway API objects sniffer serves, off the hot path.
 
-This module owns the desired status of TLSRoutes (one entry per parent Gateway of
-sniffer's class with `Accepted` and `ResolvedRefs`), Gateways (listener status with
-attached routes) and sniffer's GatewayClass, and the task that writes it, following the
-API conventions: a round first plans every write from the informers' caches without
-awaiting (so no live cache is iterated across an `await`), then writes only what differs
+This module owns the task that writes the status of TLSRoutes (one entry per parent
+Gateway of sniffer's class with `Accepted` and `ResolvedRefs`, shaped in `desired`; the
+hostnames lost come from the conflicts of the table the controller built, never from a
+table of its own), Gateways (listener status with attached routes) and sniffer's
+GatewayClass, following the API conventions: a round first plans every write from the
+informers' caches without awaiting (so no live cache is iterated across an `await`),
+then writes only what differs
 from the object (compared by signature, ignoring timestamps, against the informer's copy
 and again against a fresh read), keeps each condition's `lastTransitionTime` unless its
 `status` changes, sets `observedGeneration` from the object's generation, and patches
