@@ -198,15 +198,13 @@ class KubernetesSource:
         watches = Watches(api, self.settings, self._versions, self._on_change, self._state_changed)
         self._informers, self.view = watches.by_kind, watches.view
         async with asyncio.TaskGroup() as tg:
-            for infs in self._informers.values():
-                for inf in infs:
-                    tg.create_task(inf.run(), name=f"informer-{inf.kind.name}")
+            for inf in watches.all():
+                tg.create_task(inf.run(), name=f"informer-{inf.kind.name}")
             if self.settings.write_status and self._versions.get(TLS_ROUTE.name):
                 self._start_status(api, tg)
             self._phase = "initial-list"
-            for infs in self._informers.values():
-                for inf in infs:
-                    await inf.synced.wait()
+            for inf in watches.all():
+                await inf.synced.wait()
             self._phase = "watching"
             self._all_dirty = True
             self._rebuild()
