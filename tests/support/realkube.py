@@ -342,8 +342,9 @@ class RealKube:
         """SIGTERM the kube-apiserver (and etcd, which `up.sh` insists on starting itself);
         True when kube-apiserver outlived `grace` s and was killed.
 
-        It stops listening at once, but with sniffer's watch streams open its process
-        lingers until the streams close (about 60 s): a restart does not wait for that.
+        It stops listening at once, but with default flags it leaves open watch streams
+        (anyone's, not only sniffer's) running for about 60 s before it exits: a restart
+        does not wait for that.
         """
         killed = self._stop_pid("kube-apiserver", grace)
         self._stop_pid("etcd")
