@@ -377,3 +377,99 @@ async def test_drain_waits_for_flows_then_ends(
     assert plane.flow_total == 0
     log = plane.recorded  # type: ignore[attr-defined]
     assert [r["outcome"] for r in log.records] == ["drain_timeout"]
+
+
+class RawUDP(asyncio.DatagramProtocol):
+    """A backend that records every datagram and answers each with `reply(data)`."""
+
+    def __init__(self, reply: Callable[[bytes], list[bytes]] = lambda _: []) -> None:
+        self.reply = reply
+        self.got: list[bytes] = []
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.got.append(data)
+        assert self.transport is not None
+        for out in self.reply(data):
+            self.transport.sendto(out, addr)
+
+
+class Client(RawUDP):
+    pass
+
+
+async def raw_pair(
+    data_plane: PlaneFactory, reply: Callable[[bytes], list[bytes]], **settings: Any
+) -> tuple[DataPlane, RawUDP, Client]:
+    loop = asyncio.get_running_loop()
+    _, backend = await loop.create_datagram_endpoint(
+        lambda: RawUDP(reply), local_addr=("127.0.0.1", 0)
+    )
+    port = backend.transport.get_extra_info("sockname")[1]  # type: ignore[union-attr]
+    spec = TableSpec(
+        listeners=(Listener("quic", "127.0.0.1", 0, "quic"),),
+        backends=(Backend("raw", "raw", (Endpoint("127.0.0.1", port),)),),
+        routes=(Route("raw.example", (WeightedBackend("raw"),)),),
+    )
+    plane = await data_plane(spec, **settings)
+    _, client = await loop.create_datagram_endpoint(
+        Client, remote_addr=("127.0.0.1", plane.bound_ports()["quic"])
+    )
+    return plane, backend, client
+
+
+async def test_never_more_than_three_times_to_an_unvalidated_client(
+    data_plane: PlaneFactory,
+) -> None:
+    # A server that answers one datagram with ten: an amplifier, were sniffer to let it.
+    plane, backend, client = await raw_pair(data_plane, lambda d: [b"\xc0" + bytes(1199)] * 10)
+    first = aioquic_datagrams("raw.example")[0]
+    assert len(first) == 1200
+    assert client.transport is not None
+    client.transport.sendto(first)
+    await until(
+        lambda: (
+            counters(plane).get(("sniffer_dropped_datagrams", ("quic", "amplification_limit")), 0)
+            == 7
+        )
+    )
+    assert sum(map(len, client.got)) == 3 * 1200
+    # A short-header packet from the client shows it got the server's Initial: validated.
+    client.transport.sendto(b"\x40" + bytes(40))
+    await until(lambda: len(client.got) == 13)
+    backend.transport.close()  # type: ignore[union-attr]
+    client.transport.close()
+
+
+async def test_datagrams_before_the_hello_is_complete_are_held_in_order(
+    data_plane: PlaneFactory,
+) -> None:
+    plane, backend, client = await raw_pair(data_plane, lambda d: [])
+    first, second = aioquic_datagrams("raw.example", quantum=True)
+    early = bytes([0xD0]) + first[1:200]  # a long-header 0-RTT packet's first bytes (v1)
+    assert client.transport is not None
+    for data in (first, early, second):
+        client.transport.sendto(data)
+    await until(lambda: len(backend.got) == 3)
+    assert backend.got == [first, early, second]
+    client.transport.sendto(b"\x40after")
+    await until(lambda: len(backend.got) == 4)
+    assert backend.got[3] == b"\x40after"
+    backend.transport.close()  # type: ignore[union-attr]
+    client.transport.close()
+
+
+async def test_hello_timeout(data_plane: PlaneFactory) -> None:
+    plane, backend, client = await raw_pair(data_plane, lambda d: [], hello_timeout=0.2)
+    first, _ = aioquic_datagrams("raw.example", quantum=True)
+    assert client.transport is not None
+    client.transport.sendto(first)
+    await until(
+        lambda: counters(plane).get(("sniffer_refused_connections", ("quic", "hello_timeout"))) == 1
+    )
+    assert backend.got == [] and plane.flow_total == 0
+    backend.transport.close()  # type: ignore[union-attr]
+    client.transport.close()
