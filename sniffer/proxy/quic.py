@@ -100,6 +100,7 @@ class Flow:
         "host",
         "idle_mark",
         "idle_ticks",
+        "initial",
         "listener",
         "outcome",
         "owner",
@@ -125,6 +126,8 @@ class Flow:
         self.client_addr: tuple[str, int] | None = addr
         self.state: Phase = SNIFFING
         self.reader: InitialReader | None = reader
+        self.initial: QuicHello | None = None
+        """The hello and the connection IDs of the client's first Initial, once read."""
         self.held: list[bytes] = []
         self.held_bytes = 0
         self.upstream: asyncio.DatagramTransport | None = None
@@ -385,6 +388,7 @@ class QuicListener(asyncio.DatagramProtocol):
         plane = self.plane
         hello = got.hello
         flow.reader = None
+        flow.initial = got
         flow.hello = hello
         flow.host = hello.sni
         flow.version = got.version
@@ -479,6 +483,7 @@ class QuicListener(asyncio.DatagramProtocol):
         addr = flow.client_addr
         assert addr is not None
         self.tally.refuse(reason)
+        got = got or flow.initial
         if alert is not None and self.transport is not None:
             if got is not None:
                 self._send_close(got.version, got.dcid, got.scid, addr, reason, alert)

@@ -473,3 +473,21 @@ async def test_hello_timeout(data_plane: PlaneFactory) -> None:
     assert backend.got == [] and plane.flow_total == 0
     backend.transport.close()  # type: ignore[union-attr]
     client.transport.close()
+
+
+def test_routes_file_quic_listener() -> None:
+    from sniffer.routing.sources.file import RoutesFileError, parse_routes
+
+    text = """\
+listeners:
+  - {name: h3, address: "0.0.0.0:443", protocol: quic, deny_ja4: [q13d0307h3_55b375c5d22e_1cecd519fee8]}
+backends:
+  - {name: a, endpoints: ["10.0.0.5:443"]}
+routes:
+  - {host: a.example, backend: a, alpn: [h3]}
+"""  # noqa: E501
+    spec = parse_routes(text)
+    (lis,) = spec.listeners
+    assert lis.protocol == "quic" and lis.deny_ja4
+    with pytest.raises(RoutesFileError, match="not on quic listeners"):
+        parse_routes(text.replace("protocol: quic,", "protocol: quic, proxy_protocol_in: true,"))
