@@ -66,10 +66,12 @@ __all__ = ["AMPLIFICATION", "Flow", "QuicListener"]
 
 AMPLIFICATION = 3
 """RFC 9000 §8.1: bytes towards an unvalidated client per byte received from it."""
-MAX_HELD_DATAGRAMS = 32
-MAX_HELD_BYTES = 64 * 1024
+MAX_HELD_DATAGRAMS = 16
+MAX_HELD_BYTES = 16 * 1024
 """Datagrams held per flow before it is routed (the hello's, and 0-RTT that came with or
-after it): a client's whole first flight fits; a flood from one address cannot grow it."""
+after it): a client's first flight (2-3 datagrams, a few of 0-RTT) fits; a sniffing flow
+then holds at most this plus the reader's `--max-hello-bytes`, however many a spoofing
+flooder opens (their number is bounded by `--max-connections`)."""
 MAX_SERVER_CIDS = 8
 """Server connection IDs remembered per flow (for NAT rebinding): its Initial and
 Handshake packets carry one, a Retry another."""

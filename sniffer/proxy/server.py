@@ -110,6 +110,7 @@ class DataPlane:
         self._rr: dict[str, int] = {}
         self._servers: dict[ListenerKey, asyncio.Server] = {}
         self._quic: dict[ListenerKey, QuicListener] = {}
+        self._flow_sweeper: asyncio.Task[None] | None = None
         self.flow_total = 0
         """Open QUIC flows of every quic listener (each holds a descriptor)."""
         self.stats.open_flows = _Flows(self._quic)
@@ -169,9 +170,11 @@ class DataPlane:
             self._sweepers = [
                 self.loop.create_task(self._sweep_idle()),
                 self.loop.create_task(self._sweep_deadlines()),
-                self.loop.create_task(self._sweep_flows()),
             ]
             self._lag_tick(self.loop.time() + LAG_INTERVAL)
+        if self._quic and self._flow_sweeper is None:  # only with QUIC listeners
+            self._flow_sweeper = self.loop.create_task(self._sweep_flows())
+            self._sweepers.append(self._flow_sweeper)
         self.installed_version = table.version
 
     async def _listen(self, lis: Listener) -> asyncio.Server:

@@ -446,7 +446,9 @@ class InitialReader:
                         for _ in range(3):
                             _, pos = _varint(payload, pos)
                 elif ftype == _FRAME_CLOSE:
-                    raise _bad_hello("the client closed the connection", "client_closed")
+                    raise HelloRejected(  # nothing to answer: it is gone
+                        "the client closed the connection", reason="client_closed"
+                    )
                 else:
                     raise _bad_hello(f"frame type {ftype:#x} in an Initial packet")
         except IndexError:
