@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import random
+import signal
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
@@ -30,6 +32,8 @@ from sniffer.wire.ja4 import ja4_quic
 from sniffer.wire.quic import VERSION_2, InitialReader, QuicHello
 from tests.conftest import PlaneFactory
 from tests.support.pki import PKI
+from tests.test_serve import Sniffer
+from tests.test_serve import start_sniffer as start_sniffer  # a fixture, used by name
 from tests.wire.quic_packets import aioquic_datagrams, client_initial, crypto_frame
 
 ALPN = ["sniffer-test"]
@@ -491,3 +495,38 @@ routes:
     assert lis.protocol == "quic" and lis.deny_ja4
     with pytest.raises(RoutesFileError, match="not on quic listeners"):
         parse_routes(text.replace("protocol: quic,", "protocol: quic, proxy_protocol_in: true,"))
+
+
+async def test_serve_with_workers_routes_quic_and_drains_on_sigterm(
+    start_sniffer: Any, pki: PKI, tenants: list[Tenant]
+) -> None:
+    await start(tenants, Tenant("a", pki, "a.example"))
+    port = free_port_udp()
+    text = (
+        f"listeners:\n  - {{name: h3, address: '127.0.0.1:{port}', protocol: quic}}\n"
+        f"backends:\n  - {{name: a, endpoints: ['127.0.0.1:{tenants[0].port}']}}\n"
+        "routes:\n  - {host: a.example, backend: a}\n"
+    )
+    s: Sniffer = await start_sniffer(text, port, "--workers", "2")
+    for i in range(4):  # four client ports: the kernel spreads them over the workers
+        async with connect("127.0.0.1", port, configuration=client_config(pki, "a.example")) as c:
+            assert await exchange(c, b"%d" % i) == b"a\n%d" % i
+    await s.wait_for(
+        lambda: (
+            s.metrics().get('sniffer_connections_total{backend="a",listener="h3",tenant="a"}')
+            == 4.0
+        )
+    )
+    s.proc.send_signal(signal.SIGTERM)
+    began = time.monotonic()
+    assert await asyncio.to_thread(s.proc.wait, 30) == 0
+    # Silent flows count as finished after DRAIN_IDLE (5 s), well inside the 30 s grace.
+    assert time.monotonic() - began < 15
+    lines = [json.loads(x) for x in s.stdout.read_text().splitlines()]
+    assert [(x["protocol"], x["outcome"]) for x in lines] == [("quic", "drained")] * 4
+
+
+def free_port_udp() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
