@@ -204,7 +204,7 @@ class Flow:
         line = {
             "id": f"{self.owner.plane.id_prefix}{self.serial:x}",
             "protocol": "quic",
-            "client": join_host_port(*client) if client else None,
+            "client": join_host_port(client[0], client[1]) if client else None,
             "listener": self.listener.name,
             "sni": self.host,
             "route": self.route or None,
@@ -372,8 +372,9 @@ class QuicListener(asyncio.DatagramProtocol):
             self._refuse(flow, exc.reason, exc.alert)
             return
         except WireError as exc:
-            self.drop(exc.reason)  # this datagram only; the flow goes on
-            flow.hold(data)  # it may be a 0-RTT or coalesced packet the server can read
+            # This datagram only; the flow goes on. Not relayed either: what the edge
+            # cannot read with the Initial keys, the server cannot either.
+            self.drop(exc.reason)
             return
         flow.hold(data)
         if result is not NEED_DATA:

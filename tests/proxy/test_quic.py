@@ -530,3 +530,16 @@ def free_port_udp() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+async def test_ipv6_listener(data_plane: PlaneFactory, pki: PKI, tenants: list[Tenant]) -> None:
+    await start(tenants, Tenant("a", pki, "a.example"))
+    spec = quic_spec(tenants, {"a.example": "a"})
+    spec = TableSpec((Listener("quic", "::1", 0, "quic"),), spec.backends, spec.routes)
+    plane = await data_plane(spec, quic_idle_timeout=0.3)
+    port = plane.bound_ports()["quic"]
+    async with connect("::1", port, configuration=client_config(pki, "a.example")) as c:
+        assert await exchange(c, b"six") == b"a\nsix"
+    log = plane.recorded  # type: ignore[attr-defined]
+    await until(lambda: len(log.records) == 1)
+    assert log.records[0]["client"].startswith("[::1]:")
