@@ -18,7 +18,6 @@ datagram itself is unusable (drop it and count; the reader's state is unchanged)
 from __future__ import annotations
 
 import hashlib
-import hmac
 import struct
 from typing import NamedTuple
 
@@ -106,8 +105,21 @@ def _bad_hello(what: str, reason: str = "bad_hello") -> HelloRejected:
 # -- keys ----------------------------------------------------------------------------------
 
 
+# HMAC-SHA256 (RFC 2104) spelt out over hashlib: every new flow derives its keys, and
+# `hmac.digest` costs ~10 us a call here against ~2 us for two sha256 runs. The pads are
+# made by bytes.translate (XOR through a table, in C). Keys are at most 64 bytes here.
+_IPAD = bytes(x ^ 0x36 for x in range(256))
+_OPAD = bytes(x ^ 0x5C for x in range(256))
+_sha256 = hashlib.sha256
+
+
+def _hmac_sha256(key: bytes, msg: bytes) -> bytes:
+    key = key.ljust(64, b"\x00")
+    return _sha256(key.translate(_OPAD) + _sha256(key.translate(_IPAD) + msg).digest()).digest()
+
+
 def _hkdf_extract(salt: bytes, ikm: bytes) -> bytes:
-    return hmac.digest(salt, ikm, hashlib.sha256)
+    return _hmac_sha256(salt, ikm)
 
 
 def _hkdf_expand_label(secret: bytes, label: bytes, length: int) -> bytes:
@@ -115,7 +127,7 @@ def _hkdf_expand_label(secret: bytes, label: bytes, length: int) -> bytes:
     enough for every length QUIC's initial keys need (at most 32 bytes)."""
     full = b"tls13 " + label
     info = struct.pack(">HB", length, len(full)) + full + b"\x00"
-    return hmac.digest(secret, info + b"\x01", hashlib.sha256)[:length]
+    return _hmac_sha256(secret, info + b"\x01")[:length]
 
 
 class InitialKeys:
@@ -146,19 +158,20 @@ class InitialKeys:
 
 def initial_keys(version: int, dcid: bytes) -> tuple[InitialKeys, InitialKeys]:
     """(client, server) Initial keys for the client's first Destination Connection ID."""
+    return side_keys(version, dcid, b"client in"), side_keys(version, dcid, b"server in")
+
+
+def side_keys(version: int, dcid: bytes, side: bytes) -> InitialKeys:
+    """One side's Initial keys (`side`: b"client in" or b"server in"): the reader needs
+    only the client's, the refusal only the server's."""
     initial = _hkdf_extract(_SALTS[version], dcid)
     key_label, iv_label, hp_label = _LABELS[version]
-    out = []
-    for side in (b"client in", b"server in"):
-        secret = _hkdf_expand_label(initial, side, 32)
-        out.append(
-            InitialKeys(
-                _hkdf_expand_label(secret, key_label, 16),
-                _hkdf_expand_label(secret, iv_label, 12),
-                _hkdf_expand_label(secret, hp_label, 16),
-            )
-        )
-    return out[0], out[1]
+    secret = _hkdf_expand_label(initial, side, 32)
+    return InitialKeys(
+        _hkdf_expand_label(secret, key_label, 16),
+        _hkdf_expand_label(secret, iv_label, 12),
+        _hkdf_expand_label(secret, hp_label, 16),
+    )
 
 
 # -- headers -------------------------------------------------------------------------------
@@ -319,7 +332,7 @@ class InitialReader:
         while pos < n:
             first = datagram[pos]
             if not first & 0x80:
-                if first == 0 and not any(datagram[pos:]):
+                if first == 0 and not bytes(datagram[pos:]).strip(b"\x00"):
                     break  # zero padding after the last coalesced packet
                 if pos == 0 and keys is None:
                     raise _dropped("short header packet from an unknown address", "not_initial")
@@ -366,7 +379,7 @@ class InitialReader:
                     # RFC 9000 §7.2: a client's first DCID is at least 8 bytes.
                     raise _dropped("initial DCID shorter than 8 bytes")
                 version, dcid = pkt_version, pkt_dcid
-                keys = initial_keys(version, dcid)[0]
+                keys = side_keys(version, dcid, b"client in")
                 self.scid = pkt_scid
             elif pkt_version != version or pkt_dcid != dcid:
                 pos = end  # not this connection's first DCID: not readable with our keys
@@ -526,7 +539,7 @@ def refusal_datagram(
     `server_cid` is the Source Connection ID the edge gives itself (the caller picks it;
     nothing here is random). About 60 bytes: far under 3x the client's 1200.
     """
-    keys = initial_keys(version, dcid)[1]
+    keys = side_keys(version, dcid, b"server in")
     phrase = reason.encode("ascii", "replace")[:64]
     frame = (
         bytes((_FRAME_CLOSE,))
