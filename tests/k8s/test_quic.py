@@ -3,9 +3,18 @@ TLSRoute to the Service's UDP port of the same number as the TLS one (no new CRD
 
 from __future__ import annotations
 
+import asyncio
+import subprocess
+
+import pytest
+from aioquic.asyncio import connect
+
 from sniffer.routing.table import Endpoint, Listener, MatchKind
-from tests.k8s.conftest import TLS, needs_crds
+from tests.k8s.conftest import TLS, needs_crds, spawn_sniffer
+from tests.k8s.test_end_to_end import _eventually, _readyz
 from tests.kubeapi import objects as o
+from tests.proxy.test_quic import Tenant, client_config, exchange, free_port_udp
+from tests.support.servers import free_port
 
 QUIC = Listener("quic-443", "127.0.0.1", 443, "quic")
 H3_PORTS = (("https", 443, 8443, "TCP"), ("h3", 443, 8443, "UDP"))
@@ -54,3 +63,45 @@ async def test_tlsroute_hosts_on_the_quic_listener_of_the_gateway_port(api_serve
     await h.start()
     await h.routes_to("x.y.a.example.com", "team-a/web:443/udp", listener="quic-443")
     assert h.lookup("x.y.a.example.com") == (MatchKind.WILDCARD, "team-a/web:443")
+
+
+async def test_http3_through_sniffer_serve_kubernetes(api_server, kubeconfig, pki):
+    """`sniffer serve --kubernetes --listen quic:...` routes an aioquic client to the
+    tenant's UDP port once the Ingress exists, and refuses it at once before."""
+    tenant = await Tenant("team-a", pki, "app.example.com").start()
+    listen, admin = free_port_udp(), free_port()
+    api_server.create(o.service("team-a", "web", H3_PORTS))
+    api_server.create(
+        o.endpoint_slice(
+            "team-a", "web", ["127.0.0.1"], (("https", free_port()), ("h3", tenant.port))
+        )
+    )
+    proc = spawn_sniffer(kubeconfig, f"quic:127.0.0.1:{listen}", admin, "--workers", "1")
+    try:
+
+        async def ready() -> bool:
+            return await asyncio.to_thread(_readyz, admin) == 200
+
+        await _eventually(ready, 30, "/readyz 200")
+        config = client_config(pki, "app.example.com")
+        with pytest.raises(ConnectionError):  # no route yet: refused
+            async with connect("127.0.0.1", listen, configuration=config):
+                pass
+        api_server.create(o.ingress("team-a", "web", [("app.example.com", "web", 443)]))
+
+        async def routed() -> bool:
+            try:
+                async with connect("127.0.0.1", listen, configuration=config) as c:
+                    return await exchange(c, b"h3") == b"team-a\nh3"
+            except ConnectionError:
+                return False
+
+        await _eventually(routed, 20, "QUIC route live")
+    finally:
+        proc.terminate()
+        try:
+            proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+        tenant.close()
