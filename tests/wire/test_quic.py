@@ -396,3 +396,36 @@ def _mutated(at: int, flip: int) -> bytes:
     b = bytearray(RFC9001_CLIENT_INITIAL)
     b[at] ^= flip
     return bytes(b)
+
+
+_REAL = aioquic_datagrams("seq.example", quantum=True)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.binary(max_size=1300),
+            st.sampled_from(_REAL),
+            st.tuples(st.sampled_from(_REAL), st.integers(0, 1199), st.integers(1, 255)).map(
+                lambda t: t[0][: t[1]] + bytes([t[0][t[1]] ^ t[2]]) + t[0][t[1] + 1 :]
+            ),
+        ),
+        max_size=6,
+    )
+)
+def test_only_three_outcomes_whatever_the_datagram_sequence(datagrams: list[bytes]) -> None:
+    r = reader()
+    done: QuicHello | None = None
+    for data in datagrams:
+        try:
+            out = r.feed(data, 0.0)
+        except DatagramDropped:
+            continue  # this datagram only: the reader goes on
+        except HelloRejected:
+            return  # the flow is refused
+        assert out is NEED_DATA or isinstance(out, QuicHello)
+        if done is not None:
+            assert out is done  # an outcome stays
+        if isinstance(out, QuicHello):
+            done = out
