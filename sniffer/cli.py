@@ -60,8 +60,10 @@ def parse_listen(values: list[str]) -> tuple[Listener, ...]:
     out: list[Listener] = []
     for v in values:
         proto, sep, addr = v.partition(":")
-        if not sep or proto not in ("tls", "http"):
-            raise typer.BadParameter(f"{v!r}: expected tls:HOST:PORT[@PUBLIC] or http:...")
+        if not sep or proto not in ("tls", "http", "quic"):
+            raise typer.BadParameter(
+                f"{v!r}: expected tls:HOST:PORT[@PUBLIC], http:... or quic:... (UDP)"
+            )
         addr, at, public = addr.partition("@")
         try:
             host, port = split_host_port(addr)
@@ -72,13 +74,20 @@ def parse_listen(values: list[str]) -> tuple[Listener, ...]:
         if any(lis.name == name for lis in out):
             name = f"{proto}-{host}-{port}"
         out.append(
-            Listener(name, host, port, "tls" if proto == "tls" else "http", public_port=public_port)
+            Listener(
+                name,
+                host,
+                port,
+                "quic" if proto == "quic" else "tls" if proto == "tls" else "http",
+                public_port=public_port,
+            )
         )
     return tuple(out)
 
 
 def deny_ja4_on(listeners: tuple[Listener, ...], values: list[str]) -> tuple[Listener, ...]:
-    """`--deny-ja4 FP` (repeatable): refuse these JA4 fingerprints on every TLS listener."""
+    """`--deny-ja4 FP` (repeatable): refuse these JA4 fingerprints on every TLS and QUIC
+    listener."""
     from sniffer.wire.ja4 import is_ja4
 
     for v in values:
@@ -87,7 +96,9 @@ def deny_ja4_on(listeners: tuple[Listener, ...], values: list[str]) -> tuple[Lis
     if not values:
         return listeners
     deny = frozenset(values)
-    return tuple(replace(lis, deny_ja4=deny) if lis.protocol == "tls" else lis for lis in listeners)
+    return tuple(
+        replace(lis, deny_ja4=deny) if lis.protocol in ("tls", "quic") else lis for lis in listeners
+    )
 
 
 def _kube_settings(**kw: Any) -> KubernetesSettings:
@@ -159,6 +170,9 @@ def serve(
     lease_retry_period: Annotated[float, _kube_option("retry_period")] = _K("retry_period"),
     hello_timeout: Annotated[float, _proxy_option("hello_timeout")] = _P("hello_timeout"),
     idle_timeout: Annotated[float, _proxy_option("idle_timeout")] = _P("idle_timeout"),
+    quic_idle_timeout: Annotated[float, _proxy_option("quic_idle_timeout")] = _P(
+        "quic_idle_timeout"
+    ),
     connect_timeout: Annotated[float, _proxy_option("connect_timeout")] = _P("connect_timeout"),
     max_hello_bytes: Annotated[int, _proxy_option("max_hello_bytes")] = _P("max_hello_bytes"),
     access_log: Annotated[bool, _worker_option("access_log")] = _W("access_log"),
@@ -199,6 +213,7 @@ def serve(
         ProxySettings,
         hello_timeout=hello_timeout,
         idle_timeout=idle_timeout,
+        quic_idle_timeout=quic_idle_timeout,
         connect_timeout=connect_timeout,
         max_hello_bytes=max_hello_bytes,
         drain_grace=drain_grace,

@@ -38,6 +38,12 @@ class ProxySettings:
     idle_timeout: float = setting(
         3600.0, "Seconds without a byte either way before a relayed connection closes.", 0.001
     )
+    quic_idle_timeout: float = setting(
+        120.0,
+        "Seconds without a datagram either way before a QUIC flow is forgotten"
+        " (above QUIC's usual 30-60 s idle timeouts).",
+        0.001,
+    )
     connect_timeout: float = setting(
         5.0, "Seconds to connect to one backend endpoint before trying the next.", 0.001
     )

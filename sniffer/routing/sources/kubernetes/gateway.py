@@ -67,10 +67,16 @@ def translate_tls_routes(
     route_status: dict[str, tuple[ParentOutcome, ...]] = {}
     attachments: dict[tuple[str, str, str], int] = {}
     tls_by_port: dict[int, list[str]] = {}
+    quic_by_port: dict[int, list[str]] = {}
+    port_of: dict[str, int] = {}
     for lis in listeners:
         if lis.protocol == "tls":
             # A hostPort may map the Gateway's 443 onto a bound 8443: match what clients use.
             tls_by_port.setdefault(lis.serves_port, []).append(lis.name)
+            port_of[lis.name] = lis.serves_port
+        elif lis.protocol == "quic":
+            # HTTP/3: quic listeners serve the hosts of the TLS listeners of their port.
+            quic_by_port.setdefault(lis.serves_port, []).append(lis.name)
     for rt in sorted(view.tls_routes(ns).values(), key=lambda r: (r.created, r.name)):
         source = f"TLSRoute {ns}/{rt.name}"
         prec = (rt.created, f"{ns}/{rt.name}")
@@ -94,6 +100,11 @@ def translate_tls_routes(
         if weighted and alpn is not None:
             for host, names in sorted(hosts.items()):
                 routes.append(Route(host, weighted, frozenset(names), True, source, prec, alpn))
+            quic = _quic_backends(view, rt, backends, source) if quic_by_port else ()
+            for host, names in sorted(hosts.items()) if quic else ():
+                qnames = {q for n in names for q in quic_by_port.get(port_of[n], ())}
+                if qnames:
+                    routes.append(Route(host, quic, frozenset(qnames), True, source, prec, alpn))
     return route_status, attachments
 
 
@@ -155,6 +166,24 @@ def _tls_backends(
             WeightedBackend(backends.resolve(ref.namespace, ref.name, ref.port, source), ref.weight)
         )
     return tuple(weighted), resolved
+
+
+def _quic_backends(
+    view: ClusterView, rt: TLSRouteRec, backends: Backends, source: str
+) -> tuple[WeightedBackend, ...]:
+    """The UDP twins (same port number, protocol UDP) of the route's usable Service
+    refs, with their weights: what quic listeners send the route's hosts to. Refs
+    without one carry no QUIC share; none at all means no QUIC route."""
+    out: list[WeightedBackend] = []
+    for ref in rt.backends:
+        if ref.group not in ("", "core") or ref.kind != "Service" or ref.port is None:
+            continue
+        if ref.namespace != rt.namespace and not _granted(view, rt, ref):
+            continue
+        name = backends.resolve_udp(ref.namespace, ref.name, ref.port, source)
+        if name is not None:
+            out.append(WeightedBackend(name, ref.weight))
+    return tuple(out)
 
 
 def _granted(view: ClusterView, rt: TLSRouteRec, ref: BackendRef) -> bool:

@@ -2,8 +2,9 @@
 
 This module owns the Ingress half of a namespace translation: the class test
 (`ingressClassName`, the k8sniff-era annotation, a default IngressClass), one-label
-wildcards, the rule's port on TLS listeners and the Service's http-port annotation on
-HTTP listeners, and default-backend candidates (a `defaultBackend` or a rule without a
+wildcards, the rule's port on TLS listeners, the Service's http-port annotation on
+HTTP listeners and the UDP port of the rule's port number on quic listeners (HTTP/3), and
+default-backend candidates (a `defaultBackend` or a rule without a
 host). It must never do I/O or touch metrics.
 """
 
@@ -33,6 +34,7 @@ def translate_ingresses(w: Work) -> None:
     routes, defaults, problems = w.routes, w.defaults, w.problems
     tls_names = frozenset(lis.name for lis in listeners if lis.protocol == "tls")
     http_names = frozenset(lis.name for lis in listeners if lis.protocol == "http")
+    quic_names = frozenset(lis.name for lis in listeners if lis.protocol == "quic")
     # Ingress: one-label wildcards, the rule's port on TLS listeners, the annotated port
     # on HTTP listeners.
     classes = view.ingress_classes()
@@ -46,7 +48,8 @@ def translate_ingresses(w: Work) -> None:
             continue
         if ing.default_service is not None and ing.default_port is not None:
             tls_b, http_b = _resolve(w, ing.default_service, ing.default_port, source)
-            defaults.append(DefaultCandidate(prec, tls_b, http_b))
+            quic_b = _udp(w, quic_names, ing.default_service, ing.default_port, source)
+            defaults.append(DefaultCandidate(prec, tls_b, http_b, quic_b))
         for rule in ing.rules:
             for path in rule.ignored_paths:
                 problems.append(
@@ -57,9 +60,10 @@ def translate_ingresses(w: Work) -> None:
                 problems.append(f"{source}: host {rule.host or '*'}: {rule.unsupported}")
                 continue
             tls_b, http_b = _resolve(w, rule.service, rule.port, source)
+            quic_b = _udp(w, quic_names, rule.service, rule.port, source)
             if rule.host is None:
                 # A rule without a host applies to every name: the listener default.
-                defaults.append(DefaultCandidate(prec, tls_b, http_b))
+                defaults.append(DefaultCandidate(prec, tls_b, http_b, quic_b))
                 continue
             try:
                 host = normalize_route_host(rule.host)
@@ -74,6 +78,18 @@ def translate_ingresses(w: Work) -> None:
                 routes.append(
                     Route(host, (WeightedBackend(http_b),), http_names, False, source, prec)
                 )
+            if quic_b is not None:
+                routes.append(
+                    Route(host, (WeightedBackend(quic_b),), quic_names, False, source, prec, alpn)
+                )
+
+
+def _udp(
+    w: Work, quic_names: frozenset[str], service: str, port: PortRef, source: str
+) -> str | None:
+    """The backend of quic listeners: the Service's UDP port with the rule's TCP port
+    number (None without quic listeners or without such a port)."""
+    return w.backends.resolve_udp(w.ns, service, port, source) if quic_names else None
 
 
 def _resolve(w: Work, service: str, port: PortRef, source: str) -> tuple[str, str | None]:

@@ -42,6 +42,8 @@ class DefaultCandidate:
     precedence: tuple[float, str]
     tls_backend: str | None
     http_backend: str | None
+    quic_backend: str | None = None
+    """The Service's UDP twin of the TLS port, for quic listeners (None: it has none)."""
 
 
 @dataclass(slots=True)

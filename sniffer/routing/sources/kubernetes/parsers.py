@@ -214,6 +214,7 @@ def parse_service(obj: JSON, http_port_annotation: str, keep_cluster_ip: bool = 
                     interned(p.get("name") or ""),
                     number,
                     number if target is None else _port_ref(target),
+                    interned(p.get("protocol") or "TCP"),
                 )
             )
         )

@@ -54,6 +54,8 @@ class ServicePort:
     name: str
     port: int
     target: PortRef
+    protocol: str = "TCP"
+    """`TCP` (the default), `UDP` (a quic listener's twin of a TCP port) or `SCTP`."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,17 +18,38 @@ Services of other shapes (documented behaviour):
 from __future__ import annotations
 
 from sniffer.routing.sources.kubernetes.limits import limits_from_annotations
-from sniffer.routing.sources.kubernetes.records import EndpointSliceRec, PortRef, ServiceRec
+from sniffer.routing.sources.kubernetes.records import (
+    EndpointSliceRec,
+    PortRef,
+    ServicePort,
+    ServiceRec,
+)
 from sniffer.routing.sources.kubernetes.settings import KubernetesSettings
 from sniffer.routing.sources.kubernetes.view import ClusterView
 from sniffer.routing.table import NO_LIMITS, Backend, Endpoint
 
 
 def find_port(svc: ServiceRec, ref: PortRef) -> int | None:
+    sp = _tcp_port(svc, ref)
+    return None if sp is None else sp.port
+
+
+def _tcp_port(svc: ServiceRec, ref: PortRef) -> ServicePort | None:
+    """The Service port `ref` names (by name, or by number among its non-UDP ports: a
+    Service serving HTTP/3 lists 443 twice, once per protocol)."""
     for p in svc.ports:
-        if (p.name == ref) if isinstance(ref, str) else (p.port == ref):
-            return p.port
+        if (p.name == ref) if isinstance(ref, str) else (p.port == ref and p.protocol != "UDP"):
+            return p
     return None
+
+
+def udp_twin(svc: ServiceRec, ref: PortRef) -> ServicePort | None:
+    """The UDP port with the number of the TCP port `ref` names: where a quic listener
+    sends the names that the TCP port serves (no new CRD, no annotation)."""
+    sp = _tcp_port(svc, ref)
+    if sp is None:
+        return None
+    return next((p for p in svc.ports if p.protocol == "UDP" and p.port == sp.port), None)
 
 
 class Backends:
@@ -82,13 +103,49 @@ class Backends:
         )
         return name
 
-    def _endpoints(
-        self, ns: str, service: str, svc: ServiceRec, port: PortRef, source: str
-    ) -> tuple[Endpoint, ...]:
-        sp = next(
-            (p for p in svc.ports if (p.name == port if isinstance(port, str) else p.port == port)),
-            None,
+    def resolve_udp(self, ns: str, service: str, port: PortRef, source: str) -> str | None:
+        """The backend quic listeners use for a route to `service`'s TCP port `port`:
+        the Service's UDP port of the same number, or None when it has none (the name
+        then has no QUIC route, and clients keep to TCP)."""
+        name = f"{ns}/{service}:{port}/udp"
+        if name in self.out:
+            return name
+        svc = self.view.services(ns).get(service)
+        if svc is None:
+            return None
+        twin = udp_twin(svc, port)
+        if twin is None:
+            return None
+        endpoints: tuple[Endpoint, ...]
+        if svc.type == "ExternalName" and svc.external_name:
+            endpoints = (Endpoint(svc.external_name, twin.port),)
+        else:
+            endpoints = self._endpoints(ns, service, svc, twin.name or twin.port, source, "UDP")
+        limits = NO_LIMITS
+        if svc.limit_annotations:
+            limits, _ = limits_from_annotations(
+                svc.limit_annotations, "backend", f"Service {ns}/{service}"
+            )  # problems already reported by the TCP backend of the same Service
+        self.out[name] = Backend(
+            name=name, tenant=ns, endpoints=endpoints, source=source, limits=limits
         )
+        return name
+
+    def _endpoints(
+        self,
+        ns: str,
+        service: str,
+        svc: ServiceRec,
+        port: PortRef,
+        source: str,
+        protocol: str = "TCP",
+    ) -> tuple[Endpoint, ...]:
+        if protocol == "UDP":
+            sp = next(
+                (p for p in svc.ports if p.protocol == "UDP" and port in (p.name, p.port)), None
+            )
+        else:
+            sp = _tcp_port(svc, port)
         if sp is None:
             self.problems.append(f"{source}: Service {ns}/{service} has no port {port!r}")
             return ()

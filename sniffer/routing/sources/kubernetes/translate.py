@@ -69,7 +69,11 @@ def assemble(listeners: tuple[Listener, ...], results: Mapping[str, NamespaceRes
         for name, b in res.backends.items():
             backends.setdefault(name, b)
         for cand in res.defaults:
-            for proto, b_name in (("tls", cand.tls_backend), ("http", cand.http_backend)):
+            for proto, b_name in (
+                ("tls", cand.tls_backend),
+                ("http", cand.http_backend),
+                ("quic", cand.quic_backend),
+            ):
                 if b_name is None:
                     continue
                 held = best.get(proto)
