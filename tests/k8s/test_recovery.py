@@ -1,4 +1,4 @@
-"""Prompt recovery: after an API outage of any length, a change is routed within ~2 s.
+"""Prompt recovery: after an API outage of any length, a change is routed within seconds.
 
 Production backoff (0.5 s doubling to a 30 s cap) is used on purpose: by the end of a
 long outage every informer sleeps many seconds, and only the shared probe (and the wake
@@ -56,14 +56,22 @@ async def _outage(harness_factory: Any, server: Any, down: float, forbidden: flo
     return max(took, all_up)
 
 
+# With the wake: about one probe interval (1 s) plus a re-list of nine kinds. Without it,
+# after 10 s of outage each informer sleeps on for up to 16 s (its backoff has doubled to
+# 4-8 s or 8-16 s), and this is the slowest of nine (measured with the wake removed: 15.1
+# s; 5.7 s after an 8 s outage, hence 10 s in both tests): the bound leaves a loaded
+# machine seconds of margin and still fails a missing wake.
+PROMPTLY = 5.0
+
+
 async def test_change_after_an_outage_is_routed_promptly(api_server, harness_factory):
-    assert await _outage(harness_factory, api_server, down=10.0, forbidden=0.0) < 3.0
+    assert await _outage(harness_factory, api_server, down=10.0, forbidden=0.0) < PROMPTLY
 
 
 async def test_403_while_the_authorizer_loads_is_part_of_the_outage(api_server, harness_factory):
-    assert await _outage(harness_factory, api_server, down=4.0, forbidden=4.0) < 3.0
+    assert await _outage(harness_factory, api_server, down=4.0, forbidden=6.0) < PROMPTLY
 
 
 @pytest.mark.soak
-async def test_change_after_a_60s_outage_is_routed_within_3s(api_server, harness_factory):
-    assert await _outage(harness_factory, api_server, down=60.0, forbidden=0.0) < 3.0
+async def test_change_after_a_60s_outage_is_routed_promptly(api_server, harness_factory):
+    assert await _outage(harness_factory, api_server, down=60.0, forbidden=0.0) < PROMPTLY
