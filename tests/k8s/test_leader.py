@@ -53,18 +53,12 @@ class SpiedApi(KubeApi):
         """(monotonic send time, path) of status writes the server accepted."""
 
     async def _call(
-        self,
-        method: str,
-        path: str,
-        query: list[tuple[str, str]] | None = None,
-        body: Any = None,
-        content_type: str | None = None,
-        timeout: aiohttp.ClientTimeout | None = None,
+        self, method: str, path: str, *args: Any, **kwargs: Any
     ) -> aiohttp.ClientResponse:
         if self.refuse_leases and "/leases" in path:
             raise Unauthorized(403, "Forbidden", "leases is forbidden (revoked by the test)")
         sent = time.monotonic()
-        resp = await super()._call(method, path, query, body, content_type, timeout)
+        resp = await super()._call(method, path, *args, **kwargs)
         if "/leases" in path and method in ("POST", "PUT"):
             self.lease_writes.append(sent)
         elif method == "PATCH" and path.endswith("/status"):
