@@ -445,9 +445,11 @@ class KubeApiServer:
             w.queue.put_nowait(("close", None))
 
     def send_bookmarks(self) -> None:
+        """A BOOKMARK on every stream that asked for them, at the resourceVersion of now:
+        every event up to it is already queued ahead of it, none after it."""
         for w in self._watches:
             if w.bookmarks:
-                w.queue.put_nowait(("bookmark", None))
+                w.queue.put_nowait(("bookmark", self.rv))
 
     @property
     def open_watches(self) -> int:
@@ -925,7 +927,9 @@ class KubeApiServer:
                             async with asyncio.timeout(self.bookmark_interval):
                                 what, payload = await w.queue.get()
                         except TimeoutError:
-                            what, payload = "bookmark", None
+                            if not w.queue.empty():
+                                continue  # an event came with the timeout: it goes first
+                            what, payload = "bookmark", self.rv
                     else:
                         what, payload = await w.queue.get()
                     if what == "close":
@@ -936,13 +940,16 @@ class KubeApiServer:
                         await _write_event(resp, "ERROR", _gone_status(rv_s))
                         break
                     if what == "bookmark":
+                        # The version of when it was queued, not of now: a later one would
+                        # claim events still queued behind it, which a client re-watching
+                        # from it after the stream broke would never see.
                         await _write_event(
                             resp,
                             "BOOKMARK",
                             {
                                 "kind": res.kind,
                                 "apiVersion": self._out({}, res, version)["apiVersion"],
-                                "metadata": {"resourceVersion": str(self.rv)},
+                                "metadata": {"resourceVersion": str(payload)},
                             },
                         )
                         continue
