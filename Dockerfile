@@ -40,6 +40,6 @@ RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
 # 65532: the conventional "nonroot" uid/gid; numeric so that runAsNonRoot can verify it.
 USER 65532:65532
 # Unprivileged ports (manifests map the node's 443/80 onto them) and the admin endpoint.
-EXPOSE 8443 8080 9190
+EXPOSE 8443 8443/udp 8080 9190
 ENTRYPOINT ["sniffer"]
-CMD ["serve", "--kubernetes", "--listen", "tls:0.0.0.0:8443@443", "--listen", "http:0.0.0.0:8080@80", "--admin", "0.0.0.0:9190"]
+CMD ["serve", "--kubernetes", "--listen", "tls:0.0.0.0:8443@443", "--listen", "http:0.0.0.0:8080@80", "--listen", "quic:0.0.0.0:8443@443", "--admin", "0.0.0.0:9190"]

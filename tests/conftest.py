@@ -26,8 +26,8 @@ class RecordedLog:
     def __init__(self) -> None:
         self.records: list[dict[str, object]] = []
 
-    def __call__(self, record: AccessRecord) -> None:
-        self.records.append(json.loads(format_line(record)))
+    def __call__(self, entry: AccessRecord | str) -> None:
+        self.records.append(json.loads(entry if isinstance(entry, str) else format_line(entry)))
 
 
 PlaneFactory = Callable[..., Awaitable[DataPlane]]

@@ -170,6 +170,13 @@ def test_listen_flags() -> None:
     assert (tls.name, tls.host, tls.port, tls.serves_port) == ("tls-443", "0.0.0.0", 8443, 443)
     assert (http.name, http.protocol, http.serves_port) == ("http-80", "http", 80)
     assert (v6.name, v6.host, v6.port) == ("tls-9443", "::", 9443)
+    (quic,) = parse_listen(["quic:0.0.0.0:443"])
+    assert (quic.name, quic.protocol, quic.port) == ("quic-443", "quic", 443)
+    fp = "q13d0307h3_55b375c5d22e_1cecd519fee8"
+    from sniffer.cli import deny_ja4_on
+
+    denied = deny_ja4_on((tls, http, quic), [fp])
+    assert [lis.deny_ja4 for lis in denied] == [frozenset({fp}), frozenset(), frozenset({fp})]
     for bad in ("udp:0.0.0.0:53", "tls:0.0.0.0", "tls:0.0.0.0:8443@x", "tls:::443"):
         out = run("serve", "--listen", bad, "--workers", "0")
         assert out.returncode == 2 and "Invalid value" in out.stderr, (bad, out.stderr)

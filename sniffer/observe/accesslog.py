@@ -6,8 +6,8 @@ worker processes sharing one stdout pipe never interleave. The event loop never 
 on the log: a pipe that stops draining (a stuck log shipper) blocks only the writer
 thread, chunks queue up to `max_buffer` bytes, and lines beyond that are dropped and
 counted. A closed connection hands over an `AccessRecord` (plain values, built by
-`sniffer.proxy.record`); this module formats it and never reaches back into the
-connection. Nothing is written per read.
+`sniffer.proxy.record`), or a QUIC flow its own line; this module formats a record and
+never reaches back into the connection. Nothing is written per read.
 """
 
 from __future__ import annotations
@@ -166,8 +166,10 @@ class AccessLog:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
-    def __call__(self, record: AccessRecord) -> None:
-        line = format_line(record)
+    def __call__(self, entry: AccessRecord | str) -> None:
+        """Take a TCP connection's record, or a line a protocol with fields of its own
+        (QUIC's datagrams and version) formatted itself (JSON, ASCII, newline-ended)."""
+        line = entry if type(entry) is str else format_line(entry)  # type: ignore[arg-type]
         self._lines.append(line)
         self._size += len(line)
         if self._size >= _FLUSH_AT:

@@ -127,6 +127,21 @@ _FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "Bytes relayed, by direction",
         ("backend", "tenant", "direction"),
     ),
+    "sniffer_datagrams": (
+        "counter",
+        "Datagrams relayed on QUIC listeners, by direction",
+        ("backend", "tenant", "direction"),
+    ),
+    "sniffer_dropped_datagrams": (
+        "counter",
+        "QUIC datagrams dropped unrelayed (not a client Initial, refused flow, ...), by reason",
+        ("listener", "reason"),
+    ),
+    "sniffer_quic_rebinds": (
+        "counter",
+        "QUIC flows moved to a new client address by the server's connection ID",
+        ("listener",),
+    ),
     "sniffer_backend_connect_errors": (
         "counter",
         "Failed dials to backend endpoints, by reason",

@@ -48,6 +48,8 @@ class BackendTally:
     __slots__ = (
         "active",
         "connect_times",
+        "dgrams_down",
+        "dgrams_up",
         "down",
         "durations",
         "errors",
@@ -64,6 +66,9 @@ class BackendTally:
         self.active = 0
         self.up = 0
         self.down = 0
+        self.dgrams_up = 0
+        self.dgrams_down = 0
+        """Datagrams relayed (QUIC flows), each way, of flows closed so far."""
         self.errors: dict[str, int] = {}
         self.limited: dict[str, int] = {}
         """Connections refused by a limit, by limit (tenant_max_connections, ...)."""
@@ -72,12 +77,16 @@ class BackendTally:
 
 
 class ListenerTally:
-    __slots__ = ("accepted", "ech", "name", "refused", "sniff_times")
+    __slots__ = ("accepted", "dropped", "ech", "name", "rebinds", "refused", "sniff_times")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.accepted = 0
         self.refused: dict[str, int] = {}
+        self.dropped: dict[str, int] = {}
+        """QUIC datagrams dropped unrelayed, by reason (not a client Initial, ...)."""
+        self.rebinds = 0
+        """QUIC flows moved to a new client address by the server's connection ID."""
         self.sniff_times = _Hist(SNIFF_BUCKETS)
         self.ech: dict[str, int] = {}
         """Routed hellos carrying an encrypted_client_hello extension, by tenant."""
@@ -117,6 +126,16 @@ class OpenConnection(Protocol):
     def relay(self) -> Counts | None: ...
 
 
+class OpenFlow(Protocol):
+    """A live QUIC flow: its tally, its byte and datagram counts."""
+
+    tally: BackendTally | None
+    bytes_up: int
+    bytes_down: int
+    dgrams_up: int
+    dgrams_down: int
+
+
 @dataclass(slots=True)
 class Snapshot:
     """Picklable totals of one process; counters only grow, gauges are current."""
@@ -146,6 +165,8 @@ class DataPlaneStats:
         self.open: Iterable[OpenConnection] = ()
         """The data plane's own set of connections (those not relaying have no tally);
         read only when a snapshot folds in the bytes of connections still open."""
+        self.open_flows: Iterable[OpenFlow] = ()
+        """The QUIC flows of the data plane, read the same way."""
 
     def listener(self, name: str) -> ListenerTally:
         t = self.listeners.get(name)
@@ -197,6 +218,20 @@ class DataPlaneStats:
                     sums = live[t] = [0, 0]
                 sums[0] += relay.bytes_up
                 sums[1] += relay.bytes_down
+        live_dgrams: dict[BackendTally, list[int]] = {}
+        for flow in self.open_flows:
+            t = flow.tally
+            if t is not None:
+                sums = live.get(t)
+                if sums is None:
+                    sums = live[t] = [0, 0]
+                sums[0] += flow.bytes_up
+                sums[1] += flow.bytes_down
+                sums = live_dgrams.get(t)
+                if sums is None:
+                    sums = live_dgrams[t] = [0, 0]
+                sums[0] += flow.dgrams_up
+                sums[1] += flow.dgrams_down
         snap = Snapshot()
         c, g, h = snap.counters, snap.gauges, snap.hists
         if self.access_log is not None:
@@ -209,6 +244,10 @@ class DataPlaneStats:
                 c[("sniffer_refused_connections", (lis, reason))] = n
             for tenant, n in lt.ech.items():
                 c[("sniffer_ech_connections", (lis, tenant))] = n
+            for reason, n in lt.dropped.items():
+                c[("sniffer_dropped_datagrams", (lis, reason))] = n
+            if lt.rebinds:
+                c[("sniffer_quic_rebinds", (lis,))] = lt.rebinds
             if lt.sniff_times.total or any(lt.sniff_times.counts):
                 h[("sniffer_sniff_duration_seconds", (lis,))] = _hist_copy(lt.sniff_times)
         for key, bt in self.backends.items():
@@ -224,6 +263,10 @@ class DataPlaneStats:
             up, down = live.get(bt, (0, 0))
             c[("sniffer_bytes", (*key, "client_to_backend"))] = bt.up + up
             c[("sniffer_bytes", (*key, "backend_to_client"))] = bt.down + down
+            d_up, d_down = live_dgrams.get(bt, (0, 0))
+            if bt.dgrams_up or bt.dgrams_down or d_up or d_down:
+                c[("sniffer_datagrams", (*key, "client_to_backend"))] = bt.dgrams_up + d_up
+                c[("sniffer_datagrams", (*key, "backend_to_client"))] = bt.dgrams_down + d_down
             h[("sniffer_connection_duration_seconds", key)] = _hist_copy(bt.durations)
             h[("sniffer_backend_connect_duration_seconds", key)] = _hist_copy(bt.connect_times)
         return snap
@@ -240,6 +283,7 @@ _BACKEND_AT = {
     "sniffer_limited_connections": 0,  # (backend, tenant, limit)
     "sniffer_connections_active": 0,
     "sniffer_bytes": 0,  # (backend, tenant, direction)
+    "sniffer_datagrams": 0,  # (backend, tenant, direction)
     "sniffer_connection_duration_seconds": 0,
     "sniffer_backend_connect_duration_seconds": 0,
 }

@@ -67,7 +67,7 @@ class Plane(Protocol):
     """The current route table: read once per connection, when it is routed."""
     stats: DataPlaneStats
     admission: Admission
-    access_log: Callable[[AccessRecord], None] | None
+    access_log: Callable[[AccessRecord | str], None] | None
     relay_engine: RelayEngine
     """Moves the bytes of every routed pair of this process (picked once)."""
     id_prefix: str

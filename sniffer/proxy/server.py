@@ -17,7 +17,7 @@ import resource
 import secrets
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 from sniffer.observe.accesslog import AccessLog as BufferedAccessLog
@@ -26,6 +26,7 @@ from sniffer.observe.stats import DataPlaneStats
 from sniffer.proxy.admission import Admission
 from sniffer.proxy.connection import ClientConnection, sniff_limits
 from sniffer.proxy.phases import DIALING, RELAYING, SNIFFING
+from sniffer.proxy.quic import DRAIN_IDLE, Flow, QuicListener
 from sniffer.proxy.relay import RelayEngine
 from sniffer.proxy.relay.userspace import USERSPACE
 from sniffer.proxy.settings import ProxySettings
@@ -38,6 +39,9 @@ __all__ = ["DataPlane", "ListenerKey", "ProxySettings", "connection_limit"]
 
 LAG_INTERVAL = 0.05
 """Seconds between event-loop lag samples: often enough to see a 10 ms stall."""
+
+QUIC_SOCKET_BUFFER = 4 << 20
+"""Bytes of socket buffer asked for on a quic listener (capped by the kernel)."""
 
 FD_RESERVE_MIN = 64
 """Descriptors kept back from the data plane (admin endpoint, log pipe, the control
@@ -55,7 +59,8 @@ def connection_limit(nofile: int | None = None) -> int:
     return max(1, (nofile - reserve) // 2)
 
 
-AccessLog = Callable[[AccessRecord], None]
+AccessLog = Callable[[AccessRecord | str], None]
+"""Takes a TCP connection's record or a QUIC flow's own line (`sniffer.observe.accesslog`)."""
 
 
 DEFER_ACCEPT_SECONDS = 1
@@ -125,6 +130,11 @@ class DataPlane:
         """Set when draining and the last connection has closed."""
         self._rr: dict[str, int] = {}
         self._servers: dict[ListenerKey, asyncio.Server] = {}
+        self._quic: dict[ListenerKey, QuicListener] = {}
+        self._flow_sweeper: asyncio.Task[None] | None = None
+        self.flow_total = 0
+        """Open QUIC flows of every quic listener (each holds a descriptor)."""
+        self.stats.open_flows = _Flows(self._quic)
         self._sweepers: list[asyncio.Task[None]] = []
         self._lag_timer: asyncio.TimerHandle | None = None
         self.listen_errors: dict[str, str] = {}
@@ -154,11 +164,18 @@ class DataPlane:
                 server = self._servers.pop(key)
                 server.close()
                 log.info("closed listener %s on %s", key.name, join_host_port(key.host, key.port))
+        for key in list(self._quic):
+            if key not in wanted:
+                self._quic.pop(key).close_all("listener_closed")
+                log.info("closed listener %s on %s", key.name, join_host_port(key.host, key.port))
         for key, lis in wanted.items():
-            if key in self._servers:
+            if key in self._servers or key in self._quic:
                 continue
             try:
-                self._servers[key] = await self._listen(lis)
+                if lis.protocol == "quic":
+                    self._quic[key] = await self._listen_quic(lis)
+                else:
+                    self._servers[key] = await self._listen(lis)
                 self.listen_errors.pop(lis.name, None)
                 log.info("listening: %s %s on %s", lis.name, lis.protocol, lis.address)
             except OSError as exc:
@@ -176,6 +193,9 @@ class DataPlane:
                 self.loop.create_task(self._sweep_deadlines()),
             ]
             self._lag_tick(self.loop.time() + LAG_INTERVAL)
+        if self._quic and self._flow_sweeper is None:  # only with QUIC listeners
+            self._flow_sweeper = self.loop.create_task(self._sweep_flows())
+            self._sweepers.append(self._flow_sweeper)
         self.installed_version = table.version
 
     async def _listen(self, lis: Listener) -> asyncio.Server:
@@ -200,12 +220,54 @@ class DataPlane:
             lambda: ClientConnection(self, lis, tally, limits), sock=sock, backlog=4096
         )
 
+    async def _listen_quic(self, lis: Listener) -> QuicListener:
+        """A `quic` listener's UDP socket. With SO_REUSEPORT (workers) the kernel picks
+        a socket by a hash of the 4-tuple, so a client address stays on one worker."""
+        family = socket.AF_INET6 if ":" in lis.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if self.settings.reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6 and lis.host in ("::", ""):
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            # Every flow's client datagrams queue on this one socket: ask for a deep
+            # queue (the kernel caps it at net.core.rmem_max) so bursts are not lost.
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, QUIC_SOCKET_BUFFER)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, QUIC_SOCKET_BUFFER)
+            sock.bind((lis.host, lis.port))
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        tally = self.stats.listener(lis.name)
+        _, protocol = await self.loop.create_datagram_endpoint(
+            lambda: QuicListener(self, lis, tally), sock=sock
+        )
+        return protocol
+
+    def open_count(self) -> int:
+        """Client connections and QUIC flows open: what `max_connections` bounds."""
+        return len(self.connections) + self.flow_total
+
+    def flow_opened(self) -> None:
+        self.flow_total += 1
+
+    def flow_closed(self) -> None:
+        self.flow_total -= 1
+        if self.draining and not self.flow_total and not self.connections:
+            self.drained.set()
+
     def bound_ports(self) -> dict[str, int]:
         """Listener name -> the port actually bound (useful with port 0 in tests)."""
         out: dict[str, int] = {}
         for key, server in self._servers.items():
             for s in server.sockets:
                 out[key.name] = s.getsockname()[1]
+        for key, quic in self._quic.items():
+            if quic.transport is not None:
+                out[key.name] = quic.transport.get_extra_info("sockname")[1]
         return out
 
     # -- timeouts and shutdown ---------------------------------------------------------
@@ -262,6 +324,20 @@ class DataPlane:
                 for conn in late:
                     conn.dial_timed_out_now()
 
+    async def _sweep_flows(self) -> None:
+        """QUIC flows: hello deadlines, idle timeout (by unchanged datagram counts, so
+        the relay path reads no clock), refused addresses forgotten."""
+        s = self.settings
+        interval = min(max(min(s.hello_timeout, s.quic_idle_timeout) / 8, 0.05), 1.0)
+        idle_ticks = max(1, round(s.quic_idle_timeout / interval))
+        drain_ticks = max(1, round(DRAIN_IDLE / interval))
+        while True:
+            await asyncio.sleep(interval)
+            if self._quic:
+                now = time.monotonic()
+                for quic in list(self._quic.values()):
+                    quic.sweep(now, idle_ticks, drain_ticks)
+
     def _lag_tick(self, due: float) -> None:
         """Time how late a periodic timer fires: whatever held the loop (a long callback,
         a table install, a garbage collection, a starved CPU) delayed every connection
@@ -280,6 +356,12 @@ class DataPlane:
         for conn in list(self.connections):
             if conn.state is SNIFFING:
                 conn.close_for("draining")
+        # QUIC sockets stay open: a flow's client datagrams arrive on them. New flows are
+        # dropped (`draining`); flows silent for DRAIN_IDLE are taken as finished.
+        for quic in self._quic.values():
+            for flow in list(quic.flows.values()):
+                if flow.state is SNIFFING:
+                    flow.close("draining")
 
     async def drain(self, grace: float | None = None) -> int:
         """Stop accepting, wait for open connections up to `grace`, then drop the rest.
@@ -288,15 +370,33 @@ class DataPlane:
         """
         self.stop_accepting()
         grace = self.settings.drain_grace if grace is None else grace
-        if self.connections:
+        if self.connections or self.flow_total:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(grace):
-                    await self.drained.wait()
-        dropped = len(self.connections)
+                    while self.connections or self.flow_total:
+                        self.drained.clear()
+                        await self.drained.wait()
+        dropped = len(self.connections) + self.flow_total
         for conn in list(self.connections):
             conn.close_for("drain_timeout")
+        for quic in self._quic.values():
+            quic.close_all("drain_timeout")
+        self._quic.clear()
         for task in self._sweepers:
             task.cancel()
         if self._lag_timer is not None:
             self._lag_timer.cancel()
         return dropped
+
+
+class _Flows:
+    """Every open QUIC flow of a plane, for the stats' snapshot (read at scrape time)."""
+
+    __slots__ = ("_quic",)
+
+    def __init__(self, quic: dict[ListenerKey, QuicListener]) -> None:
+        self._quic = quic
+
+    def __iter__(self) -> Iterator[Flow]:
+        for quic in list(self._quic.values()):
+            yield from list(quic.flows.values())

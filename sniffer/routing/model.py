@@ -15,7 +15,7 @@ from typing import Literal
 from sniffer.routing.address import join_host_port
 
 ProxyProtocol = Literal["none", "v1", "v2"]
-Protocol = Literal["tls", "http"]
+Protocol = Literal["tls", "http", "quic"]
 
 
 LIMIT_FIELDS = ("max_connections", "connections_per_second", "burst", "max_pending_dials")
@@ -141,7 +141,8 @@ class Listener:
     """The port clients connect to when it differs from the bound one (a hostPort or
     NAT maps 443 onto 8443): Gateway listeners are matched against this port."""
     deny_ja4: frozenset[str] = frozenset()
-    """JA4 fingerprints refused on this listener (reason `ja4_denied`); TLS only."""
+    """JA4 fingerprints refused on this listener (reason `ja4_denied`); TLS and QUIC
+    (a QUIC hello's JA4 starts with `q`)."""
 
     @property
     def serves_port(self) -> int:

@@ -2,7 +2,8 @@
 
 Everything here is pure: bytes in, a result, ``NEED_DATA``, "not this protocol" or a
 ``WireError`` out; ``Sniffer`` (``sniff.py``) turns a connection's first bytes into one
-event, and ``answers.py`` writes the refusals. Nothing in this package may import
+event, and ``answers.py`` writes the refusals; ``quic.py`` reads the hello inside a QUIC
+client's Initial packets and writes the QUIC refusal. Nothing in this package may import
 asyncio, socket or ssl, or any other sniffer package (``tests/test_layers.py``); the
 data plane (``sniffer.proxy``) and the route table (``sniffer.routing``) build on it,
 never the other way round.
@@ -26,6 +27,7 @@ from sniffer.wire.proxy_protocol import (
     encode_v2,
     encode_v2_local,
 )
+from sniffer.wire.quic import DatagramDropped, InitialReader, QuicHello, refusal_datagram
 from sniffer.wire.sentinels import NEED_DATA, NOT_HTTP, NOT_TLS, NeedData, NotHTTP, NotTLS
 from sniffer.wire.sniff import Refused, Sniffed, Sniffer, SniffLimits
 from sniffer.wire.tls import ClientHello, ClientHelloReader
@@ -38,15 +40,18 @@ __all__ = [
     "BadProxyHeader",
     "ClientHello",
     "ClientHelloReader",
+    "DatagramDropped",
     "HelloRejected",
     "HttpHeadReader",
     "HttpRequestHead",
+    "InitialReader",
     "InvalidHostname",
     "NeedData",
     "NotHTTP",
     "NotTLS",
     "ProxyHeader",
     "ProxyHeaderReader",
+    "QuicHello",
     "Refused",
     "SniffLimits",
     "Sniffed",
@@ -60,5 +65,6 @@ __all__ = [
     "is_ip_literal",
     "normalize_hostname",
     "normalize_route_host",
+    "refusal_datagram",
     "tls_alert",
 ]

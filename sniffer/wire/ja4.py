@@ -23,7 +23,7 @@ from itertools import filterfalse
 
 from sniffer.wire.tls import ClientHello
 
-__all__ = ["is_ja4", "ja4"]
+__all__ = ["is_ja4", "ja4", "ja4_quic"]
 
 # RFC 8701 GREASE: 0x0A0A, 0x1A1A, ... 0xFAFA. The spec: ignore them anywhere.
 _GREASE = frozenset(0x0A0A + 0x1010 * i for i in range(16))
@@ -135,3 +135,9 @@ def _signature_algorithms(body: bytes) -> list[int]:
 
 def _hash(text: str) -> str:
     return hashlib.sha256(text.encode("ascii")).hexdigest()[:12]
+
+
+def ja4_quic(hello: ClientHello) -> str:
+    """The JA4 of a ClientHello carried in QUIC Initial packets: the spec's `q` prefix
+    where TLS over TCP has `t`; everything else is computed the same way."""
+    return "q" + ja4(hello)[1:]

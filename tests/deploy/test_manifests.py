@@ -235,12 +235,15 @@ def test_daemonset_ports_probes_and_drain(dirname: str) -> None:
     args = c["args"]
     assert args[:2] == ["serve", "--kubernetes"]
 
-    # Listeners: one tls and one http, on the container ports that hostPort 443/80 map to.
+    # Listeners: tls, http and quic (UDP, port h3), on the container ports that hostPort
+    # 443/80 map to.
     ports = {p["name"]: p for p in c["ports"]}
     listens = dict(v.split(":", 1) for v in _flag(args, "listen"))
-    assert set(listens) == {"tls", "http"}
-    for kind, host_port in (("tls", 443), ("http", 80)):
-        port = ports[kind]
+    assert set(listens) == {"tls", "http", "quic"}
+    assert ports["h3"]["protocol"] == "UDP"
+    assert [ports[n]["protocol"] for n in ("tls", "http", "admin")] == ["TCP"] * 3
+    for kind, name, host_port in (("tls", "tls", 443), ("http", "http", 80), ("quic", "h3", 443)):
+        port = ports[name]
         assert port["hostPort"] == host_port
         bound, _, public = listens[kind].partition("@")
         assert bound.rsplit(":", 1)[1] == str(port["containerPort"])

@@ -26,7 +26,9 @@ def _meta(name: str, namespace: str | None, created: str | None = None, **extra:
 def service(
     ns: str,
     name: str,
-    ports: Sequence[tuple[str, int, int | str]] = (("https", 443, 8443),),
+    ports: Sequence[tuple[str, int, int | str] | tuple[str, int, int | str, str]] = (
+        ("https", 443, 8443),
+    ),
     *,
     type: str = "ClusterIP",
     cluster_ip: str | None = "10.96.0.10",
@@ -35,7 +37,15 @@ def service(
 ) -> Obj:
     spec: Obj = {
         "type": type,
-        "ports": [{"name": n, "port": p, "targetPort": t, "protocol": "TCP"} for n, p, t in ports],
+        "ports": [
+            {
+                "name": x[0],
+                "port": x[1],
+                "targetPort": x[2],
+                "protocol": x[3] if len(x) > 3 else "TCP",
+            }
+            for x in ports
+        ],
     }
     if type == "ExternalName":
         spec["externalName"] = external_name

@@ -157,5 +157,5 @@ def test_routes_file_rejects_bad_alpn_and_fingerprints() -> None:
     assert "r.yaml:5: listeners[0].deny_ja4[0]: 't13d_nope' is not a JA4 fingerprint" in text
     assert "routes[1].alpn" in text
     http = FILE.replace("protocol: tls", "protocol: http")
-    with pytest.raises(RoutesFileError, match="tls listeners only"):
+    with pytest.raises(RoutesFileError, match="tls and quic listeners only"):
         parse_routes(http)

@@ -203,8 +203,8 @@ def _parse_listeners(
         for key in ("name", "address", "protocol"):
             if key not in m and isinstance(node, yaml.MappingNode):
                 chk.fail(p, node, f"missing {key!r}")
-        if proto is not None and proto not in ("tls", "http"):
-            chk.fail(f"{p}.protocol", m["protocol"], "must be 'tls' or 'http'")
+        if proto is not None and proto not in ("tls", "http", "quic"):
+            chk.fail(f"{p}.protocol", m["protocol"], "must be 'tls', 'http' or 'quic'")
             proto = None
         host_port = None
         if address is not None:
@@ -224,15 +224,21 @@ def _parse_listeners(
                 chk.fail(f"{p}.deny_ja4[{j}]", jnode, f"{fp!r} is not a JA4 fingerprint")
             elif fp is not None:
                 deny.add(fp)
+        if proto == "quic" and m.get("proxy_protocol_in") is not None:
+            chk.fail(f"{p}.proxy_protocol_in", m["proxy_protocol_in"], "not on quic listeners")
         if deny and proto == "http":
-            chk.fail(f"{p}.deny_ja4", m["deny_ja4"], "JA4 needs a ClientHello: tls listeners only")
+            chk.fail(
+                f"{p}.deny_ja4",
+                m["deny_ja4"],
+                "JA4 needs a ClientHello: tls and quic listeners only",
+            )
         if name and host_port and proto:
             listeners.append(
                 Listener(
                     name=name,
                     host=host_port[0],
                     port=host_port[1],
-                    protocol="tls" if proto == "tls" else "http",
+                    protocol="quic" if proto == "quic" else "tls" if proto == "tls" else "http",
                     default_backend=default,
                     proxy_protocol_in=chk.boolean(
                         f"{p}.proxy_protocol_in", m.get("proxy_protocol_in")
