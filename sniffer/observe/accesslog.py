@@ -5,18 +5,20 @@ writer thread, in chunks of at most PIPE_BUF bytes cut at line ends, so lines of
 worker processes sharing one stdout pipe never interleave. The event loop never waits
 on the log: a pipe that stops draining (a stuck log shipper) blocks only the writer
 thread, chunks queue up to `max_buffer` bytes, and lines beyond that are dropped and
-counted. Each connection formats its own line (see `ClientConnection.log_line`);
-nothing is written per read.
+counted. A closed connection hands over an `AccessRecord` (plain values, built by
+`sniffer.proxy.record`), or a QUIC flow its own line; this module formats a record and
+never reaches back into the connection. Nothing is written per read.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import queue
 import select
 import threading
-from typing import Protocol
+from typing import NamedTuple
 
 _PIPE_BUF = select.PIPE_BUF
 _FLUSH_AT = 32 * 1024
@@ -24,9 +26,123 @@ MAX_BUFFER = 1024 * 1024
 """Bytes of log waiting for a slow stdout before lines are dropped (per process)."""
 
 
-class Loggable(Protocol):
-    def log_line(self, now: float) -> str:
-        """One JSON object and a newline, ASCII only (so its length is its size)."""
+class AccessRecord(NamedTuple):
+    """What one closed connection tells the access log, field for field of its line."""
+
+    id_prefix: str
+    """The process's random prefix: with `serial` (hex) the line's unique `id`."""
+    serial: int
+    client: tuple[str, int] | None
+    """The client's address (from the PROXY header when the listener expects one)."""
+    listener: str
+    tls: bool
+    """A `tls` listener (the name is the `sni` field) or `http` (the `host` field)."""
+    host: str | None
+    """The name sniffed, normalised by `sniffer.wire.hostname` ([a-z0-9._-] only)."""
+    route: str
+    """The route's hostname, `(default)`, or "" when not routed."""
+    backend: str | None
+    tenant: str | None
+    endpoint: str | None
+    """The endpoint connected to, as `host:port` text."""
+    bytes_in: int
+    """Client -> backend, the replayed hello included."""
+    bytes_out: int
+    duration: float
+    """Seconds from accept to close."""
+    outcome: str
+    hello: str
+    """The `alpn`, `ja4` and `ech` members, preformatted (`,"alpn":[...],...`)."""
+
+
+def format_line(r: AccessRecord) -> str:
+    """The access-log line (JSON and a newline), formatted rather than encoded.
+
+    Hostnames were normalised and addresses are IP literals, so they need no escaping;
+    names from the route table go through small memos of `json.dumps`, which escapes
+    anything outside ASCII: the line is ASCII, so its length is its size in bytes.
+    """
+    (prefix, serial, client, listener, tls, host, route, backend, tenant, endpoint, bytes_in,
+     bytes_out, duration, outcome, hello) = r  # fmt: skip
+    if client is not None and host is not None and endpoint is not None and backend:
+        # A relayed connection, nearly every line: one f-string, the parts that repeat
+        # for every connection of a listener and of a route/backend/endpoint from two
+        # memos probed inline (the `get` never returns "").
+        addr, port = client
+        if ":" in addr:
+            addr = f"[{addr}]"
+        lis = (listener, tls)
+        where = (route, backend, tenant, endpoint)
+        return (
+            f'{{"id":"{prefix}{serial:x}","client":"{addr}:{port}'
+            f"{_LISTENER.get(lis) or _listener(lis)}{host}{_WHERE.get(where) or _where(where)}"
+            f'{bytes_in},"bytes_out":{bytes_out},"duration":{duration:.6f},'
+            f'"outcome":{_JS.get(outcome) or _js(outcome)}{hello}}}\n'
+        )
+    if client is None:
+        at = "null"
+    else:
+        addr, port = client
+        at = f'"[{addr}]:{port}"' if ":" in addr else f'"{addr}:{port}"'
+    return _LINE % (
+        prefix,
+        serial,
+        at,
+        _js(listener),
+        "sni" if tls else "host",
+        "null" if host is None else f'"{host}"',
+        _js(route) if route else "null",
+        "null" if backend is None else _js(backend),
+        "null" if tenant is None else _js(tenant),
+        "null" if endpoint is None else f'"{endpoint}"',
+        bytes_in,
+        bytes_out,
+        duration,
+        _js(outcome),
+        hello,
+    )
+
+
+_LISTENER: dict[tuple[str, bool], str] = {}
+_WHERE: dict[tuple[str, str, str | None, str], str] = {}
+
+
+def _listener(key: tuple[str, bool]) -> str:
+    """From the client's closing quote to the name's opening quote, per listener."""
+    if len(_LISTENER) > 10_000:  # bounded whatever the tables do
+        _LISTENER.clear()
+    out = _LISTENER[key] = f'","listener":{_js(key[0])},"{"sni" if key[1] else "host"}":"'
+    return out
+
+
+def _where(key: tuple[str, str, str | None, str]) -> str:
+    """From the name's closing quote to `bytes_in`'s value, per route/backend/endpoint."""
+    if len(_WHERE) > 10_000:
+        _WHERE.clear()
+    route, backend, tenant, endpoint = key
+    out = _WHERE[key] = (
+        f'","route":{_js(route)},"backend":{_js(backend)},"tenant":{_js(tenant or "")},'
+        f'"endpoint":"{endpoint}","bytes_in":'
+    )
+    return out
+
+
+_LINE = (
+    '{"id":"%s%x","client":%s,"listener":%s,"%s":%s,"route":%s,"backend":%s,"tenant":%s,'
+    '"endpoint":%s,"bytes_in":%d,"bytes_out":%d,"duration":%.6f,"outcome":%s'
+    "%s}\n"
+)
+_JS: dict[str, str] = {}
+
+
+def _js(value: str) -> str:
+    """`json.dumps` memoised for the bounded vocabulary of table names and outcomes."""
+    out = _JS.get(value)
+    if out is None:
+        if len(_JS) > 10_000:  # a table churning through names must not grow this forever
+            _JS.clear()
+        out = _JS[value] = json.dumps(value)
+    return out
 
 
 class AccessLog:
@@ -50,8 +166,10 @@ class AccessLog:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
-    def __call__(self, conn: Loggable, now: float) -> None:
-        line = conn.log_line(now)
+    def __call__(self, entry: AccessRecord | str) -> None:
+        """Take a TCP connection's record, or a line a protocol with fields of its own
+        (QUIC's datagrams and version) formatted itself (JSON, ASCII, newline-ended)."""
+        line = entry if type(entry) is str else format_line(entry)  # type: ignore[arg-type]
         self._lines.append(line)
         self._size += len(line)
         if self._size >= _FLUSH_AT:

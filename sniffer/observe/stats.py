@@ -9,7 +9,6 @@ addition, which is how worker processes' figures reach the control process's
 
 from __future__ import annotations
 
-import json
 from bisect import bisect_left
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -56,15 +55,12 @@ class BackendTally:
         "errors",
         "key",
         "limited",
-        "log_fields",
         "routed",
         "up",
     )
 
     def __init__(self, key: tuple[str, str]) -> None:
         self.key = key
-        self.log_fields = f'"backend":{json.dumps(key[0])},"tenant":{json.dumps(key[1])}'
-        """This backend's access-log fields, encoded once instead of on every line."""
         self.routed: dict[str, int] = {}
         """Connections routed here, by listener."""
         self.active = 0
@@ -108,17 +104,34 @@ class Dropping(Protocol):
     dropped: int
 
 
+class Counts(Protocol):
+    """A relay's live byte counts (`sniffer.proxy.relay.Relay`)."""
+
+    @property
+    def bytes_up(self) -> int: ...
+
+    @property
+    def bytes_down(self) -> int: ...
+
+
 class OpenConnection(Protocol):
-    """What the stats need from a live connection to report its bytes while open."""
+    """What the stats need from a connection: its backend's tally, its relay's live
+    counts while open, and its final counts once closed."""
 
     tally: BackendTally | None
     bytes_up: int
     bytes_down: int
 
+    @property
+    def relay(self) -> Counts | None: ...
 
-class OpenFlow(OpenConnection, Protocol):
-    """A live QUIC flow: its datagram counts too."""
 
+class OpenFlow(Protocol):
+    """A live QUIC flow: its tally, its byte and datagram counts."""
+
+    tally: BackendTally | None
+    bytes_up: int
+    bytes_down: int
     dgrams_up: int
     dgrams_down: int
 
@@ -198,12 +211,13 @@ class DataPlaneStats:
         live: dict[BackendTally, list[int]] = {}
         for conn in self.open:
             t = conn.tally
-            if t is not None:
+            relay = conn.relay
+            if t is not None and relay is not None:
                 sums = live.get(t)
                 if sums is None:
                     sums = live[t] = [0, 0]
-                sums[0] += conn.bytes_up
-                sums[1] += conn.bytes_down
+                sums[0] += relay.bytes_up
+                sums[1] += relay.bytes_down
         live_dgrams: dict[BackendTally, list[int]] = {}
         for flow in self.open_flows:
             t = flow.tally

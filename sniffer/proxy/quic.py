@@ -193,7 +193,7 @@ class Flow:
             tally.durations.observe(now - self.routed_at)
         access_log = owner.plane.access_log
         if access_log is not None:
-            access_log(self, now)  # type: ignore[arg-type]
+            access_log(self.log_line(now))
 
     def log_line(self, now: float) -> str:
         """The access-log line: the TCP line's fields, `protocol` and datagram counts."""

@@ -21,11 +21,14 @@ from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 from sniffer.observe.accesslog import AccessLog as BufferedAccessLog
+from sniffer.observe.accesslog import AccessRecord
 from sniffer.observe.stats import DataPlaneStats
 from sniffer.proxy.admission import Admission
 from sniffer.proxy.connection import ClientConnection, sniff_limits
 from sniffer.proxy.phases import DIALING, RELAYING, SNIFFING
 from sniffer.proxy.quic import DRAIN_IDLE, Flow, QuicListener
+from sniffer.proxy.relay import RelayEngine
+from sniffer.proxy.relay.userspace import USERSPACE
 from sniffer.proxy.settings import ProxySettings
 from sniffer.routing.table import Listener, RouteTable, join_host_port
 
@@ -56,7 +59,23 @@ def connection_limit(nofile: int | None = None) -> int:
     return max(1, (nofile - reserve) // 2)
 
 
-AccessLog = Callable[[ClientConnection, float], None]
+AccessLog = Callable[[AccessRecord | str], None]
+"""Takes a TCP connection's record or a QUIC flow's own line (`sniffer.observe.accesslog`)."""
+
+
+DEFER_ACCEPT_SECONDS = 1
+"""TCP_DEFER_ACCEPT on the data-plane listeners: the kernel hands a connection over with
+its first bytes (a TLS or HTTP client, or a load balancer's PROXY header, speaks first),
+so accepting and reading the hello take one wake-up, not two, and a client that connects
+and says nothing costs no descriptor. One second, the least the kernel takes: a silent
+client is accepted after it anyway, and the hello timeout runs from there."""
+
+
+def _defer_accept(sock: socket.socket) -> None:
+    option = getattr(socket, "TCP_DEFER_ACCEPT", None)
+    if option is not None:  # Linux; elsewhere every connection is accepted at once
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, option, DEFER_ACCEPT_SECONDS)
 
 
 class ListenerKey(NamedTuple):
@@ -84,6 +103,8 @@ class DataPlane:
         # settings
         self.settings = settings
         self.access_log = access_log
+        self.relay_engine: RelayEngine = USERSPACE
+        """Moves the bytes of every routed pair (`sniffer.proxy.relay`): picked once."""
         self.max_connections = settings.max_connections or connection_limit()
         """At this many open client connections new ones are closed at accept."""
         # shared server state
@@ -186,6 +207,7 @@ class DataPlane:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6 and lis.host in ("::", ""):
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            _defer_accept(sock)
             sock.bind((lis.host, lis.port))
             sock.listen(4096)
             sock.setblocking(False)
@@ -263,9 +285,10 @@ class DataPlane:
         while True:
             await asyncio.sleep(interval)
             for conn in list(self.connections):
-                if conn.state is not RELAYING:
+                relay = conn.relay
+                if conn.state is not RELAYING or relay is None:
                     continue
-                mark = conn.bytes_up + conn.bytes_down
+                mark = relay.bytes_up + relay.bytes_down
                 if mark != conn.idle_mark:
                     conn.idle_mark = mark
                     idle_ticks.pop(conn, None)

@@ -15,7 +15,8 @@ import ssl
 
 import pytest
 
-from sniffer.proxy.connection import ClientConnection, UpstreamConnection
+from sniffer.proxy.connection import ClientConnection
+from sniffer.proxy.relay.userspace import ClientSide, Pump
 from sniffer.routing.table import (
     Backend,
     Endpoint,
@@ -482,6 +483,24 @@ async def test_hello_timeout_closes_slow_client(data_plane: PlaneFactory) -> Non
     await raw.close()
 
 
+async def test_a_silent_client_waits_in_the_kernel_then_times_out(data_plane: PlaneFactory) -> None:
+    """Listeners accept a connection with its first bytes (TCP_DEFER_ACCEPT): one that
+    says nothing costs no descriptor for its first second, then is accepted anyway and
+    the hello timeout still closes it."""
+    raw = await RawBackend().start()
+    plane = await data_plane(tls_spec({"r": [raw.port]}, {"app.r.example": "r"}), hello_timeout=0.2)
+    (server,) = plane._servers.values()
+    assert server.sockets[0].getsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT) > 0
+    port = plane.bound_ports()["main"]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)  # then silence
+    assert await asyncio.wait_for(reader.read(), 10) == b""
+    c = plane.stats.snapshot().counters
+    assert c[("sniffer_refused_connections", ("main", "hello_timeout"))] == 1
+    assert raw.accepted.empty()
+    writer.close()
+    await raw.close()
+
+
 async def test_idle_timeout_closes_silent_relay(data_plane: PlaneFactory) -> None:
     raw = await RawBackend().start()
     plane = await data_plane(tls_spec({"r": [raw.port]}, {"app.r.example": "r"}), idle_timeout=0.3)
@@ -721,7 +740,7 @@ async def test_series_of_a_removed_backend_go_once_its_connections_close(
 
 
 def _live_connections() -> int:
-    return sum(isinstance(o, ClientConnection | UpstreamConnection) for o in gc.get_objects())
+    return sum(isinstance(o, ClientConnection | Pump | ClientSide) for o in gc.get_objects())
 
 
 async def test_closed_connections_are_freed_without_the_cycle_collector(
