@@ -157,6 +157,21 @@ _FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "How late a periodic timer fired: time the event loop was busy elsewhere",
         ("worker",),
     ),
+    "sniffer_kernel_relay_enabled": (
+        "gauge",
+        "Worker processes relaying routed pairs in the kernel (BPF sockmap)",
+        (),
+    ),
+    "sniffer_kernel_relay_connections": (
+        "counter",
+        "Pairs handed to the kernel relay",
+        (),
+    ),
+    "sniffer_kernel_relay_fallbacks": (
+        "counter",
+        "Pairs the kernel relay did not take (map_full, early_data, ...)",
+        ("reason",),
+    ),
     "sniffer_sniff_duration_seconds": (
         "histogram",
         "From accept to a routing decision",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from bisect import bisect_left
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -99,6 +99,13 @@ class Dropping(Protocol):
     dropped: int
 
 
+class KernelTally(Protocol):
+    """What the stats read of the kernel relay engine (`sniffer.proxy.kernel.relay`)."""
+
+    handed: int
+    fallbacks: dict[str, int]
+
+
 class OpenConnection(Protocol):
     """What the stats need from a live connection to report its bytes while open."""
 
@@ -133,6 +140,11 @@ class DataPlaneStats:
         """Lateness of a periodic timer: how long the event loop was busy elsewhere."""
         self.listeners: dict[str, ListenerTally] = {}
         self.backends: dict[tuple[str, str], BackendTally] = {}
+        self.kernel: KernelTally | None = None
+        """The kernel relay engine, when the process runs one."""
+        self.refresh: Callable[[], None] | None = None
+        """Called before a snapshot: brings the byte counts of connections the kernel
+        relays (kept by the kernel, not by the connection) up to date."""
         self.open: Iterable[OpenConnection] = ()
         """The data plane's own set of connections (those not relaying have no tally);
         read only when a snapshot folds in the bytes of connections still open."""
@@ -178,6 +190,8 @@ class DataPlaneStats:
         """Copy everything out (picklable), the bytes of open connections added to
         those of closed ones; nothing is written on a connection."""
         live: dict[BackendTally, list[int]] = {}
+        if self.refresh is not None:
+            self.refresh()
         for conn in self.open:
             t = conn.tally
             if t is not None:
@@ -190,6 +204,12 @@ class DataPlaneStats:
         c, g, h = snap.counters, snap.gauges, snap.hists
         if self.access_log is not None:
             c[("sniffer_access_log_dropped", ())] = self.access_log.dropped
+        kernel = self.kernel
+        g[("sniffer_kernel_relay_enabled", ())] = 0 if kernel is None else 1
+        if kernel is not None:
+            c[("sniffer_kernel_relay_connections", ())] = kernel.handed
+            for reason, n in kernel.fallbacks.items():
+                c[("sniffer_kernel_relay_fallbacks", (reason,))] = n
         if any(self.loop_lag.counts):
             h[("sniffer_event_loop_lag_seconds", (self.worker,))] = _hist_copy(self.loop_lag)
         for lis, lt in self.listeners.items():

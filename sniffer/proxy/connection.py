@@ -18,6 +18,7 @@ import contextlib
 import errno
 import json
 import logging
+import os
 import random
 import socket
 import struct
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
 
     from sniffer.observe.stats import DataPlaneStats
     from sniffer.proxy.admission import Admission
+    from sniffer.proxy.kernel.relay import KernelPair, KernelRelay
     from sniffer.proxy.settings import ProxySettings
     from sniffer.routing.table import RouteTable
 
@@ -76,6 +78,8 @@ class Plane(Protocol):
     stats: DataPlaneStats
     admission: Admission
     access_log: Callable[[ClientConnection, float], None] | None
+    kernel: KernelRelay | None
+    """The kernel relay engine, when this process has one (`--kernel-relay`)."""
     id_prefix: str
     serials: itertools.count[int]
     max_connections: int
@@ -120,6 +124,8 @@ class ClientConnection(asyncio.Protocol):
         "hello",
         "host",
         "idle_mark",
+        "kernel",
+        "kernel_base",
         "lingering",
         "listener",
         "local_addr",
@@ -186,6 +192,10 @@ class ClientConnection(asyncio.Protocol):
         self.started = time.monotonic()
         self.routed_at = 0.0
         self.idle_mark = -1
+        self.kernel: KernelPair | None = None
+        """The pair in the kernel's hands (`sniffer.proxy.kernel`), once handed over."""
+        self.kernel_base = 0
+        """bytes_up at the hand-off (the replay), to which the pair's own count adds."""
         # what this connection holds of its limits (sniffer.proxy.admission)
         self.ticket: Ticket | None = None
         self.dial_held = False
@@ -251,6 +261,10 @@ class ClientConnection(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.kernel is not None:  # our transport let go of the socket at the hand-off
+            self.transport = None
+            self.upstream = None  # (the cycle through the upstream, as below)
+            return
         if exc is not None and self.state is RELAYING:
             self.outcome = "client_reset"
             upstream = self.upstream
@@ -419,6 +433,7 @@ class ClientConnection(asyncio.Protocol):
         shared.stats.opened(self.listener.name, self, dial_seconds)
         ut = upstream.transport
         assert ut is not None
+        header = b""
         mode = self.backend.proxy_protocol
         if mode != "none":
             src = self.client_addr
@@ -435,11 +450,14 @@ class ClientConnection(asyncio.Protocol):
                 if src and dst
                 else b""
             )
-            if header:
-                ut.write(header)
         pending = self.pending
         self.pending = b""
         self.bytes_up = len(pending)
+        kernel = shared.kernel
+        if kernel is not None and not self.client_eof and self._to_kernel(kernel, header, pending):
+            return
+        if header:
+            ut.write(header)
         ut.write(pending)
         assert self.transport is not None
         if self.client_eof:
@@ -447,6 +465,62 @@ class ClientConnection(asyncio.Protocol):
                 ut.write_eof()
         else:
             self.transport.resume_reading()
+
+    def _to_kernel(self, kernel: KernelRelay, header: bytes, pending: bytes | bytearray) -> bool:
+        """Give both sockets to the kernel relay, with what the backend must get first.
+
+        False (nothing changed, the user-space relay goes on) when it cannot take them.
+        """
+        ct = self.transport
+        upstream = self.upstream
+        ut = upstream.transport if upstream is not None else None
+        if ct is None or ut is None:
+            return False
+        if not kernel.free:
+            kernel.fallback("map_full")
+            return False
+        csock = ct.get_extra_info("socket")
+        usock = ut.get_extra_info("socket")
+        if csock is None or usock is None:
+            kernel.fallback("no_socket")
+            return False
+        # Our own descriptors of the two sockets: the transports close theirs below.
+        try:
+            client = socket.socket(fileno=os.dup(csock.fileno()))
+        except OSError:
+            kernel.fallback("dup")
+            return False
+        try:
+            backend = socket.socket(fileno=os.dup(usock.fileno()))
+        except OSError:
+            client.close()
+            kernel.fallback("dup")
+            return False
+        client.setblocking(False)
+        backend.setblocking(False)
+        first = header + pending if header else bytes(pending)
+        pair = kernel.handoff(self.state_shared.loop, client, backend, first, self._kernel_done)
+        if pair is None:
+            client.close()
+            backend.close()
+            return False
+        self.kernel = pair
+        self.kernel_base = self.bytes_up
+        ct.abort()  # closes the transports' descriptors only: the sockets are ours now
+        ut.abort()
+        return True
+
+    def _kernel_done(self, pair: KernelPair, outcome: str) -> None:
+        self.bytes_up = self.kernel_base + pair.final_up
+        self.bytes_down = pair.final_down
+        self._finish(outcome)
+
+    def kernel_sync(self) -> None:
+        """Bring bytes_up/bytes_down up to date from the kernel's counters (sweeps)."""
+        pair = self.kernel
+        if pair is not None and not pair.closed:
+            self.bytes_up = self.kernel_base + pair.bytes_up
+            self.bytes_down = pair.bytes_down
 
     # -- refusing and closing ------------------------------------------------------------
 
@@ -527,6 +601,9 @@ class ClientConnection(asyncio.Protocol):
 
     def abort(self) -> None:
         """Drop the connection now, keeping the outcome it has (`aborted` if none)."""
+        if self.kernel is not None and not self.kernel.closed:
+            self.kernel.abort(self.outcome or "aborted")  # calls _kernel_done
+            return
         if self.transport is not None:
             self.transport.abort()
         if self.upstream is not None and self.upstream.transport is not None:
@@ -546,7 +623,7 @@ class ClientConnection(asyncio.Protocol):
         return True
 
     def on_upstream_lost(self, exc: Exception | None) -> None:
-        if self.state is RELAYING:
+        if self.state is RELAYING and self.kernel is None:
             if exc is not None and self.transport is not None:
                 reset(self.transport)
             self._finish("backend_reset" if exc else "closed")

@@ -24,6 +24,7 @@ from sniffer.observe.accesslog import AccessLog as BufferedAccessLog
 from sniffer.observe.stats import DataPlaneStats
 from sniffer.proxy.admission import Admission
 from sniffer.proxy.connection import ClientConnection, sniff_limits
+from sniffer.proxy.kernel.relay import KernelRelay, Unavailable
 from sniffer.proxy.phases import DIALING, RELAYING, SNIFFING
 from sniffer.proxy.settings import ProxySettings
 from sniffer.routing.table import Listener, RouteTable, join_host_port
@@ -39,6 +40,25 @@ LAG_INTERVAL = 0.05
 FD_RESERVE_MIN = 64
 """Descriptors kept back from the data plane (admin endpoint, log pipe, the control
 socket, a thread's files) so health checks keep answering at saturation."""
+
+
+def open_kernel_relay(mode: str, capacity: int) -> KernelRelay | None:
+    """The process's kernel relay for `--kernel-relay mode`, or None.
+
+    `auto` says in one log line why it runs the user-space relay instead; `on` raises
+    `Unavailable` (the caller refuses to start).
+    """
+    if mode == "off":
+        return None
+    try:
+        relay = KernelRelay(capacity=capacity)
+    except Unavailable as exc:
+        if mode == "on":
+            raise
+        log.warning("kernel relay unavailable (%s): %s; relaying in user space", exc.reason, exc)
+        return None
+    log.info("kernel relay on: pairs are handed to the kernel after routing")
+    return relay
 
 
 def connection_limit(nofile: int | None = None) -> int:
@@ -110,6 +130,10 @@ class DataPlane:
         self.listen_errors: dict[str, str] = {}
         self.installed_version = -1
         """Version of the table whose listeners are open (readiness waits for it)."""
+        self.kernel = open_kernel_relay(settings.kernel_relay, min(self.max_connections, 16384))
+        """The kernel relay engine (None: every pair is relayed in user space)."""
+        self.stats.kernel = self.kernel
+        self.stats.refresh = self._kernel_sync
 
     # -- routing state -----------------------------------------------------------------
 
@@ -204,6 +228,8 @@ class DataPlane:
             for conn in list(self.connections):
                 if conn.state is not RELAYING:
                     continue
+                if conn.kernel is not None:
+                    conn.kernel_sync()
                 mark = conn.bytes_up + conn.bytes_down
                 if mark != conn.idle_mark:
                     conn.idle_mark = mark
@@ -230,6 +256,7 @@ class DataPlane:
         while True:
             await asyncio.sleep(interval)
             now = time.monotonic()
+            self._kernel_sync()
             if self.sniffing:
                 limit = now - hello_timeout
                 for conn in [c for c in self.sniffing if c.started <= limit]:
@@ -239,6 +266,14 @@ class DataPlane:
                 late = [c for c in self.dialing if c.state is DIALING and c.dial_began <= limit]
                 for conn in late:
                     conn.dial_timed_out_now()
+
+    def _kernel_sync(self) -> None:
+        """The kernel's byte counts into the connections it relays (which the stats and
+        the idle sweep read)."""
+        if self.kernel is not None and self.kernel.pairs:
+            for conn in self.connections:
+                if conn.kernel is not None:
+                    conn.kernel_sync()
 
     def _lag_tick(self, due: float) -> None:
         """Time how late a periodic timer fires: whatever held the loop (a long callback,
@@ -277,4 +312,7 @@ class DataPlane:
             task.cancel()
         if self._lag_timer is not None:
             self._lag_timer.cancel()
+        if self.kernel is not None:
+            self.kernel.close()
+            self.kernel = None
         return dropped

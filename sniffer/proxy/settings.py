@@ -20,6 +20,7 @@ from sniffer.wire.http import DEFAULT_MAX_HEAD_BYTES, MAX_HEAD_BYTES_LIMIT, MIN_
 from sniffer.wire.tls import DEFAULT_MAX_HELLO_BYTES, MAX_HELLO_BYTES_LIMIT, MIN_HELLO_BYTES_LIMIT
 
 __all__ = [
+    "KERNEL_RELAY_MODES",
     "MIN_ACCESS_LOG_BUFFER",
     "ProxySettings",
     "SettingError",
@@ -129,8 +130,23 @@ class ProxySettings:
         0,
     )
 
+    kernel_relay: str = setting(
+        "auto",
+        "Relay routed pairs in the kernel (BPF sockmap): auto (where the kernel and the"
+        " capabilities allow it, else user space, saying why), on (refuse to start"
+        " without it), off.",
+    )
+
     def __post_init__(self) -> None:
         check_ranges(self)
+        if self.kernel_relay not in KERNEL_RELAY_MODES:
+            raise SettingError(
+                f"--kernel-relay must be one of {', '.join(KERNEL_RELAY_MODES)},"
+                f" got {self.kernel_relay!r}"
+            )
+
+
+KERNEL_RELAY_MODES = ("auto", "on", "off")
 
 
 @dataclass(frozen=True, slots=True)
