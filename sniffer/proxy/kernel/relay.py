@@ -127,8 +127,12 @@ class KernelRelay:
         except bpf.BpfError as exc:
             for fd in fds:
                 os.close(fd)
-            reason = "no_privilege" if exc.errno in (errno.EPERM, errno.EACCES) else "bpf_error"
-            raise Unavailable(reason, f"bpf(2) failed: {exc.strerror} (errno {exc.errno})") from exc
+            why = f"bpf(2) failed: {exc.strerror} (errno {exc.errno})"
+            reason = "bpf_error"
+            if exc.errno in (errno.EPERM, errno.EACCES):
+                reason = "no_privilege"
+                why += "; it needs root, or CAP_BPF and CAP_NET_ADMIN"
+            raise Unavailable(reason, why) from exc
         self.socks, self.slots, self.state = fds
         self._mm = mmap.mmap(self.state, 2 * capacity * RECORD)
         self.q = memoryview(self._mm).cast("Q")
