@@ -167,6 +167,12 @@ _FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "Pairs handed to the kernel relay",
         (),
     ),
+    "sniffer_kernel_relay_bytes": (
+        "counter",
+        "Bytes the kernel relay carried without waking the process (both ways; the rest"
+        " of sniffer_bytes went through user space)",
+        (),
+    ),
     "sniffer_kernel_relay_fallbacks": (
         "counter",
         "Pairs the kernel relay did not take (map_full, early_data, ...)",

@@ -105,6 +105,9 @@ class KernelTally(Protocol):
     handed: int
     fallbacks: dict[str, int]
 
+    @property
+    def carried(self) -> int: ...
+
 
 class OpenConnection(Protocol):
     """What the stats need from a live connection to report its bytes while open."""
@@ -208,6 +211,7 @@ class DataPlaneStats:
         g[("sniffer_kernel_relay_enabled", ())] = 0 if kernel is None else 1
         if kernel is not None:
             c[("sniffer_kernel_relay_connections", ())] = kernel.handed
+            c[("sniffer_kernel_relay_bytes", ())] = kernel.carried
             for reason, n in kernel.fallbacks.items():
                 c[("sniffer_kernel_relay_fallbacks", (reason,))] = n
         if any(self.loop_lag.counts):

@@ -144,6 +144,8 @@ class KernelRelay:
         """Pairs handed over since start (sniffer_kernel_relay_connections_total)."""
         self.fallbacks: dict[str, int] = {}
         """reason -> pairs never handed over or moved back to user space."""
+        self.carried_closed = 0
+        """Bytes the kernel carried for pairs now closed (both ways)."""
 
     def fallback(self, reason: str) -> None:
         self.fallbacks[reason] = self.fallbacks.get(reason, 0) + 1
@@ -181,6 +183,11 @@ class KernelRelay:
         self.handed += 1
         self.pairs.add(pair)
         return pair
+
+    @property
+    def carried(self) -> int:
+        """Bytes the kernel carried, both ways, for every pair handed over so far."""
+        return self.carried_closed + sum(p.kernel_bytes() for p in self.pairs)
 
     def release(self, pair: KernelPair) -> None:
         self.pairs.discard(pair)
@@ -450,6 +457,7 @@ class KernelPair:
                 bpf.map_delete(relay.slots, key)
         self.final_up, self.final_down = self.bytes_up, self.bytes_down
         self.final_kernel = self.kernel_bytes()
+        relay.carried_closed += self.final_kernel
         self.client.close()  # closing a socket also takes it out of the SOCKHASH
         self.backend.close()
         relay.release(self)
