@@ -17,6 +17,7 @@ __all__ = [
     "ARRAY",
     "F_MMAPABLE",
     "HASH",
+    "LRU_HASH",
     "SK_SKB",
     "SK_SKB_STREAM_VERDICT",
     "SOCKHASH",
@@ -25,6 +26,7 @@ __all__ = [
     "map_create",
     "map_delete",
     "map_update",
+    "map_update_batch",
     "prog_attach",
     "prog_load",
 ]
@@ -36,9 +38,11 @@ _MAP_UPDATE_ELEM = 2
 _MAP_DELETE_ELEM = 3
 _PROG_LOAD = 5
 _PROG_ATTACH = 8
+_MAP_UPDATE_BATCH = 26
 # map types, program type, attach type, flags (include/uapi/linux/bpf.h)
 HASH = 1
 ARRAY = 2
+LRU_HASH = 9
 SOCKHASH = 18
 SK_SKB = 14
 SK_SKB_STREAM_VERDICT = 5
@@ -95,6 +99,14 @@ def map_update(map_fd: int, key: bytes, value: bytes, flags: int = _ANY) -> None
     k = ctypes.create_string_buffer(key, len(key))
     v = ctypes.create_string_buffer(value, len(value))
     _bpf(_MAP_UPDATE_ELEM, struct.pack("IIQQQ", map_fd, 0, _addr(k), _addr(v), flags))
+
+
+def map_update_batch(map_fd: int, keys: bytes, values: bytes, count: int) -> None:
+    """Set `count` keys at once (packed back to back in `keys`, values likewise)."""
+    k = ctypes.create_string_buffer(keys, len(keys))
+    v = ctypes.create_string_buffer(values, len(values))
+    attr = struct.pack("QQQQIIQQ", 0, 0, _addr(k), _addr(v), count, map_fd, 0, 0)
+    _bpf(_MAP_UPDATE_BATCH, attr)
 
 
 def map_delete(map_fd: int, key: bytes) -> None:

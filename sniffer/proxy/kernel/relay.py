@@ -63,6 +63,8 @@ _BYTES_ACKED: Final = struct.Struct("=Q")  # tcp_info.tcpi_bytes_acked at offset
 _ACKED_AT: Final = 120
 _LINGER_ZERO: Final = struct.pack("ii", 1, 0)
 _Q: Final = 8  # bytes per record field
+_U64: Final = struct.Struct("Q")
+_SLOTS: Final = struct.Struct("II")
 _RETRY_FIRST: Final = 0.0005
 _RETRY_MAX: Final = 0.02
 
@@ -113,7 +115,10 @@ class KernelRelay:
         try:
             for args in (
                 (bpf.SOCKHASH, 8, 8, 2 * capacity, 0, "sniffer_socks"),
-                (bpf.HASH, 8, 4, 2 * capacity, 0, "sniffer_slots"),
+                # An LRU map, never deleted from: a pair's entries go stale when its
+                # sockets close (cookies are never reused) and are evicted, oldest
+                # first, to make room; that saves a syscall per socket at every close.
+                (bpf.LRU_HASH, 8, 4, 4 * capacity, 0, "sniffer_slots"),
                 (bpf.ARRAY, 4, RECORD, 2 * capacity, bpf.F_MMAPABLE, "sniffer_state"),
             ):
                 fds.append(bpf.map_create(*args))
@@ -237,9 +242,9 @@ class _Direction:
         """Bytes user space read from src (every one of them passed by the verdict)."""
         self.user = 0
         """Bytes user space wrote into dst (replay and PROXY header included)."""
-        self.base = written_total(dst)
-        """dst's written total at the hand-off (a connecting socket's count starts at 1:
-        its SYN)."""
+        self.base = acked_total(dst)
+        """dst's written total at the hand-off: nothing written yet, so what is acked
+        (a socket's count starts at 1: its SYN)."""
         self.confirmed = 0
         """The redirected total dst was last seen to hold."""
         self.out = b""
@@ -281,24 +286,17 @@ class KernelPair:
         # The replay goes first: no redirect until it is in the backend socket.
         q[base_up + LIMIT // _Q] = 0 if first else relay.budget
         q[base_down + LIMIT // _Q] = relay.budget
-        keys = [struct.pack("Q", cc), struct.pack("Q", bc)]
-        inserted: list[bytes] = []
+        ck, bk = _U64.pack(cc), _U64.pack(bc)
+        bpf.map_update_batch(relay.slots, ck + bk, _SLOTS.pack(slot, slot + 1), 2)
+        bpf.map_update(relay.socks, ck, _U64.pack(client.fileno()))
         try:
-            bpf.map_update(relay.slots, keys[0], struct.pack("I", slot))
-            bpf.map_update(relay.slots, keys[1], struct.pack("I", slot + 1))
-            for key, sock in zip(keys, (client, backend), strict=True):
-                bpf.map_update(relay.socks, key, struct.pack("Q", sock.fileno()))
-                inserted.append(key)
+            bpf.map_update(relay.socks, bk, _U64.pack(backend.fileno()))
         except OSError:
-            for key in keys:
-                with contextlib.suppress(OSError):
-                    bpf.map_delete(relay.slots, key)
-            # A socket inserted and not yet touched by a verdict leaves cleanly.
-            for key in inserted:
-                with contextlib.suppress(OSError):
-                    bpf.map_delete(relay.socks, key)
+            # Taken back before any segment met the verdict (nothing is written yet
+            # and the client's reading is paused), so nothing can be lost.
+            with contextlib.suppress(OSError):
+                bpf.map_delete(relay.socks, ck)
             raise
-        self.keys = keys
         # Bytes that arrived before the insert never meet the verdict: user space must
         # read them first, so that direction stays with user space for good.
         for d, base in ((self.up, base_up), (self.down, base_down)):
@@ -452,9 +450,6 @@ class KernelPair:
             if fd >= 0:
                 loop.remove_reader(fd)
                 loop.remove_writer(fd)
-        for key in self.keys:
-            with contextlib.suppress(OSError):
-                bpf.map_delete(relay.slots, key)
         self.final_up, self.final_down = self.bytes_up, self.bytes_down
         self.final_kernel = self.kernel_bytes()
         relay.carried_closed += self.final_kernel
