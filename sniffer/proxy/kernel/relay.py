@@ -67,6 +67,8 @@ _U64: Final = struct.Struct("Q")
 _SLOTS: Final = struct.Struct("II")
 _RETRY_FIRST: Final = 0.0005
 _RETRY_MAX: Final = 0.02
+_EOF_WAIT_MAX: Final = 5.0
+"""Seconds an EOF may wait for passed bytes still on their way to the queue."""
 
 
 class Unavailable(Exception):
@@ -225,6 +227,7 @@ class _Direction:
         "confirmed",
         "dst",
         "eof",
+        "eof_waited",
         "out",
         "read",
         "shut",
@@ -250,6 +253,7 @@ class _Direction:
         self.out = b""
         """Read from src, not yet written into dst."""
         self.eof = False
+        self.eof_waited = 0.0
         self.shut = False
         self.wait = 0.0
         """Current poll delay while dst does not yet hold what was redirected."""
@@ -344,8 +348,21 @@ class KernelPair:
             # Passed bytes may still be on their way into the queue (the verdict counts
             # them first): EOF counts only once every passed byte has been read.
             if self.relay.q[d.slot * 8 + PASSED // _Q] > d.read:
-                self.loop.call_later(_RETRY_FIRST, self._readable, d)
+                # Bounded: bytes the kernel counted as passed and never queued (it
+                # drops them when a socket's queue has failed) must not keep us polling.
+                d.wait = min(_RETRY_MAX, d.wait * 2) if d.wait else _RETRY_FIRST
+                d.eof_waited += d.wait
+                if d.eof_waited > _EOF_WAIT_MAX:
+                    self.relay.fallback("lost")
+                    log.error("kernel relay: passed bytes never arrived; resetting the pair")
+                    for sock in (self.client, self.backend):
+                        with contextlib.suppress(OSError):
+                            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
+                    self._close("kernel_lost")
+                    return
+                self.loop.call_later(d.wait, self._readable, d)
                 return
+            d.wait = 0.0
             d.eof = True
             self.loop.remove_reader(d.src.fileno())
             self._flush(d)
