@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from sniffer.observe.accesslog import AccessRecord, format_line
 from sniffer.observe.stats import DataPlaneStats
 from sniffer.proxy.server import DataPlane, ProxySettings
 from sniffer.routing.table import RouteTable, TableSpec
@@ -25,8 +26,8 @@ class RecordedLog:
     def __init__(self) -> None:
         self.records: list[dict[str, object]] = []
 
-    def __call__(self, conn: object, now: float) -> None:
-        self.records.append(json.loads(conn.log_line(now)))  # type: ignore[attr-defined]
+    def __call__(self, record: AccessRecord) -> None:
+        self.records.append(json.loads(format_line(record)))
 
 
 PlaneFactory = Callable[..., Awaitable[DataPlane]]

@@ -5,18 +5,20 @@ writer thread, in chunks of at most PIPE_BUF bytes cut at line ends, so lines of
 worker processes sharing one stdout pipe never interleave. The event loop never waits
 on the log: a pipe that stops draining (a stuck log shipper) blocks only the writer
 thread, chunks queue up to `max_buffer` bytes, and lines beyond that are dropped and
-counted. Each connection formats its own line (see `ClientConnection.log_line`);
-nothing is written per read.
+counted. A closed connection hands over an `AccessRecord` (plain values, built by
+`sniffer.proxy.record`); this module formats it and never reaches back into the
+connection. Nothing is written per read.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import queue
 import select
 import threading
-from typing import Protocol
+from typing import NamedTuple
 
 _PIPE_BUF = select.PIPE_BUF
 _FLUSH_AT = 32 * 1024
@@ -24,9 +26,110 @@ MAX_BUFFER = 1024 * 1024
 """Bytes of log waiting for a slow stdout before lines are dropped (per process)."""
 
 
-class Loggable(Protocol):
-    def log_line(self, now: float) -> str:
-        """One JSON object and a newline, ASCII only (so its length is its size)."""
+class AccessRecord(NamedTuple):
+    """What one closed connection tells the access log, field for field of its line."""
+
+    id_prefix: str
+    """The process's random prefix: with `serial` (hex) the line's unique `id`."""
+    serial: int
+    client: tuple[str, int] | None
+    """The client's address (from the PROXY header when the listener expects one)."""
+    listener: str
+    tls: bool
+    """A `tls` listener (the name is the `sni` field) or `http` (the `host` field)."""
+    host: str | None
+    """The name sniffed, normalised by `sniffer.wire.hostname` ([a-z0-9._-] only)."""
+    route: str
+    """The route's hostname, `(default)`, or "" when not routed."""
+    backend: str | None
+    tenant: str | None
+    endpoint: str | None
+    """The endpoint connected to, as `host:port` text."""
+    bytes_in: int
+    """Client -> backend, the replayed hello included."""
+    bytes_out: int
+    duration: float
+    """Seconds from accept to close."""
+    outcome: str
+    hello: str
+    """The `alpn`, `ja4` and `ech` members, preformatted (`,"alpn":[...],...`)."""
+
+
+def format_line(r: AccessRecord) -> str:
+    """The access-log line (JSON and a newline), formatted rather than encoded.
+
+    Hostnames were normalised and addresses are IP literals, so they need no escaping;
+    names from the route table go through a small memo of `json.dumps`, which escapes
+    anything outside ASCII: the line is ASCII, so its length is its size in bytes.
+    """
+    (prefix, serial, client, listener, tls, host, route, backend, tenant, endpoint) = r[:10]
+    if client is not None and host is not None and endpoint is not None and backend:
+        # A relayed connection, nearly every line: the `_js` memo probed inline
+        # (json.dumps never returns "").
+        addr, port = client
+        outcome = r.outcome
+        return _ROUTED_LINE % (
+            prefix,
+            serial,
+            f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}",
+            _JS.get(listener) or _js(listener),
+            "sni" if tls else "host",
+            host,
+            _JS.get(route) or _js(route),
+            _JS.get(backend) or _js(backend),
+            _JS.get(tenant) or _js(tenant),  # type: ignore[arg-type]
+            endpoint,
+            r.bytes_in,
+            r.bytes_out,
+            r.duration,
+            _JS.get(outcome) or _js(outcome),
+            r.hello,
+        )
+    if client is None:
+        where = "null"
+    else:
+        addr, port = client
+        where = f'"[{addr}]:{port}"' if ":" in addr else f'"{addr}:{port}"'
+    return _LINE % (
+        prefix,
+        serial,
+        where,
+        _js(listener),
+        "sni" if tls else "host",
+        "null" if host is None else f'"{host}"',
+        _js(route) if route else "null",
+        "null" if backend is None else _js(backend),
+        "null" if tenant is None else _js(tenant),
+        "null" if endpoint is None else f'"{endpoint}"',
+        r.bytes_in,
+        r.bytes_out,
+        r.duration,
+        _js(r.outcome),
+        r.hello,
+    )
+
+
+_LINE = (
+    '{"id":"%s%x","client":%s,"listener":%s,"%s":%s,"route":%s,"backend":%s,"tenant":%s,'
+    '"endpoint":%s,"bytes_in":%d,"bytes_out":%d,"duration":%.6f,"outcome":%s'
+    "%s}\n"
+)
+_ROUTED_LINE = (
+    '{"id":"%s%x","client":"%s","listener":%s,"%s":"%s","route":%s,"backend":%s,'
+    '"tenant":%s,"endpoint":"%s","bytes_in":%d,"bytes_out":%d,"duration":%.6f,"outcome":%s'
+    "%s}\n"
+)
+_JS: dict[str, str] = {}
+
+
+def _js(value: str) -> str:
+    """`json.dumps` memoised for the bounded vocabulary of table names and outcomes."""
+    out = _JS.get(value)
+    if out is None:
+        if len(_JS) > 10_000:  # a table churning through names must not grow this forever
+            _JS.clear()
+        out = _JS[value] = json.dumps(value)
+    return out
 
 
 class AccessLog:
@@ -50,8 +153,8 @@ class AccessLog:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
-    def __call__(self, conn: Loggable, now: float) -> None:
-        line = conn.log_line(now)
+    def __call__(self, record: AccessRecord) -> None:
+        line = format_line(record)
         self._lines.append(line)
         self._size += len(line)
         if self._size >= _FLUSH_AT:

@@ -9,9 +9,8 @@ addition, which is how worker processes' figures reach the control process's
 
 from __future__ import annotations
 
-import json
 from bisect import bisect_left
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -54,15 +53,12 @@ class BackendTally:
         "errors",
         "key",
         "limited",
-        "log_fields",
         "routed",
         "up",
     )
 
     def __init__(self, key: tuple[str, str]) -> None:
         self.key = key
-        self.log_fields = f'"backend":{json.dumps(key[0])},"tenant":{json.dumps(key[1])}'
-        """This backend's access-log fields, encoded once instead of on every line."""
         self.routed: dict[str, int] = {}
         """Connections routed here, by listener."""
         self.active = 0
@@ -99,6 +95,16 @@ class Dropping(Protocol):
     dropped: int
 
 
+class Counts(Protocol):
+    """A relay's live byte counts (`sniffer.proxy.relay.Relay`)."""
+
+    @property
+    def bytes_up(self) -> int: ...
+
+    @property
+    def bytes_down(self) -> int: ...
+
+
 class KernelTally(Protocol):
     """What the stats read of the kernel relay engine (`sniffer.proxy.kernel.relay`)."""
 
@@ -110,11 +116,15 @@ class KernelTally(Protocol):
 
 
 class OpenConnection(Protocol):
-    """What the stats need from a live connection to report its bytes while open."""
+    """What the stats need from a connection: its backend's tally, its relay's live
+    counts while open, and its final counts once closed."""
 
     tally: BackendTally | None
     bytes_up: int
     bytes_down: int
+
+    @property
+    def relay(self) -> Counts | None: ...
 
 
 @dataclass(slots=True)
@@ -145,9 +155,6 @@ class DataPlaneStats:
         self.backends: dict[tuple[str, str], BackendTally] = {}
         self.kernel: KernelTally | None = None
         """The kernel relay engine, when the process runs one."""
-        self.refresh: Callable[[], None] | None = None
-        """Called before a snapshot: brings the byte counts of connections the kernel
-        relays (kept by the kernel, not by the connection) up to date."""
         self.open: Iterable[OpenConnection] = ()
         """The data plane's own set of connections (those not relaying have no tally);
         read only when a snapshot folds in the bytes of connections still open."""
@@ -193,16 +200,15 @@ class DataPlaneStats:
         """Copy everything out (picklable), the bytes of open connections added to
         those of closed ones; nothing is written on a connection."""
         live: dict[BackendTally, list[int]] = {}
-        if self.refresh is not None:
-            self.refresh()
         for conn in self.open:
             t = conn.tally
-            if t is not None:
+            relay = conn.relay
+            if t is not None and relay is not None:
                 sums = live.get(t)
                 if sums is None:
                     sums = live[t] = [0, 0]
-                sums[0] += conn.bytes_up
-                sums[1] += conn.bytes_down
+                sums[0] += relay.bytes_up
+                sums[1] += relay.bytes_down
         snap = Snapshot()
         c, g, h = snap.counters, snap.gauges, snap.hists
         if self.access_log is not None:

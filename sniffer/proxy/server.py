@@ -21,11 +21,15 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from sniffer.observe.accesslog import AccessLog as BufferedAccessLog
+from sniffer.observe.accesslog import AccessRecord
 from sniffer.observe.stats import DataPlaneStats
 from sniffer.proxy.admission import Admission
 from sniffer.proxy.connection import ClientConnection, sniff_limits
 from sniffer.proxy.kernel.relay import KernelRelay, Unavailable
 from sniffer.proxy.phases import DIALING, RELAYING, SNIFFING
+from sniffer.proxy.relay import RelayEngine
+from sniffer.proxy.relay.kernel import KernelEngine
+from sniffer.proxy.relay.userspace import USERSPACE
 from sniffer.proxy.settings import ProxySettings
 from sniffer.routing.table import Listener, RouteTable, join_host_port
 
@@ -72,7 +76,7 @@ def connection_limit(nofile: int | None = None) -> int:
     return max(1, (nofile - reserve) // 2)
 
 
-AccessLog = Callable[[ClientConnection, float], None]
+AccessLog = Callable[[AccessRecord], None]
 
 
 class ListenerKey(NamedTuple):
@@ -100,6 +104,8 @@ class DataPlane:
         # settings
         self.settings = settings
         self.access_log = access_log
+        self.relay_engine: RelayEngine = USERSPACE
+        """Moves the bytes of every routed pair (`sniffer.proxy.relay`): picked once."""
         self.max_connections = settings.max_connections or connection_limit()
         """At this many open client connections new ones are closed at accept."""
         # shared server state
@@ -131,9 +137,10 @@ class DataPlane:
         self.installed_version = -1
         """Version of the table whose listeners are open (readiness waits for it)."""
         self.kernel = open_kernel_relay(settings.kernel_relay, min(self.max_connections, 16384))
-        """The kernel relay engine (None: every pair is relayed in user space)."""
+        """The kernel relay (None: every pair is relayed in user space)."""
+        if self.kernel is not None:
+            self.relay_engine = KernelEngine(self.kernel, self.loop)
         self.stats.kernel = self.kernel
-        self.stats.refresh = self._kernel_sync
 
     # -- routing state -----------------------------------------------------------------
 
@@ -226,11 +233,10 @@ class DataPlane:
         while True:
             await asyncio.sleep(interval)
             for conn in list(self.connections):
-                if conn.state is not RELAYING:
+                relay = conn.relay
+                if conn.state is not RELAYING or relay is None:
                     continue
-                if conn.kernel is not None:
-                    conn.kernel_sync()
-                mark = conn.bytes_up + conn.bytes_down
+                mark = relay.bytes_up + relay.bytes_down
                 if mark != conn.idle_mark:
                     conn.idle_mark = mark
                     idle_ticks.pop(conn, None)
@@ -256,7 +262,6 @@ class DataPlane:
         while True:
             await asyncio.sleep(interval)
             now = time.monotonic()
-            self._kernel_sync()
             if self.sniffing:
                 limit = now - hello_timeout
                 for conn in [c for c in self.sniffing if c.started <= limit]:
@@ -266,14 +271,6 @@ class DataPlane:
                 late = [c for c in self.dialing if c.state is DIALING and c.dial_began <= limit]
                 for conn in late:
                     conn.dial_timed_out_now()
-
-    def _kernel_sync(self) -> None:
-        """The kernel's byte counts into the connections it relays (which the stats and
-        the idle sweep read)."""
-        if self.kernel is not None and self.kernel.pairs:
-            for conn in self.connections:
-                if conn.kernel is not None:
-                    conn.kernel_sync()
 
     def _lag_tick(self, due: float) -> None:
         """Time how late a periodic timer fires: whatever held the loop (a long callback,

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from sniffer.observe.accesslog import AccessRecord
 from sniffer.observe.metrics import DataPlaneCollector
 from sniffer.observe.stats import DataPlaneStats
 from sniffer.proxy.connection import ClientConnection
@@ -24,6 +25,7 @@ from sniffer.proxy.settings import ProxySettings
 from sniffer.routing.table import Backend, Endpoint, Listener, Route, RouteTable, TableSpec
 from sniffer.routing.table import WeightedBackend as WB
 from sniffer.wire.answers import tls_alert
+from sniffer.wire.proxy_protocol import encode_v2_local
 from tests.wire.hellos import modern_hello, records
 
 HELLO = records(modern_hello(sni=b"app.example"))
@@ -33,7 +35,7 @@ LISTENER = Listener("main", "127.0.0.1", 443, "tls")
 class FakeTransport:
     """The parts of an asyncio transport a connection uses, recording what it is asked."""
 
-    def __init__(self, protocol: asyncio.Protocol, peer: tuple[str, int]) -> None:
+    def __init__(self, protocol: asyncio.Protocol, peer: tuple[str, int] | None) -> None:
         self.protocol = protocol
         self.peer = peer
         self.written = bytearray()
@@ -47,6 +49,12 @@ class FakeTransport:
 
     def set_write_buffer_limits(self, high: int | None = None) -> None:
         pass
+
+    def set_protocol(self, protocol: asyncio.Protocol) -> None:
+        self.protocol = protocol
+
+    def get_protocol(self) -> asyncio.Protocol:
+        return self.protocol
 
     def write(self, data: bytes) -> None:
         assert not self.closing, "write after close"
@@ -120,10 +128,10 @@ class Rig:
         self.plane = plane
         self.loop = loop
         self.registry = registry
-        self.logged: list[ClientConnection] = []
+        self.logged: list[AccessRecord] = []
 
     def accept(
-        self, peer: tuple[str, int] = ("192.0.2.9", 5000)
+        self, peer: tuple[str, int] | None = ("192.0.2.9", 5000)
     ) -> tuple[Recording, FakeTransport]:
         conn = Recording(self.plane, LISTENER, self.plane.stats.listener(LISTENER.name))
         transport = FakeTransport(conn, peer)
@@ -148,7 +156,8 @@ def assert_walk(conn: Recording, expected: list[Phase]) -> None:
 
 @pytest.fixture
 async def rig() -> AsyncIterator[Rig]:
-    plane = DataPlane(ProxySettings(max_connections=2), stats=DataPlaneStats())
+    # Fake transports have no sockets: the phases are the same whatever the engine.
+    plane = DataPlane(ProxySettings(max_connections=2, kernel_relay="off"), stats=DataPlaneStats())
     fake = FakeLoop(plane.loop)
     plane.loop = fake  # type: ignore[assignment]
     spec = TableSpec(
@@ -156,8 +165,15 @@ async def rig() -> AsyncIterator[Rig]:
         backends=(
             Backend("a", "tenant-a", (Endpoint("10.0.0.1", 443), Endpoint("10.0.0.2", 443))),
             Backend("empty", "tenant-e", ()),
+            Backend("pp1", "tenant-p", (Endpoint("10.0.0.3", 443),), proxy_protocol="v1"),
+            Backend("pp2", "tenant-p", (Endpoint("10.0.0.4", 443),), proxy_protocol="v2"),
         ),
-        routes=(Route("app.example", (WB("a"),)), Route("none.example", (WB("empty"),))),
+        routes=(
+            Route("app.example", (WB("a"),)),
+            Route("none.example", (WB("empty"),)),
+            Route("v1.example", (WB("pp1"),)),
+            Route("v2.example", (WB("pp2"),)),
+        ),
     )
     table = RouteTable.build(spec)
     plane.table = table
@@ -165,7 +181,7 @@ async def rig() -> AsyncIterator[Rig]:
     registry = CollectorRegistry()
     registry.register(DataPlaneCollector(lambda: [plane.stats.snapshot()]))
     r = Rig(plane, fake, registry)
-    plane.access_log = lambda conn, now: r.logged.append(conn)
+    plane.access_log = r.logged.append
     yield r
     for conn in list(plane.connections):
         conn.close_for("test_over")
@@ -182,17 +198,26 @@ async def test_sniffing_dialing_relaying_closed(rig: Rig) -> None:
     await until(lambda: conn.state is RELAYING)
     (upstream,) = rig.loop.upstreams
     assert bytes(upstream.written) == HELLO + b"early"
-    conn.data_received(b"up")
+    # Handed to the relay: the client's transport now calls the relay's protocol.
+    assert client.protocol is not conn and conn.relay is upstream.protocol
+    client.protocol.data_received(b"up")
     assert upstream.written.endswith(b"up")
-    conn.upstream.data_received(b"down")  # type: ignore[union-attr]
+    upstream.protocol.data_received(b"down")
     assert bytes(client.written) == b"down"
-    assert conn.eof_received() is True  # half-close passed on, connection stays
+    assert client.protocol.eof_received() is True  # half-close passed on, connection stays
     assert upstream.eof_written and conn.state is RELAYING
-    assert conn.upstream.eof_received() is False  # type: ignore[union-attr]
+    assert upstream.protocol.eof_received() is False
     assert conn.state is CLOSED and conn.outcome == "closed"
     assert_walk(conn, [SNIFFING, DIALING, RELAYING, CLOSED])
-    await until(lambda: conn.transport is None)
-    assert rig.logged == [conn]
+    await until(lambda: client.closing and upstream.closing)
+    (logged,) = rig.logged
+    assert (logged.outcome, logged.host, logged.backend, logged.endpoint) == (
+        "closed",
+        "app.example",
+        "a",
+        "10.0.0.1:443",
+    )
+    assert (logged.bytes_in, logged.bytes_out) == (len(HELLO) + 7, 4)
     assert (conn.bytes_up, conn.bytes_down) == (len(HELLO) + 7, 4)
     labels = {"listener": "main", "backend": "a", "tenant": "tenant-a"}
     assert rig.metric("sniffer_connections_total", **labels) == 1
@@ -285,3 +310,25 @@ async def test_hello_timeout_and_overload(rig: Rig) -> None:
     assert (
         rig.metric("sniffer_refused_connections_total", listener="main", reason="overloaded") == 1
     )
+
+
+@pytest.mark.parametrize(
+    ("name", "peer", "header"),
+    [
+        ("v1.example", ("192.0.2.9", 5000), b"PROXY TCP4 192.0.2.9 127.0.0.1 5000 443\r\n"),
+        ("v1.example", None, b"PROXY UNKNOWN\r\n"),
+        ("v2.example", None, encode_v2_local()),
+    ],
+)
+async def test_a_backend_asking_for_a_proxy_header_always_gets_one(
+    rig: Rig, name: str, peer: tuple[str, int] | None, header: bytes
+) -> None:
+    """The client's address unknown (no peername): UNKNOWN (v1) / LOCAL (v2), then the
+    replay; never the replay alone, which the backend would take for a bad header."""
+    conn, _ = rig.accept(peer=peer)
+    hello = records(modern_hello(sni=name.encode()))
+    conn.data_received(hello)
+    await until(lambda: conn.state is RELAYING)
+    (upstream,) = rig.loop.upstreams
+    assert bytes(upstream.written) == header + hello
+    assert conn.bytes_up == 0 and conn.relay is not None and conn.relay.bytes_up == len(hello)

@@ -15,7 +15,8 @@ import ssl
 
 import pytest
 
-from sniffer.proxy.connection import ClientConnection, UpstreamConnection
+from sniffer.proxy.connection import ClientConnection
+from sniffer.proxy.relay.userspace import ClientSide, Pump
 from sniffer.routing.table import (
     Backend,
     Endpoint,
@@ -646,7 +647,7 @@ async def test_series_of_a_removed_backend_go_once_its_connections_close(
 
 
 def _live_connections() -> int:
-    return sum(isinstance(o, ClientConnection | UpstreamConnection) for o in gc.get_objects())
+    return sum(isinstance(o, ClientConnection | Pump | ClientSide) for o in gc.get_objects())
 
 
 async def test_closed_connections_are_freed_without_the_cycle_collector(

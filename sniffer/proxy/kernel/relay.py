@@ -245,9 +245,9 @@ class _Direction:
         """Bytes user space read from src (every one of them passed by the verdict)."""
         self.user = 0
         """Bytes user space wrote into dst (replay and PROXY header included)."""
-        self.base = acked_total(dst)
-        """dst's written total at the hand-off: nothing written yet, so what is acked
-        (a socket's count starts at 1: its SYN)."""
+        self.base = written_total(dst)
+        """dst's written total at the hand-off (what the transports wrote before, e.g.
+        the replay; a socket's count starts at 1: its SYN)."""
         self.confirmed = 0
         """The redirected total dst was last seen to hold."""
         self.out = b""
