@@ -182,6 +182,9 @@ def serve(
     log_level: Annotated[str, _worker_option("log_level")] = _W("log_level"),
     max_connections: Annotated[int, _proxy_option("max_connections")] = _P("max_connections"),
     kernel_relay: Annotated[str, _proxy_option("kernel_relay")] = _P("kernel_relay"),
+    kernel_relay_after: Annotated[float, _proxy_option("kernel_relay_after")] = _P(
+        "kernel_relay_after"
+    ),
     tenant_max_connections: Annotated[
         int | None, typer.Option(help="Default per-tenant connection limit (per pod).")
     ] = None,
@@ -219,6 +222,7 @@ def serve(
         drain_grace=drain_grace,
         max_connections=max_connections,
         kernel_relay=kernel_relay,
+        kernel_relay_after=kernel_relay_after,
     )
     proxy = replace(proxy, kernel_relay=_kernel_relay_mode(kernel_relay))
     _checked_settings(

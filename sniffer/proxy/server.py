@@ -139,7 +139,7 @@ class DataPlane:
         self.kernel = open_kernel_relay(settings.kernel_relay, min(self.max_connections, 16384))
         """The kernel relay (None: every pair is relayed in user space)."""
         if self.kernel is not None:
-            self.relay_engine = KernelEngine(self.kernel, self.loop)
+            self.relay_engine = KernelEngine(self.kernel, self.loop, settings.kernel_relay_after)
         self.stats.kernel = self.kernel
 
     # -- routing state -----------------------------------------------------------------
@@ -310,6 +310,8 @@ class DataPlane:
         if self._lag_timer is not None:
             self._lag_timer.cancel()
         if self.kernel is not None:
+            if isinstance(self.relay_engine, KernelEngine):
+                self.relay_engine.close()
             self.kernel.close()
             self.kernel = None
         return dropped

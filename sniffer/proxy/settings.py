@@ -137,6 +137,13 @@ class ProxySettings:
         " without it), off.",
     )
 
+    kernel_relay_after: float = setting(
+        1.0,
+        "Seconds a pair relays in user space before it moves to the kernel relay: a short"
+        " connection never pays for the hand-off (0 = at once).",
+        0,
+    )
+
     def __post_init__(self) -> None:
         check_ranges(self)
         if self.kernel_relay not in KERNEL_RELAY_MODES:

@@ -107,7 +107,9 @@ async def records_after(plane: DataPlane, n: int, timeout: float = 15) -> list[d
 async def test_many_streams_of_random_sizes_exact_with_half_closes_both_orders(
     data_plane: PlaneFactory, backend: Backend
 ) -> None:
-    plane = await data_plane(tls_spec({"k": [backend.port]}, {"*.k.example": "k"}))
+    plane = await data_plane(
+        tls_spec({"k": [backend.port]}, {"*.k.example": "k"}), kernel_relay_after=0
+    )
     assert plane.kernel is not None
     port = plane.bound_ports()["main"]
     rnd = random.Random(1616)
@@ -155,7 +157,8 @@ async def test_proxy_header_and_replay_come_first(
     data_plane: PlaneFactory, backend: Backend
 ) -> None:
     plane = await data_plane(
-        tls_spec({"k": [backend.port]}, {"app.k.example": "k"}, proxy_out={"k": "v1"})
+        tls_spec({"k": [backend.port]}, {"app.k.example": "k"}, proxy_out={"k": "v1"}),
+        kernel_relay_after=0,
     )
     client, hello = await connect(plane.bound_ports()["main"], "app.k.example")
     server = await asyncio.wait_for(backend.accepted.get(), 10)
@@ -175,7 +178,9 @@ async def test_proxy_header_and_replay_come_first(
 async def test_a_reset_is_passed_on_as_a_reset(
     data_plane: PlaneFactory, backend: Backend, who: str
 ) -> None:
-    plane = await data_plane(tls_spec({"k": [backend.port]}, {"app.k.example": "k"}))
+    plane = await data_plane(
+        tls_spec({"k": [backend.port]}, {"app.k.example": "k"}), kernel_relay_after=0
+    )
     client, hello = await connect(plane.bound_ports()["main"], "app.k.example")
     server = await asyncio.wait_for(backend.accepted.get(), 10)
     await read_exactly(server, len(hello))
@@ -256,7 +261,9 @@ async def stall_then_resume(
 async def test_a_never_reading_peer_is_bounded_then_served_exact(
     data_plane: PlaneFactory, backend: Backend, stalled: str
 ) -> None:
-    plane = await data_plane(tls_spec({"k": [backend.port]}, {"app.k.example": "k"}))
+    plane = await data_plane(
+        tls_spec({"k": [backend.port]}, {"app.k.example": "k"}), kernel_relay_after=0
+    )
     stalled_at, held = await stall_then_resume(plane, backend, stalled, 64 * MiB)
     # The budget (4 MiB) plus socket buffers; the user-space relay: 12-18 MiB.
     assert stalled_at < 32 * MiB, stalled_at
@@ -268,7 +275,9 @@ async def test_a_never_reading_peer_is_bounded_then_served_exact(
 async def test_a_never_reading_peer_offered_a_gibibyte(
     data_plane: PlaneFactory, backend: Backend, stalled: str
 ) -> None:
-    plane = await data_plane(tls_spec({"k": [backend.port]}, {"app.k.example": "k"}))
+    plane = await data_plane(
+        tls_spec({"k": [backend.port]}, {"app.k.example": "k"}), kernel_relay_after=0
+    )
     stalled_at, held = await stall_then_resume(plane, backend, stalled, 1024 * MiB)
     assert stalled_at < 32 * MiB, stalled_at
     assert held < 40 * MiB, held
@@ -278,7 +287,9 @@ async def test_idle_timeout_reads_the_kernels_counts(
     data_plane: PlaneFactory, backend: Backend
 ) -> None:
     plane = await data_plane(
-        tls_spec({"k": [backend.port]}, {"*.k.example": "k"}), idle_timeout=0.6
+        tls_spec({"k": [backend.port]}, {"*.k.example": "k"}),
+        idle_timeout=0.6,
+        kernel_relay_after=0,
     )
     port = plane.bound_ports()["main"]
     busy, hello = await connect(port, "busy.k.example")
@@ -304,7 +315,9 @@ async def test_idle_timeout_reads_the_kernels_counts(
 async def test_drain_lets_pairs_finish_then_drops_the_rest(
     data_plane: PlaneFactory, backend: Backend
 ) -> None:
-    plane = await data_plane(tls_spec({"k": [backend.port]}, {"*.k.example": "k"}))
+    plane = await data_plane(
+        tls_spec({"k": [backend.port]}, {"*.k.example": "k"}), kernel_relay_after=0
+    )
     port = plane.bound_ports()["main"]
     done, hello = await connect(port, "done.k.example")
     done_server = await asyncio.wait_for(backend.accepted.get(), 10)
@@ -334,7 +347,9 @@ async def test_drain_lets_pairs_finish_then_drops_the_rest(
 async def test_no_free_record_means_user_space_counted(
     data_plane: PlaneFactory, backend: Backend
 ) -> None:
-    plane = await data_plane(tls_spec({"k": [backend.port]}, {"app.k.example": "k"}))
+    plane = await data_plane(
+        tls_spec({"k": [backend.port]}, {"app.k.example": "k"}), kernel_relay_after=0
+    )
     assert plane.kernel is not None
     plane.kernel.free.clear()  # as if every record were taken
     client, hello = await connect(plane.bound_ports()["main"], "app.k.example")
@@ -364,7 +379,9 @@ async def test_a_refused_program_means_user_space_in_auto_and_no_start_in_on(
         DataPlane(ProxySettings(kernel_relay="on"))
     assert info.value.reason == "program_refused"
     assert "R0 !read_ok" in str(info.value)
-    plane = await data_plane(tls_spec({"k": [backend.port]}, {"app.k.example": "k"}))
+    plane = await data_plane(
+        tls_spec({"k": [backend.port]}, {"app.k.example": "k"}), kernel_relay_after=0
+    )
     assert plane.kernel is None
     assert plane.stats.snapshot().gauges[("sniffer_kernel_relay_enabled", ())] == 0
     client, hello = await connect(plane.bound_ports()["main"], "app.k.example")
@@ -440,3 +457,59 @@ async def test_auto_without_privileges_runs_the_user_space_relay(
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+async def test_a_pair_moves_to_the_kernel_mid_stream_without_losing_a_byte(
+    data_plane: PlaneFactory, backend: Backend
+) -> None:
+    """`--kernel-relay-after`: the pair starts in user space and moves to the kernel
+    while bytes flow both ways; every byte arrives once, in order."""
+    plane = await data_plane(
+        tls_spec({"k": [backend.port]}, {"app.k.example": "k"}), kernel_relay_after=0.2
+    )
+    assert plane.kernel is not None
+    client, hello = await connect(plane.bound_ports()["main"], "app.k.example")
+    server = await asyncio.wait_for(backend.accepted.get(), 10)
+    assert await read_exactly(server, len(hello)) == hello
+    loop = asyncio.get_running_loop()
+    kernel = plane.kernel
+
+    async def trickle(sock: socket.socket, seed: int) -> str:
+        """Small writes for about a second, then a FIN: across the move."""
+        rnd = random.Random(seed)
+        h = hashlib.sha256()
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            chunk = rnd.randbytes(rnd.randrange(1, 20000))
+            h.update(chunk)
+            await loop.sock_sendall(sock, chunk)
+            await asyncio.sleep(0.005)
+        sock.shutdown(socket.SHUT_WR)
+        return h.hexdigest()
+
+    async with asyncio.timeout(30):
+        up, down, (_, up_got), (_, down_got) = await asyncio.gather(
+            trickle(client, 1), trickle(server, 2), recv_all(server), recv_all(client)
+        )
+    assert (up_got, down_got) == (up, down)
+    assert kernel.handed == 1  # it did move
+    (record,) = await records_after(plane, 1)
+    assert record["outcome"] == "closed"
+    client.close()
+    server.close()
+
+
+async def test_a_short_connection_never_reaches_the_kernel(
+    data_plane: PlaneFactory, backend: Backend
+) -> None:
+    plane = await data_plane(
+        tls_spec({"k": [backend.port]}, {"app.k.example": "k"}), kernel_relay_after=5
+    )
+    client, hello = await connect(plane.bound_ports()["main"], "app.k.example")
+    server = await asyncio.wait_for(backend.accepted.get(), 10)
+    assert await read_exactly(server, len(hello)) == hello
+    client.close()
+    server.close()
+    (record,) = await records_after(plane, 1)
+    assert record["bytes_in"] == len(hello)
+    assert plane.kernel is not None and plane.kernel.handed == 0

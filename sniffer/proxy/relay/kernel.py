@@ -35,16 +35,72 @@ _DETACHED: Final = _Detached()
 
 
 class KernelEngine:
-    """Starts every pair of its process in the kernel where it can."""
+    """Starts every pair of its process in the kernel where it can.
 
-    __slots__ = ("loop", "relay")
+    With `after` > 0 a pair starts in user space and moves to the kernel once it has
+    lived that long: a short connection never pays for the hand-off (two sockets into
+    the maps, their descriptors taken over), a long one relays in the kernel.
+    """
+
+    __slots__ = ("after", "due", "loop", "relay", "timer")
     name: Final = "kernel"
 
-    def __init__(self, relay: KernelRelay, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, relay: KernelRelay, loop: asyncio.AbstractEventLoop, after: float = 0.0
+    ) -> None:
         self.relay = relay
         self.loop = loop
+        self.after = after
+        self.due: dict[Deferred, float] = {}
+        """Pairs relaying in user space, and when they may move to the kernel."""
+        self.timer: asyncio.TimerHandle | None = None
 
     def start(self, pump: Pump, replayed: int, client_eof: bool) -> Relay:
+        if self.after <= 0:
+            return self.take(pump, replayed, client_eof)
+        deferred = Deferred(pump.start(replayed, client_eof), pump)
+        self.due[deferred] = self.loop.time() + self.after
+        if self.timer is None:
+            self.timer = self.loop.call_later(self.after, self._move)
+        return deferred
+
+    def close(self) -> None:
+        """Stop moving pairs (the plane is shutting down)."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.due.clear()
+
+    def _move(self) -> None:
+        """Hand over the pairs that have lived long enough (one timer for all)."""
+        self.timer = None
+        now = self.loop.time()
+        for deferred, at in list(self.due.items()):
+            pump = deferred.pump
+            if pump.owner is None or pump.client is None or pump.backend is None:
+                del self.due[deferred]  # ended (or ending): nothing to move
+            elif at <= now:
+                if pump.client_eof or pump.backend_eof:
+                    del self.due[deferred]  # half-closed: it finishes where it is
+                    continue
+                side = pump.side
+                up = side.bytes_up if side is not None else 0
+                if pump.client.get_write_buffer_size() or pump.backend.get_write_buffer_size():
+                    self.due[deferred] = now + self.after  # bytes in flight: later
+                    continue
+                del self.due[deferred]
+                moved = self.take(pump, up, False, deferred=True)
+                if moved is not pump:
+                    deferred.inner = moved
+        if self.due:
+            self.timer = self.loop.call_later(self.after, self._move)
+
+    def take(self, pump: Pump, replayed: int, client_eof: bool, deferred: bool = False) -> Relay:
+        """The pair to the kernel now, or (when it cannot) `pump` relaying it.
+
+        `replayed`: bytes the client side has delivered so far; with `deferred` the pump
+        is already relaying (its counts are the new relay's base).
+        """
         relay = self.relay
         ct, bt = pump.client, pump.backend
         reason = None
@@ -56,20 +112,20 @@ class KernelEngine:
             reason = "map_full"
         if reason is not None:
             relay.fallback(reason)
-            return pump.start(replayed, client_eof)
+            return pump if deferred else pump.start(replayed, client_eof)
         assert ct is not None and bt is not None
         # Our own descriptors of the two sockets: the transports close theirs below.
         try:
             client = socket.socket(fileno=os.dup(ct.get_extra_info("socket").fileno()))
         except OSError:
             relay.fallback("dup")
-            return pump.start(replayed, client_eof)
+            return pump if deferred else pump.start(replayed, client_eof)
         try:
             backend = socket.socket(fileno=os.dup(bt.get_extra_info("socket").fileno()))
         except OSError:
             client.close()
             relay.fallback("dup")
-            return pump.start(replayed, client_eof)
+            return pump if deferred else pump.start(replayed, client_eof)
         client.setblocking(False)
         backend.setblocking(False)
         owner = pump.owner
@@ -79,7 +135,7 @@ class KernelEngine:
         if pair is None:
             client.close()
             backend.close()
-            return pump.start(replayed, client_eof)
+            return pump if deferred else pump.start(replayed, client_eof)
         handed.pair = pair
         pump.owner = None  # the pump is finished with: it must report nothing
         for t in (ct, bt):
@@ -87,6 +143,32 @@ class KernelEngine:
             t.abort()  # closes the transport's descriptor only: the socket is ours now
         pump.client = pump.backend = None
         return handed
+
+
+class Deferred:
+    """A pair that starts in user space and may move to the kernel (`KernelEngine`)."""
+
+    __slots__ = ("inner", "pump")
+    engine: Final = "kernel"
+
+    def __init__(self, inner: Relay, pump: Pump) -> None:
+        self.inner = inner
+        """The pump while in user space, then the kernel's relay."""
+        self.pump = pump
+
+    @property
+    def bytes_up(self) -> int:
+        return self.inner.bytes_up
+
+    @property
+    def bytes_down(self) -> int:
+        return self.inner.bytes_down
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def abort(self) -> None:
+        self.inner.abort()
 
 
 class KernelRelayed:
