@@ -58,8 +58,10 @@ class KernelEngine:
     def start(self, pump: Pump, replayed: int, client_eof: bool) -> Relay:
         if self.after <= 0:
             return self.take(pump, replayed, client_eof)
-        deferred = Deferred(pump.start(replayed, client_eof), pump)
-        self.due[deferred] = self.loop.time() + self.after
+        deferred = Deferred(self, pump)
+        deferred.inner = pump.start(replayed, client_eof)
+        if deferred.owner is not None:  # (a pump may end inside start)
+            self.due[deferred] = self.loop.time() + self.after
         if self.timer is None:
             self.timer = self.loop.call_later(self.after, self._move)
         return deferred
@@ -77,7 +79,7 @@ class KernelEngine:
         now = self.loop.time()
         for deferred, at in list(self.due.items()):
             pump = deferred.pump
-            if pump.owner is None or pump.client is None or pump.backend is None:
+            if pump is None or pump.owner is None or pump.client is None or pump.backend is None:
                 del self.due[deferred]  # ended (or ending): nothing to move
             elif at <= now:
                 if pump.client_eof or pump.backend_eof:
@@ -89,13 +91,16 @@ class KernelEngine:
                     self.due[deferred] = now + self.after  # bytes in flight: later
                     continue
                 del self.due[deferred]
-                moved = self.take(pump, up, False, deferred=True)
+                moved = self.take(pump, up, False, deferred=deferred)
                 if moved is not pump:
                     deferred.inner = moved
+                    deferred.pump = None
         if self.due:
             self.timer = self.loop.call_later(self.after, self._move)
 
-    def take(self, pump: Pump, replayed: int, client_eof: bool, deferred: bool = False) -> Relay:
+    def take(
+        self, pump: Pump, replayed: int, client_eof: bool, deferred: Deferred | None = None
+    ) -> Relay:
         """The pair to the kernel now, or (when it cannot) `pump` relaying it.
 
         `replayed`: bytes the client side has delivered so far; with `deferred` the pump
@@ -112,30 +117,30 @@ class KernelEngine:
             reason = "map_full"
         if reason is not None:
             relay.fallback(reason)
-            return pump if deferred else pump.start(replayed, client_eof)
+            return pump if deferred is not None else pump.start(replayed, client_eof)
         assert ct is not None and bt is not None
         # Our own descriptors of the two sockets: the transports close theirs below.
         try:
             client = socket.socket(fileno=os.dup(ct.get_extra_info("socket").fileno()))
         except OSError:
             relay.fallback("dup")
-            return pump if deferred else pump.start(replayed, client_eof)
+            return pump if deferred is not None else pump.start(replayed, client_eof)
         try:
             backend = socket.socket(fileno=os.dup(bt.get_extra_info("socket").fileno()))
         except OSError:
             client.close()
             relay.fallback("dup")
-            return pump if deferred else pump.start(replayed, client_eof)
+            return pump if deferred is not None else pump.start(replayed, client_eof)
         client.setblocking(False)
         backend.setblocking(False)
-        owner = pump.owner
+        owner = pump.owner if deferred is None else deferred.owner
         assert owner is not None
         handed = KernelRelayed(owner, replayed, pump.bytes_down)
         pair = relay.handoff(self.loop, client, backend, b"", handed.done)
         if pair is None:
             client.close()
             backend.close()
-            return pump if deferred else pump.start(replayed, client_eof)
+            return pump if deferred is not None else pump.start(replayed, client_eof)
         handed.pair = pair
         pump.owner = None  # the pump is finished with: it must report nothing
         for t in (ct, bt):
@@ -146,15 +151,32 @@ class KernelEngine:
 
 
 class Deferred:
-    """A pair that starts in user space and may move to the kernel (`KernelEngine`)."""
+    """A pair that starts in user space and may move to the kernel (`KernelEngine`).
 
-    __slots__ = ("inner", "pump")
+    It stands between the pump and the connection as the pump's owner, so that a pair
+    ending in user space leaves the engine's list at once (nothing holds it after).
+    """
+
+    __slots__ = ("engine_", "inner", "owner", "pump")
     engine: Final = "kernel"
 
-    def __init__(self, inner: Relay, pump: Pump) -> None:
-        self.inner = inner
+    def __init__(self, engine: KernelEngine, pump: Pump) -> None:
+        self.engine_ = engine
+        self.owner: RelayOwner | None = pump.owner
+        """The connection."""
+        self.pump: Pump | None = pump
+        pump.owner = self
+        self.inner: Relay = pump
         """The pump while in user space, then the kernel's relay."""
-        self.pump = pump
+
+    def relay_closed(self, outcome: str) -> None:
+        """The pump's report (in user space): off the engine's list, then on."""
+        self.engine_.due.pop(self, None)
+        self.pump = None
+        owner = self.owner
+        if owner is not None:
+            self.owner = None
+            owner.relay_closed(outcome)
 
     @property
     def bytes_up(self) -> int:
@@ -168,6 +190,9 @@ class Deferred:
         self.inner.close()
 
     def abort(self) -> None:
+        self.engine_.due.pop(self, None)
+        self.owner = None
+        self.pump = None
         self.inner.abort()
 
 
