@@ -138,9 +138,10 @@ class ProxySettings:
     )
 
     kernel_relay_after: float = setting(
-        1.0,
-        "Seconds a pair relays in user space before it moves to the kernel relay: a short"
-        " connection never pays for the hand-off (0 = at once).",
+        0.0,
+        "Seconds a pair relays in user space before it moves to the kernel relay, so that"
+        " a short connection never pays for the hand-off (0 = at once). Experimental: a"
+        " bulk download lost bytes once with a move mid-stream.",
         0,
     )
 

@@ -16,12 +16,20 @@ import os
 import socket
 from typing import TYPE_CHECKING, Final
 
+from sniffer.proxy.kernel.relay import unread
+
 if TYPE_CHECKING:
     from sniffer.proxy.kernel.relay import KernelPair, KernelRelay
     from sniffer.proxy.relay import Relay, RelayOwner
     from sniffer.proxy.relay.userspace import Pump
 
 __all__ = ["KernelEngine"]
+
+
+def _unread(transport: asyncio.Transport) -> int:
+    """Bytes waiting in the transport's socket (they would miss the verdict)."""
+    sock = transport.get_extra_info("socket")
+    return 0 if sock is None else unread(sock)
 
 
 class _Detached(asyncio.Protocol):
@@ -87,7 +95,12 @@ class KernelEngine:
                     continue
                 side = pump.side
                 up = side.bytes_up if side is not None else 0
-                if pump.client.get_write_buffer_size() or pump.backend.get_write_buffer_size():
+                if (
+                    pump.client.get_write_buffer_size()
+                    or pump.backend.get_write_buffer_size()
+                    or _unread(pump.client)
+                    or _unread(pump.backend)
+                ):
                     self.due[deferred] = now + self.after  # bytes in flight: later
                     continue
                 del self.due[deferred]
