@@ -288,7 +288,7 @@ async def test_idle_timeout_reads_the_kernels_counts(
 ) -> None:
     plane = await data_plane(
         tls_spec({"k": [backend.port]}, {"*.k.example": "k"}),
-        idle_timeout=0.6,
+        idle_timeout=1.5,
         kernel_relay_after=0,
     )
     port = plane.bound_ports()["main"]
@@ -301,7 +301,7 @@ async def test_idle_timeout_reads_the_kernels_counts(
     loop = asyncio.get_running_loop()
     # The busy pair talks every 0.1 s, all of it by the kernel; the idle one says nothing.
     async with asyncio.timeout(15):
-        for _ in range(20):
+        for _ in range(35):
             await loop.sock_sendall(busy, b"ping")
             assert await read_exactly(busy_server, 4) == b"ping"
             await asyncio.sleep(0.1)
