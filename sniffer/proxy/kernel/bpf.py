@@ -120,12 +120,23 @@ def prog_load(prog_type: int, insns: bytes, name: str = "") -> int:
     The first try asks for no log (a log too small for a long, successful check fails
     the load); a refusal is loaded again with the log on, to show what the verifier saw.
     """
-    try:
-        return _prog_load(prog_type, insns, name, 0, 0)
-    except BpfError as exc:
-        if exc.errno not in (13, 22):  # EACCES / EINVAL: the verifier's refusals
-            raise
-    return _prog_load(prog_type, insns, name, 1, 1 << 20)
+    for attempt in range(5):
+        try:
+            return _prog_load(prog_type, insns, name, 0, 0)
+        except BpfError as exc:
+            # EAGAIN: the verifier was interrupted (a signal); try again, as libbpf does.
+            if exc.errno == 11 and attempt < 4:
+                continue
+            if exc.errno not in (13, 22):  # EACCES / EINVAL: the verifier's refusals
+                raise
+            break
+    for attempt in range(5):
+        try:
+            return _prog_load(prog_type, insns, name, 1, 1 << 20)
+        except ProgramRefused as exc:
+            if exc.errno != 11 or attempt == 4:
+                raise
+    raise AssertionError("unreachable")
 
 
 def _prog_load(prog_type: int, insns: bytes, name: str, log_level: int, log_size: int) -> int:

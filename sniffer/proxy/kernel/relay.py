@@ -51,10 +51,12 @@ __all__ = ["DEFAULT_BUDGET", "KernelPair", "KernelRelay", "Unavailable"]
 
 log = logging.getLogger("sniffer.proxy")
 
-DEFAULT_BUDGET: Final = 4 * 1024 * 1024
+DEFAULT_BUDGET: Final = 2 * 1024 * 1024
 """Bytes the kernel may hold for one direction (redirected, not yet acknowledged by the
-receiver) before segments stay with their sender: with the sender's own receive buffer
-a stalled receiver costs at most about this plus the socket buffers, as in user space."""
+receiver) before segments stay with their sender. The bytes it counts sit in the
+destination's send buffer or queue for it, where the user-space relay would hold its
+write buffer and the same send buffer: kept below the largest send buffer (4 MiB by
+default), a stalled receiver costs no more than with the user-space relay."""
 CHUNK: Final = 256 * 1024
 """Bytes user space reads at once from a source (the user-space relay's write buffer)."""
 _SO_COOKIE: Final = 57
