@@ -35,6 +35,16 @@ def tree(root: int) -> list[int]:
     return [p for p in pids if p in ppids]
 
 
+def machine_cpu_seconds() -> float:
+    """Busy CPU seconds of the whole machine since boot (all CPUs, /proc/stat): what a
+    proxy costs includes softirq and other processes' system calls, not only its own."""
+    with open("/proc/stat") as f:
+        fields = f.readline().split()[1:]
+    # user nice system idle iowait irq softirq steal ...: everything but idle and iowait
+    ticks = [int(x) for x in fields[:8]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / CLK_TCK
+
+
 def cpu_seconds(root: int) -> float:
     """utime+stime of every live process of the tree, plus what reaped children used."""
     user, system = cpu_split(root)

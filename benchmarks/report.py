@@ -280,6 +280,56 @@ def kernel_floor(results: dict[str, Any]) -> list[str]:
     return head + table + (["", *notes] if notes else [])
 
 
+MACHINE_KEY = {
+    "hello-heavy": ("machine_us_per_op", "µs/hello", "{:.0f}"),
+    "new-conn": ("machine_us_per_op", "µs/conn", "{:.0f}"),
+    "keep-alive": ("machine_us_per_op", "µs/req", "{:.1f}"),
+    "concurrent-streams": ("machine_s_per_gib", "s/GiB", "{:.3f}"),
+    "large-stream": ("machine_s_per_gib", "s/GiB", "{:.3f}"),
+}
+
+
+def machine_minus_direct(results: dict[str, Any]) -> list[str]:
+    """Machine-wide CPU per unit of work, less the same workload run `direct`.
+
+    A relay in the kernel does its work in softirq and in the peers' system calls, which
+    the proxy's own CPU does not show; the whole machine's busy time, less what the same
+    work costs with no proxy at all, is the proxy's true share. Also the share of relayed
+    bytes the kernel relay carried (sniffer rows; from their /metrics).
+    """
+    summ = results["summary"]
+    live = [r for r, m in results["rows"].items() if not m["skipped"] and r != "direct"]
+    table: list[str] = []
+    for w, (key, unit, f) in MACHINE_KEY.items():
+        base = med(summ, w, "direct", key) if w in summ else None
+        if base is None:
+            continue
+        cells = []
+        for r in live:
+            v = med(summ, w, r, key)
+            share = med(summ, w, r, "kernel_share")
+            cell = _fmt(None if v is None else v - base, f)
+            if share is not None:
+                cell += f" ({share:.0%} by the kernel)"
+            cells.append(cell)
+        table.append(f"| {w} ({unit}) | {_fmt(base, f)} | " + " | ".join(cells) + " |")
+    if not table:
+        return []
+    return [
+        "",
+        "## Machine-wide CPU minus direct",
+        "",
+        "Busy CPU of the whole machine (/proc/stat) per unit of work, less the same workload "
+        "run `direct` (no proxy): the proxy's true share, kernel work done in softirq and in "
+        "other processes' system calls included. In brackets: the share of relayed bytes the "
+        "kernel relay carried.",
+        "",
+        "| workload | direct | " + " | ".join(live) + " |",
+        "|---" * (len(live) + 2) + "|",
+        *table,
+    ]
+
+
 def write_report(results: dict[str, Any], out: Path, plots: bool = True) -> None:
     summ = results["summary"]
     mach = results["machine"]
@@ -347,6 +397,7 @@ def write_report(results: dict[str, Any], out: Path, plots: bool = True) -> None
         )
 
     lines += kernel_floor(results)
+    lines += machine_minus_direct(results)
     lines += [
         "",
         "## Memory",

@@ -18,7 +18,7 @@ from .env import Bench, Process, free_port
 
 VENV_BIN = Path(sys.executable).parent
 PEERS = ("haproxy", "nginx", "envoy", "sniproxy")
-ALL_ROWS = ("direct", "sniffer", "sniffer-w2", "bare-relay", *PEERS)
+ALL_ROWS = ("direct", "sniffer", "sniffer-w2", "kernel-relay", "bare-relay", *PEERS)
 
 
 @dataclass
@@ -28,6 +28,7 @@ class Row:
     port: int = 0
     process: Process | None = None
     skipped: str | None = None  # why the row is not measured
+    admin: str = ""  # sniffer rows: the admin endpoint (metrics) URL
     version: str = ""
     notes: str = ""
 
@@ -99,6 +100,9 @@ routes:
             row.version = f"sniffer {getattr(sniffer, '__version__', '?')}"
         except ImportError:
             row.version = "sniffer ?"
+    admin = free_port()
+    row.admin = f"http://127.0.0.1:{admin}"
+    kernel = "on" if row.name == "kernel-relay" else "off"
     argv = [
         exe,
         "serve",
@@ -107,11 +111,13 @@ routes:
         "--workers",
         str(row.workers),
         "--admin",
-        f"127.0.0.1:{free_port()}",
+        f"127.0.0.1:{admin}",
         "--drain-grace",
         "1",
+        "--kernel-relay",
+        kernel,
     ]
-    row.notes = "access log on (stdout to /dev/null)"
+    row.notes = f"access log on (stdout to /dev/null), --kernel-relay {kernel}"
     return Process(row.name, argv)
 
 
@@ -307,6 +313,7 @@ table bench {{
 
 BUILDERS = {
     "sniffer": _sniffer,
+    "kernel-relay": _sniffer,
     "bare-relay": _bare,
     "haproxy": _haproxy,
     "nginx": _nginx,

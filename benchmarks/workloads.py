@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,14 +64,24 @@ class Context:
 
 
 def _measure(row: Row, client: Callable[[], dict[str, float]]) -> dict[str, float]:
-    """Run `client`, adding the proxy tree's CPU seconds and peak memory over the run."""
+    """Run `client`, adding the proxy tree's CPU seconds and peak memory over the run,
+    the machine's busy CPU seconds (every row, `direct` too) and, for sniffer rows, the
+    share of relayed bytes the kernel relay carried."""
+    machine0 = procstat.machine_cpu_seconds()
     if row.pid is None:
-        return client()
+        out = client()
+        out["machine_cpu_s"] = procstat.machine_cpu_seconds() - machine0
+        return out
+    kernel0 = _kernel_bytes(row)
     user0, sys0 = procstat.cpu_split(row.pid)
     with procstat.PeakSampler(row.pid) as peak:
         out = client()
         time.sleep(0.2)  # let the proxy finish closing what the client just left
     user1, sys1 = procstat.cpu_split(row.pid)
+    out["machine_cpu_s"] = procstat.machine_cpu_seconds() - machine0
+    kernel1 = _kernel_bytes(row)
+    if kernel0 is not None and kernel1 is not None and kernel1[1] > kernel0[1]:
+        out["kernel_share"] = (kernel1[0] - kernel0[0]) / (kernel1[1] - kernel0[1])
     out["cpu_user_s"], out["cpu_sys_s"] = user1 - user0, sys1 - sys0
     out["cpu_s"] = out["cpu_user_s"] + out["cpu_sys_s"]
     out["peak_rss"] = peak.peak_rss
@@ -121,12 +132,37 @@ def _wrk(ctx: Context, row: Row, path: str, conns: int, close: bool) -> dict[str
     }
 
 
+def _kernel_bytes(row: Row) -> tuple[float, float] | None:
+    """(bytes the kernel relay carried, bytes relayed) from a sniffer row's /metrics."""
+    if not row.admin:
+        return None
+    try:
+        with urllib.request.urlopen(row.admin + "/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return None
+    kernel = total = 0.0
+    for line in text.splitlines():
+        if line.startswith("sniffer_kernel_relay_bytes_total "):
+            kernel = float(line.split()[1])
+        elif line.startswith("sniffer_bytes_total{"):
+            total += float(line.rsplit(" ", 1)[1])
+    return kernel, total
+
+
+def _per_op(out: dict[str, float], n: float) -> None:
+    """The machine-wide CPU per operation (µs), next to the proxy's own."""
+    if "machine_cpu_s" in out and n:
+        out["machine_us_per_op"] = out["machine_cpu_s"] / n * 1e6
+
+
 def new_conn(ctx: Context, row: Row) -> dict[str, float]:
     """(1) a new TLS connection per request: wrk with Connection: close."""
     out = _measure(row, lambda: _wrk(ctx, row, SMALL_PATH, ctx.settings.close_conns, True))
     if "cpu_s" in out and out["requests"]:
         out["cpu_us_per_op"] = out["cpu_s"] / out["requests"] * 1e6
         out["user_us_per_op"] = out["cpu_user_s"] / out["requests"] * 1e6
+    _per_op(out, out.get("requests", 0))
     return out
 
 
@@ -136,6 +172,7 @@ def keep_alive(ctx: Context, row: Row) -> dict[str, float]:
     if "cpu_s" in out and out["requests"]:
         out["cpu_us_per_op"] = out["cpu_s"] / out["requests"] * 1e6
         out["user_us_per_op"] = out["cpu_user_s"] / out["requests"] * 1e6
+    _per_op(out, out.get("requests", 0))
     return out
 
 
@@ -174,6 +211,8 @@ def large_stream(ctx: Context, row: Row) -> dict[str, float]:
     out = _measure(row, lambda: _curl(ctx, row))
     if "cpu_s" in out:
         out["cpu_s_per_gib"] = out["cpu_s"] / (out["bytes"] / GIB)
+    if "machine_cpu_s" in out and out.get("bytes"):
+        out["machine_s_per_gib"] = out["machine_cpu_s"] / (out["bytes"] / GIB)
     return out
 
 
@@ -182,6 +221,8 @@ def concurrent_streams(ctx: Context, row: Row) -> dict[str, float]:
     out = _measure(row, lambda: _wrk(ctx, row, MEDIUM_PATH, ctx.settings.stream_conns, False))
     if "cpu_s" in out and out["bytes"]:
         out["cpu_s_per_gib"] = out["cpu_s"] / (out["bytes"] / GIB)
+    if "machine_cpu_s" in out and out.get("bytes"):
+        out["machine_s_per_gib"] = out["machine_cpu_s"] / (out["bytes"] / GIB)
     return out
 
 
@@ -239,6 +280,7 @@ def hello_heavy(ctx: Context, row: Row) -> dict[str, float]:
     if "cpu_s" in out and out["requests"]:
         out["cpu_us_per_op"] = out["cpu_s"] / out["requests"] * 1e6
         out["user_us_per_op"] = out["cpu_user_s"] / out["requests"] * 1e6
+    _per_op(out, out.get("requests", 0))
     return out
 
 

@@ -181,6 +181,10 @@ def serve(
     ),
     log_level: Annotated[str, _worker_option("log_level")] = _W("log_level"),
     max_connections: Annotated[int, _proxy_option("max_connections")] = _P("max_connections"),
+    kernel_relay: Annotated[str, _proxy_option("kernel_relay")] = _P("kernel_relay"),
+    kernel_relay_after: Annotated[float, _proxy_option("kernel_relay_after")] = _P(
+        "kernel_relay_after"
+    ),
     tenant_max_connections: Annotated[
         int | None, typer.Option(help="Default per-tenant connection limit (per pod).")
     ] = None,
@@ -218,7 +222,10 @@ def serve(
         max_hello_bytes=max_hello_bytes,
         drain_grace=drain_grace,
         max_connections=max_connections,
+        kernel_relay=kernel_relay,
+        kernel_relay_after=kernel_relay_after,
     )
+    proxy = replace(proxy, kernel_relay=_kernel_relay_mode(kernel_relay))
     _checked_settings(
         WorkerSettings,
         proxy=proxy,
@@ -271,6 +278,29 @@ def serve(
 
     code = uvloop.run(run_serve(sources, opts))
     raise typer.Exit(code)
+
+
+def _kernel_relay_mode(mode: str) -> str:
+    """Check once, before any worker starts, that the kernel relay can run here.
+
+    `on` without it refuses to start (exit 1, saying why); `auto` without it says why in
+    one log line and runs every worker with the user-space relay.
+    """
+    if mode == "off":
+        return mode
+    from sniffer.proxy.kernel.relay import KernelRelay, Unavailable
+
+    try:
+        KernelRelay(capacity=1).close()
+    except Unavailable as exc:
+        if mode == "on":
+            typer.echo(f"error: --kernel-relay on, but it cannot run here: {exc}", err=True)
+            raise typer.Exit(1) from None
+        logging.getLogger("sniffer").warning(
+            "kernel relay unavailable (%s): %s; relaying in user space", exc.reason, exc
+        )
+        return "off"
+    return mode
 
 
 def _checked_settings(cls: Callable[..., _S], **values: Any) -> _S:

@@ -172,6 +172,27 @@ _FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "How late a periodic timer fired: time the event loop was busy elsewhere",
         ("worker",),
     ),
+    "sniffer_kernel_relay_enabled": (
+        "gauge",
+        "Worker processes relaying routed pairs in the kernel (BPF sockmap)",
+        (),
+    ),
+    "sniffer_kernel_relay_connections": (
+        "counter",
+        "Pairs handed to the kernel relay",
+        (),
+    ),
+    "sniffer_kernel_relay_bytes": (
+        "counter",
+        "Bytes the kernel relay carried without waking the process (both ways; the rest"
+        " of sniffer_bytes went through user space)",
+        (),
+    ),
+    "sniffer_kernel_relay_fallbacks": (
+        "counter",
+        "Pairs the kernel relay did not take (map_full, early_data, ...)",
+        ("reason",),
+    ),
     "sniffer_sniff_duration_seconds": (
         "histogram",
         "From accept to a routing decision",

@@ -114,6 +114,16 @@ class Counts(Protocol):
     def bytes_down(self) -> int: ...
 
 
+class KernelTally(Protocol):
+    """What the stats read of the kernel relay engine (`sniffer.proxy.kernel.relay`)."""
+
+    handed: int
+    fallbacks: dict[str, int]
+
+    @property
+    def carried(self) -> int: ...
+
+
 class OpenConnection(Protocol):
     """What the stats need from a connection: its backend's tally, its relay's live
     counts while open, and its final counts once closed."""
@@ -162,6 +172,8 @@ class DataPlaneStats:
         """Lateness of a periodic timer: how long the event loop was busy elsewhere."""
         self.listeners: dict[str, ListenerTally] = {}
         self.backends: dict[tuple[str, str], BackendTally] = {}
+        self.kernel: KernelTally | None = None
+        """The kernel relay engine, when the process runs one."""
         self.open: Iterable[OpenConnection] = ()
         """The data plane's own set of connections (those not relaying have no tally);
         read only when a snapshot folds in the bytes of connections still open."""
@@ -236,6 +248,13 @@ class DataPlaneStats:
         c, g, h = snap.counters, snap.gauges, snap.hists
         if self.access_log is not None:
             c[("sniffer_access_log_dropped", ())] = self.access_log.dropped
+        kernel = self.kernel
+        g[("sniffer_kernel_relay_enabled", ())] = 0 if kernel is None else 1
+        if kernel is not None:
+            c[("sniffer_kernel_relay_connections", ())] = kernel.handed
+            c[("sniffer_kernel_relay_bytes", ())] = kernel.carried
+            for reason, n in kernel.fallbacks.items():
+                c[("sniffer_kernel_relay_fallbacks", (reason,))] = n
         if any(self.loop_lag.counts):
             h[("sniffer_event_loop_lag_seconds", (self.worker,))] = _hist_copy(self.loop_lag)
         for lis, lt in self.listeners.items():

@@ -25,9 +25,11 @@ from sniffer.observe.accesslog import AccessRecord
 from sniffer.observe.stats import DataPlaneStats
 from sniffer.proxy.admission import Admission
 from sniffer.proxy.connection import ClientConnection, sniff_limits
+from sniffer.proxy.kernel.relay import KernelRelay, Unavailable
 from sniffer.proxy.phases import DIALING, RELAYING, SNIFFING
 from sniffer.proxy.quic import DRAIN_IDLE, Flow, QuicListener
 from sniffer.proxy.relay import RelayEngine
+from sniffer.proxy.relay.kernel import KernelEngine
 from sniffer.proxy.relay.userspace import USERSPACE
 from sniffer.proxy.settings import ProxySettings
 from sniffer.routing.table import Listener, RouteTable, join_host_port
@@ -46,6 +48,25 @@ QUIC_SOCKET_BUFFER = 4 << 20
 FD_RESERVE_MIN = 64
 """Descriptors kept back from the data plane (admin endpoint, log pipe, the control
 socket, a thread's files) so health checks keep answering at saturation."""
+
+
+def open_kernel_relay(mode: str, capacity: int) -> KernelRelay | None:
+    """The process's kernel relay for `--kernel-relay mode`, or None.
+
+    `auto` says in one log line why it runs the user-space relay instead; `on` raises
+    `Unavailable` (the caller refuses to start).
+    """
+    if mode == "off":
+        return None
+    try:
+        relay = KernelRelay(capacity=capacity)
+    except Unavailable as exc:
+        if mode == "on":
+            raise
+        log.warning("kernel relay unavailable (%s): %s; relaying in user space", exc.reason, exc)
+        return None
+    log.info("kernel relay on: pairs are handed to the kernel after routing")
+    return relay
 
 
 def connection_limit(nofile: int | None = None) -> int:
@@ -140,6 +161,11 @@ class DataPlane:
         self.listen_errors: dict[str, str] = {}
         self.installed_version = -1
         """Version of the table whose listeners are open (readiness waits for it)."""
+        self.kernel = open_kernel_relay(settings.kernel_relay, min(self.max_connections, 16384))
+        """The kernel relay (None: every pair is relayed in user space)."""
+        if self.kernel is not None:
+            self.relay_engine = KernelEngine(self.kernel, self.loop, settings.kernel_relay_after)
+        self.stats.kernel = self.kernel
 
     # -- routing state -----------------------------------------------------------------
 
@@ -386,6 +412,11 @@ class DataPlane:
             task.cancel()
         if self._lag_timer is not None:
             self._lag_timer.cancel()
+        if self.kernel is not None:
+            if isinstance(self.relay_engine, KernelEngine):
+                self.relay_engine.close()
+            self.kernel.close()
+            self.kernel = None
         return dropped
 
 

@@ -17,7 +17,7 @@ from sniffer.settings import SettingError, check_ranges, setting
 from sniffer.wire.http import DEFAULT_MAX_HEAD_BYTES, MAX_HEAD_BYTES_LIMIT, MIN_HEAD_BYTES
 from sniffer.wire.tls import DEFAULT_MAX_HELLO_BYTES, MAX_HELLO_BYTES_LIMIT, MIN_HELLO_BYTES_LIMIT
 
-__all__ = ["MIN_ACCESS_LOG_BUFFER", "ProxySettings", "WorkerSettings"]
+__all__ = ["KERNEL_RELAY_MODES", "MIN_ACCESS_LOG_BUFFER", "ProxySettings", "WorkerSettings"]
 
 MIN_ACCESS_LOG_BUFFER = 4096
 """Bytes of access log a process holds at least (one long line must fit)."""
@@ -71,8 +71,32 @@ class ProxySettings:
         0,
     )
 
+    kernel_relay: str = setting(
+        "off",
+        "Relay routed pairs in the kernel (BPF sockmap): auto (where the kernel and the"
+        " capabilities allow it, else user space, saying why), on (refuse to start"
+        " without it), off (the default while a hand-off costs more than it saves on a"
+        " short connection).",
+    )
+
+    kernel_relay_after: float = setting(
+        0.0,
+        "Seconds a pair relays in user space before it moves to the kernel relay, so that"
+        " a short connection never pays for the hand-off (0 = at once). Experimental: a"
+        " bulk download lost bytes once with a move mid-stream.",
+        0,
+    )
+
     def __post_init__(self) -> None:
         check_ranges(self)
+        if self.kernel_relay not in KERNEL_RELAY_MODES:
+            raise SettingError(
+                f"--kernel-relay must be one of {', '.join(KERNEL_RELAY_MODES)},"
+                f" got {self.kernel_relay!r}"
+            )
+
+
+KERNEL_RELAY_MODES = ("auto", "on", "off")
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,6 +46,10 @@ METRICS: dict[str, tuple[str, frozenset[str]]] = {
         ("sniffer_access_log_dropped_total", COUNTER, ()),
         ("sniffer_event_loop_lag_seconds", HISTOGRAM, ("worker",)),
         ("sniffer_annotation_errors_total", COUNTER, ("kind",)),
+        ("sniffer_kernel_relay_enabled", GAUGE, ()),
+        ("sniffer_kernel_relay_connections_total", COUNTER, ()),
+        ("sniffer_kernel_relay_bytes_total", COUNTER, ()),
+        ("sniffer_kernel_relay_fallbacks_total", COUNTER, ("reason",)),
     )
 }
 

@@ -35,6 +35,7 @@ KUSTOMIZATIONS = (
     "base",
     "overlays/hostnetwork",
     "overlays/edge-nodes",
+    "overlays/kernel-relay",
     "monitoring",
     "examples/tenant",
     "grafana",

@@ -38,9 +38,20 @@ CRD_GROUPS = {"gateway.networking.k8s.io", "monitoring.coreos.com"}
 STANDALONE = {MANIFESTS / "examples/tenant/tlsroute-v1alpha2.yaml"}
 
 
+def _with_components() -> list[str]:
+    """KUSTOMIZATIONS and the components they use (kind: Component, not built alone)."""
+    out = list(KUSTOMIZATIONS)
+    for dirname in KUSTOMIZATIONS:
+        for comp in kustomization(dirname).get("components", []):
+            name = str((MANIFESTS / dirname / comp).resolve().relative_to(MANIFESTS.resolve()))
+            if name not in out:
+                out.append(name)
+    return out
+
+
 def _patch_files() -> set[Path]:
     out = set()
-    for dirname in KUSTOMIZATIONS:
+    for dirname in _with_components():
         for patch in kustomization(dirname).get("patches", []):
             if "path" in patch:
                 out.add((MANIFESTS / dirname / patch["path"]).resolve())
@@ -84,7 +95,7 @@ def validate(obj: dict[str, Any]) -> None:
 def test_manifest_tree_is_what_the_kustomizations_reference() -> None:
     """No orphan: every YAML file is a kustomization, a patch, a resource or declared extra."""
     referenced: set[Path] = set()
-    for dirname in KUSTOMIZATIONS:
+    for dirname in _with_components():
         k = kustomization(dirname)
         base = MANIFESTS / dirname
         for res in k.get("resources", []):
@@ -99,7 +110,7 @@ def test_manifest_tree_is_what_the_kustomizations_reference() -> None:
         if path.name == "kustomization.yaml" or path in STANDALONE:
             continue
         assert path.resolve() in referenced, f"{path.relative_to(MANIFESTS)} is in no kustomization"
-    kustomized_dirs = {(MANIFESTS / d).resolve() for d in KUSTOMIZATIONS}
+    kustomized_dirs = {(MANIFESTS / d).resolve() for d in _with_components()}
     for path in iter_manifest_files():
         if path.name == "kustomization.yaml":
             assert path.parent.resolve() in kustomized_dirs, f"{path} not in KUSTOMIZATIONS"
@@ -226,7 +237,9 @@ def _flag(args: list[str], name: str) -> list[str]:
     return [a.split("=", 1)[1] for a in args if a.startswith(f"--{name}=")]
 
 
-@pytest.mark.parametrize("dirname", ["base", "overlays/hostnetwork", "overlays/edge-nodes"])
+@pytest.mark.parametrize(
+    "dirname", ["base", "overlays/hostnetwork", "overlays/edge-nodes", "overlays/kernel-relay"]
+)
 def test_daemonset_ports_probes_and_drain(dirname: str) -> None:
     objs = render(dirname)
     ds = find(objs, "DaemonSet")
@@ -331,6 +344,23 @@ def test_hostnetwork_overlay() -> None:
     # Everything but the listen addresses is the same as the base's arguments.
     strip = [a for a in base["args"] if not a.startswith("--listen=")]
     assert [a for a in c["args"] if not a.startswith("--listen=")] == strip
+
+
+def test_kernel_relay_component_grants_bpf_and_net_admin_only() -> None:
+    ds = find(render("overlays/kernel-relay"), "DaemonSet")
+    pod = ds["spec"]["template"]["spec"]
+    c = _container(ds)
+    sc = c["securityContext"]
+    # uid 0 (no ambient capabilities in Kubernetes) with exactly the two capabilities
+    # the sockmap program needs; nothing else relaxed.
+    assert pod["securityContext"]["runAsUser"] == 0
+    assert sc["capabilities"] == {"drop": ["ALL"], "add": ["BPF", "NET_ADMIN"]}
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["readOnlyRootFilesystem"] is True
+    assert "privileged" not in sc
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    base = _container(find(render("base"), "DaemonSet"))
+    assert c["args"] == [*base["args"], "--kernel-relay=on"]
 
 
 def test_edge_nodes_overlay_only_adds_the_selector() -> None:

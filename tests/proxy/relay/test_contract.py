@@ -12,17 +12,28 @@ import asyncio
 import hashlib
 import random
 import socket
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from sniffer.proxy.kernel.relay import KernelRelay, Unavailable
 from sniffer.proxy.relay import BACKEND_RESET, CLIENT_RESET, CLOSED, RelayEngine
+from sniffer.proxy.relay.kernel import KernelEngine
 from tests.proxy.relay.engines import ENGINES, open_pair, recv_all
 
 
-@pytest.fixture(params=sorted(ENGINES))
-def engine(request: pytest.FixtureRequest) -> RelayEngine:
-    return ENGINES[request.param]
+@pytest.fixture(params=[*sorted(ENGINES), "kernel"])
+async def engine(request: pytest.FixtureRequest) -> AsyncIterator[RelayEngine]:
+    if request.param != "kernel":
+        yield ENGINES[request.param]
+        return
+    # The kernel engine needs its maps and program, and the running loop.
+    try:
+        relay = KernelRelay(capacity=64)
+    except Unavailable as exc:  # pragma: no cover - CI runs as root
+        pytest.skip(f"kernel relay unavailable here: {exc}")
+    yield KernelEngine(relay, asyncio.get_running_loop())
+    relay.close()
 
 
 def _blob(seed: int, size: int) -> bytes:

@@ -1,0 +1,170 @@
+"""bpf(2) through ctypes: the few commands the kernel relay needs, nothing else.
+
+This module owns the system call and the layout of `union bpf_attr` for map create,
+map element update/delete, program load (with the verifier's log) and program attach.
+It never decides what to load or when; `sniffer.proxy.kernel.relay` does. No compiler,
+no libbpf: a program is a list of 8-byte instructions (`sniffer.proxy.kernel.asm`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+import struct
+
+__all__ = [
+    "ARRAY",
+    "F_MMAPABLE",
+    "HASH",
+    "LRU_HASH",
+    "SK_SKB",
+    "SK_SKB_STREAM_VERDICT",
+    "SOCKHASH",
+    "BpfError",
+    "ProgramRefused",
+    "map_create",
+    "map_delete",
+    "map_update",
+    "map_update_batch",
+    "prog_attach",
+    "prog_load",
+]
+
+_SYS_BPF = {"x86_64": 321, "aarch64": 280}.get(platform.machine(), -1)
+# bpf(2) commands
+_MAP_CREATE = 0
+_MAP_UPDATE_ELEM = 2
+_MAP_DELETE_ELEM = 3
+_PROG_LOAD = 5
+_PROG_ATTACH = 8
+_MAP_UPDATE_BATCH = 26
+# map types, program type, attach type, flags (include/uapi/linux/bpf.h)
+HASH = 1
+ARRAY = 2
+LRU_HASH = 9
+SOCKHASH = 18
+SK_SKB = 14
+SK_SKB_STREAM_VERDICT = 5
+F_MMAPABLE = 1 << 10
+_ANY = 0
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_syscall = _libc.syscall
+_syscall.restype = ctypes.c_long
+_syscall.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_void_p, ctypes.c_uint]
+
+_ATTR_SIZE = 144  # large enough for every command used here; the kernel checks the rest is 0
+
+
+class BpfError(OSError):
+    """A bpf(2) call failed; `errno` says why (EPERM: no CAP_BPF, E2BIG: map full...)."""
+
+
+class ProgramRefused(BpfError):
+    """The verifier refused a program; `log` is what it said."""
+
+    def __init__(self, err: int, log: str) -> None:
+        super().__init__(err, f"{os.strerror(err)}; verifier log:\n{log}")
+        self.log = log
+
+
+def _bpf(cmd: int, attr: bytes) -> int:
+    if _SYS_BPF < 0:
+        raise BpfError(38, f"bpf(2) number unknown on {platform.machine()}")
+    buf = ctypes.create_string_buffer(attr.ljust(_ATTR_SIZE, b"\0"), _ATTR_SIZE)
+    ret = _syscall(_SYS_BPF, cmd, ctypes.addressof(buf), _ATTR_SIZE)
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise BpfError(err, os.strerror(err))
+    return int(ret)
+
+
+def map_create(
+    map_type: int, key_size: int, value_size: int, max_entries: int, flags: int = 0, name: str = ""
+) -> int:
+    """A new map; returns its file descriptor (the caller closes it)."""
+    attr = struct.pack(
+        "IIIIIII16s", map_type, key_size, value_size, max_entries, flags, 0, 0, name.encode()[:15]
+    )
+    return _bpf(_MAP_CREATE, attr)
+
+
+def _addr(buf: ctypes.Array[ctypes.c_char]) -> int:
+    return ctypes.addressof(buf)
+
+
+def map_update(map_fd: int, key: bytes, value: bytes, flags: int = _ANY) -> None:
+    """Set `key` to `value` (for a SOCKHASH the value is a socket's descriptor)."""
+    k = ctypes.create_string_buffer(key, len(key))
+    v = ctypes.create_string_buffer(value, len(value))
+    _bpf(_MAP_UPDATE_ELEM, struct.pack("IIQQQ", map_fd, 0, _addr(k), _addr(v), flags))
+
+
+def map_update_batch(map_fd: int, keys: bytes, values: bytes, count: int) -> None:
+    """Set `count` keys at once (packed back to back in `keys`, values likewise)."""
+    k = ctypes.create_string_buffer(keys, len(keys))
+    v = ctypes.create_string_buffer(values, len(values))
+    attr = struct.pack("QQQQIIQQ", 0, 0, _addr(k), _addr(v), count, map_fd, 0, 0)
+    _bpf(_MAP_UPDATE_BATCH, attr)
+
+
+def map_delete(map_fd: int, key: bytes) -> None:
+    k = ctypes.create_string_buffer(key, len(key))
+    _bpf(_MAP_DELETE_ELEM, struct.pack("IIQ", map_fd, 0, _addr(k)))
+
+
+def prog_load(prog_type: int, insns: bytes, name: str = "") -> int:
+    """Load a program; returns its descriptor, or raises `ProgramRefused` with the log.
+
+    The first try asks for no log (a log too small for a long, successful check fails
+    the load); a refusal is loaded again with the log on, to show what the verifier saw.
+    """
+    for attempt in range(5):
+        try:
+            return _prog_load(prog_type, insns, name, 0, 0)
+        except BpfError as exc:
+            # EAGAIN: the verifier was interrupted (a signal); try again, as libbpf does.
+            if exc.errno == 11 and attempt < 4:
+                continue
+            if exc.errno not in (13, 22):  # EACCES / EINVAL: the verifier's refusals
+                raise
+            break
+    for attempt in range(5):
+        try:
+            return _prog_load(prog_type, insns, name, 1, 1 << 20)
+        except ProgramRefused as exc:
+            if exc.errno != 11 or attempt == 4:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _prog_load(prog_type: int, insns: bytes, name: str, log_level: int, log_size: int) -> int:
+    code = ctypes.create_string_buffer(insns, len(insns))
+    license_ = ctypes.create_string_buffer(b"GPL")
+    log = ctypes.create_string_buffer(max(log_size, 1))
+    attr = struct.pack(
+        "IIQQIIQII16s",
+        prog_type,
+        len(insns) // 8,
+        _addr(code),
+        _addr(license_),
+        log_level,
+        log_size,
+        _addr(log),
+        0,
+        0,
+        name.encode()[:15],
+    )
+    try:
+        return _bpf(_PROG_LOAD, attr)
+    except BpfError as exc:
+        text = log.value.decode(errors="replace")
+        if log_level:
+            raise ProgramRefused(exc.errno or 0, text) from None
+        raise
+
+
+def prog_attach(prog_fd: int, target_fd: int, attach_type: int) -> None:
+    """Attach a program to a map (for sk_skb: the SOCKHASH it serves)."""
+    _bpf(_PROG_ATTACH, struct.pack("IIII", target_fd, prog_fd, attach_type, 0))

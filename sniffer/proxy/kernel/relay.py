@@ -1,0 +1,479 @@
+"""The kernel relay engine: hand a routed pair of sockets to the kernel, watch the end.
+
+`KernelRelay` (one per process) owns the maps, the loaded verdict program
+(`sniffer.proxy.kernel.verdict`) and the slots of its state array; `KernelPair` owns
+one handed-over pair of sockets. After the hand-off the kernel moves every segment
+itself while the budget lasts; user space wakes only for what the verdict passes (a
+spent budget, or bytes behind ones it still holds), for EOF, resets and errors, and
+relays those bytes itself with the ordering rules below. It never parses bytes, never
+routes, and never holds more than one chunk per direction.
+
+Ordering, per direction (source socket -> destination socket):
+  * bytes user space read from the source are written only once the destination's
+    written total (`tcpi_bytes_acked` + `SIOCOUTQ`) covers every byte written to it
+    before plus every byte the kernel redirected (re-read before each write);
+  * `MOVED` is raised only once those bytes are in the destination socket, so the
+    verdict keeps passing (never redirecting past them) until then;
+  * the FIN is passed on (`shutdown(SHUT_WR)`) under the same rule, once every passed
+    byte is read.
+The bound: the verdict redirects only within `LIMIT`, which user space sets to what
+is redirected plus the budget less what the destination still holds unacknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import logging
+import mmap
+import os
+import socket
+import struct
+import termios
+from collections.abc import Callable
+from typing import Final
+
+from sniffer.proxy.kernel import bpf
+from sniffer.proxy.kernel.asm import Asm
+from sniffer.proxy.kernel.verdict import (
+    CODE,
+    LIMIT,
+    MOVED,
+    PASSED,
+    PEER,
+    RECORD,
+    REDIRECTED,
+)
+
+__all__ = ["DEFAULT_BUDGET", "KernelPair", "KernelRelay", "Unavailable"]
+
+log = logging.getLogger("sniffer.proxy")
+
+DEFAULT_BUDGET: Final = 2 * 1024 * 1024
+"""Bytes the kernel may hold for one direction (redirected, not yet acknowledged by the
+receiver) before segments stay with their sender. The bytes it counts sit in the
+destination's send buffer or queue for it, where the user-space relay would hold its
+write buffer and the same send buffer: kept below the largest send buffer (4 MiB by
+default), a stalled receiver costs no more than with the user-space relay."""
+CHUNK: Final = 256 * 1024
+"""Bytes user space reads at once from a source (the user-space relay's write buffer)."""
+_SO_COOKIE: Final = 57
+_TCP_INFO_LEN: Final = 232
+_BYTES_ACKED: Final = struct.Struct("=Q")  # tcp_info.tcpi_bytes_acked at offset 120
+_ACKED_AT: Final = 120
+_LINGER_ZERO: Final = struct.pack("ii", 1, 0)
+_Q: Final = 8  # bytes per record field
+_U64: Final = struct.Struct("Q")
+_SLOTS: Final = struct.Struct("II")
+_RETRY_FIRST: Final = 0.0005
+_RETRY_MAX: Final = 0.02
+_EOF_WAIT_MAX: Final = 5.0
+"""Seconds an EOF may wait for passed bytes still on their way to the queue."""
+
+
+class Unavailable(Exception):
+    """The kernel relay cannot run here; `reason` is the metric label, str() the why."""
+
+    def __init__(self, reason: str, why: str) -> None:
+        super().__init__(why)
+        self.reason = reason
+
+
+def cookie_of(sock: socket.socket) -> int:
+    value: int = struct.unpack("Q", sock.getsockopt(socket.SOL_SOCKET, _SO_COOKIE, 8))[0]
+    return value
+
+
+def written_total(sock: socket.socket) -> int:
+    """Bytes ever written into `sock` that the kernel holds or delivered: acknowledged
+    plus still queued (sent or not)."""
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_LEN)
+    acked: int = _BYTES_ACKED.unpack_from(info, _ACKED_AT)[0]
+    outq = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+    return acked + int(outq)
+
+
+def acked_total(sock: socket.socket) -> int:
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_LEN)
+    value: int = _BYTES_ACKED.unpack_from(info, _ACKED_AT)[0]
+    return value
+
+
+def unread(sock: socket.socket) -> int:
+    return int(struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0])
+
+
+class KernelRelay:
+    """The process's maps and program; `handoff` gives a pair to the kernel."""
+
+    def __init__(self, capacity: int = 16384, budget: int = DEFAULT_BUDGET) -> None:
+        """`capacity`: pairs at once (two records each); more fall back to user space.
+
+        Raises `Unavailable` (with the verifier's log when it refused the program).
+        """
+        self.budget = budget
+        self.capacity = capacity
+        fds: list[int] = []
+        try:
+            for args in (
+                (bpf.SOCKHASH, 8, 8, 2 * capacity, 0, "sniffer_socks"),
+                # An LRU map, never deleted from: a pair's entries go stale when its
+                # sockets close (cookies are never reused) and are evicted, oldest
+                # first, to make room; that saves a syscall per socket at every close.
+                (bpf.LRU_HASH, 8, 4, 4 * capacity, 0, "sniffer_slots"),
+                (bpf.ARRAY, 4, RECORD, 2 * capacity, bpf.F_MMAPABLE, "sniffer_state"),
+            ):
+                fds.append(bpf.map_create(*args))
+            self.prog = bpf.prog_load(bpf.SK_SKB, Asm.relocate(CODE, fds), "sniffer_verdict")
+            bpf.prog_attach(self.prog, fds[0], bpf.SK_SKB_STREAM_VERDICT)
+        except bpf.ProgramRefused as exc:
+            for fd in fds:
+                os.close(fd)
+            why = f"the verifier refused the program: {exc}"
+            raise Unavailable("program_refused", why) from exc
+        except bpf.BpfError as exc:
+            for fd in fds:
+                os.close(fd)
+            why = f"bpf(2) failed: {exc.strerror} (errno {exc.errno})"
+            reason = "bpf_error"
+            if exc.errno in (errno.EPERM, errno.EACCES):
+                reason = "no_privilege"
+                why += "; it needs root, or CAP_BPF and CAP_NET_ADMIN"
+            raise Unavailable(reason, why) from exc
+        self.socks, self.slots, self.state = fds
+        self._mm = mmap.mmap(self.state, 2 * capacity * RECORD)
+        self.q = memoryview(self._mm).cast("Q")
+        """The records, as u64 words: record `slot`'s field F is q[slot * 8 + F // 8]."""
+        self.free = list(range(2 * capacity - 2, -1, -2))
+        """Free record pairs (a pair's two records are slot and slot + 1)."""
+        self.pairs: set[KernelPair] = set()
+        self.handed = 0
+        """Pairs handed over since start (sniffer_kernel_relay_connections_total)."""
+        self.fallbacks: dict[str, int] = {}
+        """reason -> pairs never handed over or moved back to user space."""
+        self.carried_closed = 0
+        """Bytes the kernel carried for pairs now closed (both ways)."""
+
+    def fallback(self, reason: str) -> None:
+        self.fallbacks[reason] = self.fallbacks.get(reason, 0) + 1
+
+    def handoff(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        client: socket.socket,
+        backend: socket.socket,
+        first: bytes,
+        done: Callable[[KernelPair, str], None],
+    ) -> KernelPair | None:
+        """Give `client` <-> `backend` (non-blocking, owned from now on) to the kernel
+        after writing `first` (PROXY header and replay) to the backend.
+
+        Returns None (counted fallback, sockets untouched) when no record is free.
+        `done(pair, outcome)` is called once, when both sockets are closed.
+        """
+        if not self.free:
+            self.fallback("map_full")
+            return None
+        slot = self.free.pop()
+        try:
+            pair = KernelPair(self, loop, slot, client, backend, first, done)
+        except OSError as exc:
+            self.free.append(slot)
+            reason = (
+                "map_full"
+                if exc.errno in (errno.E2BIG, errno.ENOMEM, errno.ENOSPC)
+                else ("map_error")
+            )
+            self.fallback(reason)
+            log.warning("kernel relay: hand-off refused (%s): %s", reason, exc)
+            return None
+        self.handed += 1
+        self.pairs.add(pair)
+        return pair
+
+    @property
+    def carried(self) -> int:
+        """Bytes the kernel carried, both ways, for every pair handed over so far."""
+        return self.carried_closed + sum(p.kernel_bytes() for p in self.pairs)
+
+    def release(self, pair: KernelPair) -> None:
+        self.pairs.discard(pair)
+        q = self.q
+        for s in (pair.slot, pair.slot + 1):
+            q[s * 8 : s * 8 + 8] = _ZERO_RECORD
+        self.free.append(pair.slot)
+
+    def close(self) -> None:
+        for pair in list(self.pairs):
+            pair.abort("aborted")
+        self.q.release()
+        self._mm.close()
+        for fd in (self.prog, self.socks, self.slots, self.state):
+            os.close(fd)
+
+
+def _nothing(pair: KernelPair, outcome: str) -> None:
+    pass
+
+
+_ZERO_RECORD = memoryview(bytes(RECORD)).cast("Q")
+
+
+class _Direction:
+    """One way of a pair: bytes arriving on `src` go out on `dst`; record `slot`."""
+
+    __slots__ = (
+        "base",
+        "confirmed",
+        "dst",
+        "eof",
+        "eof_waited",
+        "out",
+        "read",
+        "shut",
+        "slot",
+        "src",
+        "user",
+        "wait",
+    )
+
+    def __init__(self, src: socket.socket, dst: socket.socket, slot: int) -> None:
+        self.src = src
+        self.dst = dst
+        self.slot = slot
+        self.read = 0
+        """Bytes user space read from src (every one of them passed by the verdict)."""
+        self.user = 0
+        """Bytes user space wrote into dst (replay and PROXY header included)."""
+        self.base = written_total(dst)
+        """dst's written total at the hand-off (what the transports wrote before, e.g.
+        the replay; a socket's count starts at 1: its SYN)."""
+        self.confirmed = 0
+        """The redirected total dst was last seen to hold."""
+        self.out = b""
+        """Read from src, not yet written into dst."""
+        self.eof = False
+        self.eof_waited = 0.0
+        self.shut = False
+        self.wait = 0.0
+        """Current poll delay while dst does not yet hold what was redirected."""
+
+
+class KernelPair:
+    """One client <-> backend pair in the kernel's hands (see the module docstring)."""
+
+    def __init__(
+        self,
+        relay: KernelRelay,
+        loop: asyncio.AbstractEventLoop,
+        slot: int,
+        client: socket.socket,
+        backend: socket.socket,
+        first: bytes,
+        done: Callable[[KernelPair, str], None],
+    ) -> None:
+        self.relay = relay
+        self.loop = loop
+        self.slot = slot
+        self.client = client
+        self.backend = backend
+        self.done = done
+        self.closed = False
+        self.outcome = ""
+        self.up = _Direction(client, backend, slot)
+        self.down = _Direction(backend, client, slot + 1)
+        q = relay.q
+        cc, bc = cookie_of(client), cookie_of(backend)
+        base_up, base_down = slot * 8, (slot + 1) * 8
+        q[base_up + PEER // _Q] = bc
+        q[base_down + PEER // _Q] = cc
+        # The replay goes first: no redirect until it is in the backend socket.
+        q[base_up + LIMIT // _Q] = 0 if first else relay.budget
+        q[base_down + LIMIT // _Q] = relay.budget
+        ck, bk = _U64.pack(cc), _U64.pack(bc)
+        bpf.map_update_batch(relay.slots, ck + bk, _SLOTS.pack(slot, slot + 1), 2)
+        bpf.map_update(relay.socks, ck, _U64.pack(client.fileno()))
+        try:
+            bpf.map_update(relay.socks, bk, _U64.pack(backend.fileno()))
+        except OSError:
+            # Taken back before any segment met the verdict (nothing is written yet
+            # and the client's reading is paused), so nothing can be lost.
+            with contextlib.suppress(OSError):
+                bpf.map_delete(relay.socks, ck)
+            raise
+        # Bytes that arrived before the insert never meet the verdict: user space must
+        # read them first, so that direction stays with user space for good.
+        for d, base in ((self.up, base_up), (self.down, base_down)):
+            if unread(d.src):
+                q[base + LIMIT // _Q] = 0
+                d.confirmed = -1  # marks "user space only"
+                relay.fallback("early_data")
+        if first:
+            self.up.out = first
+            self.up.user = 0
+        fd_c, fd_b = client.fileno(), backend.fileno()
+        loop.add_reader(fd_c, self._readable, self.up)
+        loop.add_reader(fd_b, self._readable, self.down)
+        if first:
+            self._flush(self.up, replay=True)
+
+    # -- the two directions --------------------------------------------------------------
+
+    @property
+    def bytes_up(self) -> int:
+        """Client bytes relayed so far (redirected by the kernel or read by user space)."""
+        return int(self.relay.q[self.slot * 8 + REDIRECTED // _Q]) + self.up.read
+
+    @property
+    def bytes_down(self) -> int:
+        return int(self.relay.q[(self.slot + 1) * 8 + REDIRECTED // _Q]) + self.down.read
+
+    def kernel_bytes(self) -> int:
+        """Bytes the kernel carried, both ways."""
+        q, s = self.relay.q, self.slot * 8
+        return int(q[s + REDIRECTED // _Q]) + int(q[s + 8 + REDIRECTED // _Q])
+
+    def _readable(self, d: _Direction) -> None:
+        if self.closed or d.out:
+            return
+        try:
+            data = d.src.recv(CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            log.debug("kernel relay: recv: %r", exc)
+            self._reset(d, exc)
+            return
+        if not data:
+            # Passed bytes may still be on their way into the queue (the verdict counts
+            # them first): EOF counts only once every passed byte has been read.
+            if self.relay.q[d.slot * 8 + PASSED // _Q] > d.read:
+                # Bounded: bytes the kernel counted as passed and never queued (it
+                # drops them when a socket's queue has failed) must not keep us polling.
+                d.wait = min(_RETRY_MAX, d.wait * 2) if d.wait else _RETRY_FIRST
+                d.eof_waited += d.wait
+                if d.eof_waited > _EOF_WAIT_MAX:
+                    self.relay.fallback("lost")
+                    log.error("kernel relay: passed bytes never arrived; resetting the pair")
+                    for sock in (self.client, self.backend):
+                        with contextlib.suppress(OSError):
+                            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
+                    self._close("kernel_lost")
+                    return
+                self.loop.call_later(d.wait, self._readable, d)
+                return
+            d.wait = 0.0
+            d.eof = True
+            self.loop.remove_reader(d.src.fileno())
+            self._flush(d)
+            return
+        d.read += len(data)
+        d.out = data
+        self.loop.remove_reader(d.src.fileno())  # one chunk held at most
+        self._flush(d)
+
+    def _flush(self, d: _Direction, replay: bool = False) -> None:
+        """Write what d holds (or its FIN) once dst holds every redirected byte."""
+        if self.closed:
+            return
+        q = self.relay.q
+        base = d.slot * 8
+        if d.confirmed >= 0:
+            redirected = int(q[base + REDIRECTED // _Q])  # re-read before every write
+            if redirected > d.confirmed:
+                try:
+                    held = written_total(d.dst)
+                except OSError as exc:
+                    self._reset(d, exc)
+                    return
+                if held < d.base + d.user + redirected:
+                    d.wait = min(_RETRY_MAX, d.wait * 2) if d.wait else _RETRY_FIRST
+                    self.loop.call_later(d.wait, self._flush, d)
+                    return
+                d.confirmed = redirected
+            d.wait = 0.0
+        out = d.out
+        if out:
+            try:
+                n = d.dst.send(out)
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            except OSError as exc:
+                self._reset(d, exc, dst_failed=True)
+                return
+            d.user += n
+            if n < len(out):
+                d.out = out[n:]
+                self.loop.add_writer(d.dst.fileno(), self._writable, d)
+                return
+            d.out = b""
+        if replay:
+            # The replay is in: the client's bytes may go by the kernel now.
+            if d.confirmed >= 0:
+                self._grant(d)
+            return
+        if d.eof:
+            if not d.shut:
+                d.shut = True
+                with contextlib.suppress(OSError):
+                    d.dst.shutdown(socket.SHUT_WR)
+                other = self.down if d is self.up else self.up
+                if other.shut:
+                    self._close("closed")
+            return
+        q[base + MOVED // _Q] = d.read
+        if d.confirmed >= 0 and q[base + PASSED // _Q] == d.read:
+            self._grant(d)
+        self.loop.add_reader(d.src.fileno(), self._readable, d)
+
+    def _writable(self, d: _Direction) -> None:
+        self.loop.remove_writer(d.dst.fileno())
+        self._flush(d)
+
+    def _grant(self, d: _Direction) -> None:
+        """Let the kernel redirect again, up to the budget less what dst still holds."""
+        q = self.relay.q
+        base = d.slot * 8
+        redirected = int(q[base + REDIRECTED // _Q])
+        try:
+            unacked = d.base + d.user + redirected - acked_total(d.dst)
+        except OSError:
+            return
+        room = self.relay.budget - unacked
+        q[base + LIMIT // _Q] = redirected + room if room > 0 else 0
+
+    # -- the end -------------------------------------------------------------------------
+
+    def _reset(self, d: _Direction, exc: OSError, dst_failed: bool = False) -> None:
+        """A reset (or error) on one socket is passed on as a reset on the other."""
+        failed_client = (d.dst if dst_failed else d.src) is self.client
+        other = self.backend if failed_client else self.client
+        with contextlib.suppress(OSError):
+            other.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
+        self._close("client_reset" if failed_client else "backend_reset")
+
+    def abort(self, outcome: str) -> None:
+        """Close both sockets now (idle timeout, drain): a FIN each, queued bytes sent."""
+        self._close(outcome)
+
+    def _close(self, outcome: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.outcome = outcome
+        loop, relay = self.loop, self.relay
+        for sock in (self.client, self.backend):
+            fd = sock.fileno()
+            if fd >= 0:
+                loop.remove_reader(fd)
+                loop.remove_writer(fd)
+        self.final_up, self.final_down = self.bytes_up, self.bytes_down
+        self.final_kernel = self.kernel_bytes()
+        relay.carried_closed += self.final_kernel
+        self.client.close()  # closing a socket also takes it out of the SOCKHASH
+        self.backend.close()
+        relay.release(self)
+        done, self.done = self.done, _nothing  # the owner holds us: break the cycle
+        done(self, outcome)

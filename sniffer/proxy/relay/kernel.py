@@ -1,0 +1,252 @@
+"""The kernel engine: a routed pair's sockets go to the BPF sockmap relay.
+
+`KernelEngine.start` takes a dialled pair (PROXY header and replay already written by
+the backend's transport) away from its two asyncio transports and gives the sockets to
+`sniffer.proxy.kernel.relay.KernelRelay`, which moves the bytes in the kernel and calls
+back once when the pair has ended. Where it cannot (no free record, bytes still
+buffered in a transport, a side already half-closed or gone), the pump relays the pair
+in user space, counted in `fallbacks` by reason. It never routes, dials or counts per
+tenant, and knows its owner only as a `RelayOwner`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from typing import TYPE_CHECKING, Final
+
+from sniffer.proxy.kernel.relay import unread
+
+if TYPE_CHECKING:
+    from sniffer.proxy.kernel.relay import KernelPair, KernelRelay
+    from sniffer.proxy.relay import Relay, RelayOwner
+    from sniffer.proxy.relay.userspace import Pump
+
+__all__ = ["KernelEngine"]
+
+
+def _unread(transport: asyncio.Transport) -> int:
+    """Bytes waiting in the transport's socket (they would miss the verdict)."""
+    sock = transport.get_extra_info("socket")
+    return 0 if sock is None else unread(sock)
+
+
+class _Detached(asyncio.Protocol):
+    """The transports' protocol once their sockets are the kernel's: hears nothing."""
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        pass
+
+
+_DETACHED: Final = _Detached()
+
+
+class KernelEngine:
+    """Starts every pair of its process in the kernel where it can.
+
+    With `after` > 0 a pair starts in user space and moves to the kernel once it has
+    lived that long: a short connection never pays for the hand-off (two sockets into
+    the maps, their descriptors taken over), a long one relays in the kernel.
+    """
+
+    __slots__ = ("after", "due", "loop", "relay", "timer")
+    name: Final = "kernel"
+
+    def __init__(
+        self, relay: KernelRelay, loop: asyncio.AbstractEventLoop, after: float = 0.0
+    ) -> None:
+        self.relay = relay
+        self.loop = loop
+        self.after = after
+        self.due: dict[Deferred, float] = {}
+        """Pairs relaying in user space, and when they may move to the kernel."""
+        self.timer: asyncio.TimerHandle | None = None
+
+    def start(self, pump: Pump, replayed: int, client_eof: bool) -> Relay:
+        if self.after <= 0:
+            return self.take(pump, replayed, client_eof)
+        deferred = Deferred(self, pump)
+        deferred.inner = pump.start(replayed, client_eof)
+        if deferred.owner is not None:  # (a pump may end inside start)
+            self.due[deferred] = self.loop.time() + self.after
+        if self.timer is None:
+            self.timer = self.loop.call_later(self.after, self._move)
+        return deferred
+
+    def close(self) -> None:
+        """Stop moving pairs (the plane is shutting down)."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.due.clear()
+
+    def _move(self) -> None:
+        """Hand over the pairs that have lived long enough (one timer for all)."""
+        self.timer = None
+        now = self.loop.time()
+        for deferred, at in list(self.due.items()):
+            pump = deferred.pump
+            if pump is None or pump.owner is None or pump.client is None or pump.backend is None:
+                del self.due[deferred]  # ended (or ending): nothing to move
+            elif at <= now:
+                if pump.client_eof or pump.backend_eof:
+                    del self.due[deferred]  # half-closed: it finishes where it is
+                    continue
+                side = pump.side
+                up = side.bytes_up if side is not None else 0
+                if (
+                    pump.client.get_write_buffer_size()
+                    or pump.backend.get_write_buffer_size()
+                    or _unread(pump.client)
+                    or _unread(pump.backend)
+                ):
+                    self.due[deferred] = now + self.after  # bytes in flight: later
+                    continue
+                del self.due[deferred]
+                moved = self.take(pump, up, False, deferred=deferred)
+                if moved is not pump:
+                    deferred.inner = moved
+                    deferred.pump = None
+        if self.due:
+            self.timer = self.loop.call_later(self.after, self._move)
+
+    def take(
+        self, pump: Pump, replayed: int, client_eof: bool, deferred: Deferred | None = None
+    ) -> Relay:
+        """The pair to the kernel now, or (when it cannot) `pump` relaying it.
+
+        `replayed`: bytes the client side has delivered so far; with `deferred` the pump
+        is already relaying (its counts are the new relay's base).
+        """
+        relay = self.relay
+        ct, bt = pump.client, pump.backend
+        reason = None
+        if client_eof or pump.early_end is not None or ct is None or bt is None:
+            reason = "half_closed"
+        elif ct.get_write_buffer_size() or bt.get_write_buffer_size():
+            reason = "buffered"  # the replay is not all in the socket yet
+        elif not relay.free:
+            reason = "map_full"
+        if reason is not None:
+            relay.fallback(reason)
+            return pump if deferred is not None else pump.start(replayed, client_eof)
+        assert ct is not None and bt is not None
+        # Our own descriptors of the two sockets: the transports close theirs below.
+        try:
+            client = socket.socket(fileno=os.dup(ct.get_extra_info("socket").fileno()))
+        except OSError:
+            relay.fallback("dup")
+            return pump if deferred is not None else pump.start(replayed, client_eof)
+        try:
+            backend = socket.socket(fileno=os.dup(bt.get_extra_info("socket").fileno()))
+        except OSError:
+            client.close()
+            relay.fallback("dup")
+            return pump if deferred is not None else pump.start(replayed, client_eof)
+        client.setblocking(False)
+        backend.setblocking(False)
+        owner = pump.owner if deferred is None else deferred.owner
+        assert owner is not None
+        handed = KernelRelayed(owner, replayed, pump.bytes_down)
+        pair = relay.handoff(self.loop, client, backend, b"", handed.done)
+        if pair is None:
+            client.close()
+            backend.close()
+            return pump if deferred is not None else pump.start(replayed, client_eof)
+        handed.pair = pair
+        pump.owner = None  # the pump is finished with: it must report nothing
+        for t in (ct, bt):
+            t.set_protocol(_DETACHED)
+            t.abort()  # closes the transport's descriptor only: the socket is ours now
+        pump.client = pump.backend = None
+        return handed
+
+
+class Deferred:
+    """A pair that starts in user space and may move to the kernel (`KernelEngine`).
+
+    It stands between the pump and the connection as the pump's owner, so that a pair
+    ending in user space leaves the engine's list at once (nothing holds it after).
+    """
+
+    __slots__ = ("engine_", "inner", "owner", "pump")
+    engine: Final = "kernel"
+
+    def __init__(self, engine: KernelEngine, pump: Pump) -> None:
+        self.engine_ = engine
+        self.owner: RelayOwner | None = pump.owner
+        """The connection."""
+        self.pump: Pump | None = pump
+        pump.owner = self
+        self.inner: Relay = pump
+        """The pump while in user space, then the kernel's relay."""
+
+    def relay_closed(self, outcome: str) -> None:
+        """The pump's report (in user space): off the engine's list, then on."""
+        self.engine_.due.pop(self, None)
+        self.pump = None
+        owner = self.owner
+        if owner is not None:
+            self.owner = None
+            owner.relay_closed(outcome)
+
+    @property
+    def bytes_up(self) -> int:
+        return self.inner.bytes_up
+
+    @property
+    def bytes_down(self) -> int:
+        return self.inner.bytes_down
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def abort(self) -> None:
+        self.engine_.due.pop(self, None)
+        self.owner = None
+        self.pump = None
+        self.inner.abort()
+
+
+class KernelRelayed:
+    """A pair in the kernel's hands, as a `Relay`: its counts are the kernel's."""
+
+    __slots__ = ("base_down", "owner", "pair", "replayed")
+    engine: Final = "kernel"
+
+    def __init__(self, owner: RelayOwner, replayed: int, base_down: int) -> None:
+        self.owner: RelayOwner | None = owner
+        self.replayed = replayed
+        self.base_down = base_down
+        """Bytes the backend sent before the hand-off (relayed by the pump)."""
+        self.pair: KernelPair | None = None
+
+    @property
+    def bytes_up(self) -> int:
+        pair = self.pair
+        if pair is None:
+            return self.replayed
+        return self.replayed + (pair.final_up if pair.closed else pair.bytes_up)
+
+    @property
+    def bytes_down(self) -> int:
+        pair = self.pair
+        if pair is None:
+            return self.base_down
+        return self.base_down + (pair.final_down if pair.closed else pair.bytes_down)
+
+    def done(self, pair: KernelPair, outcome: str) -> None:
+        owner = self.owner
+        if owner is not None:
+            self.owner = None
+            owner.relay_closed(outcome)
+
+    def close(self) -> None:
+        if self.pair is not None:
+            self.pair.abort("closed")
+
+    def abort(self) -> None:
+        self.owner = None
+        if self.pair is not None:
+            self.pair.abort("aborted")
