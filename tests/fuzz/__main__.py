@@ -62,9 +62,10 @@ def main(argv: list[str] | None = None) -> int:
             "-rss_limit_mb=1024",
         ]
         started = time.monotonic()
-        done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False)
-        log = done.stdout + done.stderr
-        (args.workdir / f"{name}.log").write_text(log)
+        log_path = args.workdir / f"{name}.log"
+        with log_path.open("w") as out:  # streamed: `tail -f` shows a long run's progress
+            done = subprocess.run(command, cwd=REPO, stdout=out, stderr=out, check=False)
+        log = log_path.read_text()
         status = _STATUS.findall(log)
         execs = _EXECS.findall(log)
         cov, ft, corp = status[-1][1:] if status else ("?", "?", "?")
