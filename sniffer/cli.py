@@ -21,15 +21,11 @@ import typer
 import yaml
 
 from sniffer import __version__
-from sniffer.proxy.settings import (
-    ProxySettings,
-    SettingError,
-    WorkerSettings,
-    default_of,
-    flag_help,
-)
+from sniffer.proxy.settings import ProxySettings, WorkerSettings
 from sniffer.routing.sources.file import EXAMPLE, RoutesFileError, load_routes, override_listeners
+from sniffer.routing.sources.kubernetes.settings import KubernetesSettings
 from sniffer.routing.table import Listener, MatchKind, RouteTable, parse_port, split_host_port
+from sniffer.settings import SettingError, default_of, flag_help
 
 _S = TypeVar("_S")
 
@@ -94,10 +90,18 @@ def deny_ja4_on(listeners: tuple[Listener, ...], values: list[str]) -> tuple[Lis
     return tuple(replace(lis, deny_ja4=deny) if lis.protocol == "tls" else lis for lis in listeners)
 
 
-def _kube_settings(**kw: Any) -> Any:
-    from sniffer.routing.sources.kubernetes import KubernetesSettings
+def _kube_settings(**kw: Any) -> KubernetesSettings:
+    """`KubernetesSettings` of the flags given (None: the default), a value out of range
+    refused as a bad flag (exit 2)."""
+    return _checked_settings(KubernetesSettings, **{k: v for k, v in kw.items() if v is not None})
 
-    return KubernetesSettings(**{k: v for k, v in kw.items() if v is not None})
+
+def _kube_option(name: str, **kw: Any) -> Any:
+    return typer.Option(help=flag_help(KubernetesSettings, name), **kw)
+
+
+def _K(name: str) -> Any:
+    return default_of(KubernetesSettings, name)
 
 
 def _proxy_option(name: str) -> Any:
@@ -122,14 +126,10 @@ def serve(
         Path | None, typer.Option(help="Routes file (default: the bundled example).")
     ] = None,
     kubernetes: Annotated[bool, typer.Option(help="Build routes from the Kubernetes API.")] = False,
-    kubeconfig: Annotated[
-        Path | None, typer.Option(help="Kubeconfig (default: in-cluster service account).")
-    ] = None,
-    ingress_class: Annotated[str, typer.Option(help="IngressClass name to serve.")] = "sniffer",
-    gateway_class: Annotated[str, typer.Option(help="GatewayClass name to serve.")] = "sniffer",
-    backend_mode: Annotated[
-        str, typer.Option(help="endpoints (EndpointSlice addresses) or clusterip.")
-    ] = "endpoints",
+    kubeconfig: Annotated[Path | None, _kube_option("kubeconfig")] = None,
+    ingress_class: Annotated[str, _kube_option("ingress_class")] = _K("ingress_class"),
+    gateway_class: Annotated[str, _kube_option("gateway_class")] = _K("gateway_class"),
+    backend_mode: Annotated[str, _kube_option("backend_mode")] = _K("backend_mode"),
     listen: Annotated[
         list[str] | None,
         typer.Option(help="PROTO:HOST:PORT, repeatable; overrides the file's listeners."),
@@ -150,27 +150,13 @@ def serve(
     ] = None,
     drain_grace: Annotated[float, _proxy_option("drain_grace")] = _P("drain_grace"),
     lease_namespace: Annotated[
-        str | None,
-        typer.Option(
-            envvar="POD_NAMESPACE",
-            help="Namespace of the status Lease: only its holder writes Gateway API status "
-            "(unset: no election, this instance writes).",
-        ),
+        str | None, _kube_option("lease_namespace", envvar="POD_NAMESPACE")
     ] = None,
-    identity: Annotated[
-        str | None,
-        typer.Option(envvar="POD_NAME", help="Holder identity in the Lease (default: host name)."),
-    ] = None,
-    lease_name: Annotated[str, typer.Option(help="Name of the status Lease.")] = "sniffer-status",
-    lease_duration: Annotated[
-        float, typer.Option(help="Seconds before a silent leader's Lease may be taken over.")
-    ] = 15.0,
-    lease_renew_deadline: Annotated[
-        float, typer.Option(help="Seconds a leader keeps writing without renewing its Lease.")
-    ] = 10.0,
-    lease_retry_period: Annotated[
-        float, typer.Option(help="Seconds between Lease acquire/renew attempts.")
-    ] = 2.0,
+    identity: Annotated[str | None, _kube_option("identity", envvar="POD_NAME")] = None,
+    lease_name: Annotated[str, _kube_option("lease_name")] = _K("lease_name"),
+    lease_duration: Annotated[float, _kube_option("lease_duration")] = _K("lease_duration"),
+    lease_renew_deadline: Annotated[float, _kube_option("renew_deadline")] = _K("renew_deadline"),
+    lease_retry_period: Annotated[float, _kube_option("retry_period")] = _K("retry_period"),
     hello_timeout: Annotated[float, _proxy_option("hello_timeout")] = _P("hello_timeout"),
     idle_timeout: Annotated[float, _proxy_option("idle_timeout")] = _P("idle_timeout"),
     connect_timeout: Annotated[float, _proxy_option("connect_timeout")] = _P("connect_timeout"),
@@ -280,13 +266,9 @@ def _checked_settings(cls: Callable[..., _S], **values: Any) -> _S:
         raise typer.BadParameter(str(exc)) from None
 
 
-def _kubernetes_source(settings: Any, listeners: tuple[Listener, ...]) -> Any:
+def _kubernetes_source(settings: KubernetesSettings, listeners: tuple[Listener, ...]) -> Any:
     from sniffer.routing.sources.kubernetes import KubernetesSource
 
-    if not 0 < settings.retry_period < settings.renew_deadline < settings.lease_duration:
-        raise typer.BadParameter(
-            "need 0 < --lease-retry-period < --lease-renew-deadline < --lease-duration"
-        )
     return KubernetesSource(settings, listeners)
 
 
@@ -367,8 +349,8 @@ def route_table(
     ] = None,
     all_namespaces: Annotated[bool, typer.Option("-A", "--all-namespaces")] = False,
     namespace: Annotated[list[str] | None, typer.Option("-n", "--namespace")] = None,
-    ingress_class: Annotated[str, typer.Option()] = "sniffer",
-    gateway_class: Annotated[str, typer.Option()] = "sniffer",
+    ingress_class: Annotated[str, _kube_option("ingress_class")] = _K("ingress_class"),
+    gateway_class: Annotated[str, _kube_option("gateway_class")] = _K("gateway_class"),
     listen: Annotated[list[str] | None, typer.Option(help="PROTO:HOST:PORT listeners.")] = None,
     host: Annotated[str | None, typer.Option(help="Explain which route NAME hits.")] = None,
     alpn: Annotated[

@@ -54,6 +54,13 @@ def test_routing_never_imports_the_data_plane(path: Path) -> None:
     assert not {n for n in names if n.startswith(("sniffer.proxy", "sniffer.app", "sniffer.cli"))}
 
 
+def test_the_settings_machinery_is_neutral() -> None:
+    """sniffer/settings.py serves the data plane and the route sources alike: it imports
+    nothing of sniffer (so neither layer reaches the other through it)."""
+    names = imported(PACKAGE / "settings.py")
+    assert not {n for n in names if n.split(".")[0] == "sniffer"}, names
+
+
 def test_the_checks_see_imports() -> None:
     """The walker finds a lazy import inside a function (the test can fail)."""
     names = imported(PACKAGE / "proxy" / "worker.py")

@@ -9,7 +9,9 @@ import sys
 
 import pytest
 
-from sniffer.proxy.settings import ProxySettings, SettingError, WorkerSettings
+from sniffer.proxy.settings import ProxySettings, WorkerSettings
+from sniffer.routing.sources.kubernetes.settings import KubernetesSettings
+from sniffer.settings import SettingError
 from sniffer.wire.http import HttpHeadReader
 from sniffer.wire.tls import ClientHelloReader
 from tests.conftest import REPO
@@ -79,3 +81,56 @@ def test_serve_help_takes_defaults_and_ranges_from_the_settings() -> None:
     assert "[64..65536]" in text
     assert "default: 16384" in text
     assert "Seconds a client has to send its ClientHello or request head." in text
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (
+            {"lease_duration": 5.0},
+            "need 0 < --lease-retry-period < --lease-renew-deadline < --lease-duration,"
+            " got 2 < 10 < 5",
+        ),
+        (
+            {"retry_period": 10.0},
+            "need 0 < --lease-retry-period < --lease-renew-deadline < --lease-duration,"
+            " got 10 < 10 < 15",
+        ),
+        ({"retry_period": 0.0}, "--lease-retry-period must be at least 0.001, got 0.0"),
+        ({"page_size": 0}, "--page-size must be at least 1, got 0"),
+    ],
+)
+def test_kubernetes_settings_refuse_what_the_source_cannot_run_with(
+    values: dict[str, float], message: str
+) -> None:
+    """A leader must stop writing before a standby may take over: the Lease timings are
+    ordered in the settings object, wherever it is made, and named by their flags."""
+    with pytest.raises(SettingError) as err:
+        KubernetesSettings(**values)  # type: ignore[arg-type]
+    assert str(err.value) == message
+
+
+def test_serve_refuses_lease_timings_that_would_let_two_leaders_write() -> None:
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sniffer",
+            "serve",
+            "--kubernetes",
+            "--lease-duration",
+            "5",
+            "--lease-renew-deadline",
+            "10",
+            "--admin",
+            "",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
+    assert out.returncode == 2, out
+    assert "--lease-renew-deadline < --lease-duration, got 2 < 10 < 5" in " ".join(
+        out.stderr.replace("│", " ").split()
+    )

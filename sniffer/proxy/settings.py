@@ -2,89 +2,25 @@
 
 This module owns `ProxySettings` (what every connection of a process obeys) and
 `WorkerSettings` (what the control process hands a worker process), their defaults,
-their help text and their ranges; the CLI reads its flag defaults and help from here
-instead of restating them. A value out of range raises `SettingError` naming the flag
-and the range, at start-up: nothing in the data path may raise from a setting. Ranges
-that the wire readers enforce come from `sniffer.wire`. It must never do I/O or import
-anything of sniffer but `sniffer.wire`.
+their help text and their ranges (declared with `sniffer.settings`); the CLI reads its
+flag defaults and help from here instead of restating them. A value out of range raises
+`SettingError` naming the flag and the range, at start-up: nothing in the data path may
+raise from a setting. Ranges that the wire readers enforce come from `sniffer.wire`. It
+must never do I/O or import anything of sniffer but `sniffer.wire` and `sniffer.settings`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from dataclasses import dataclass, field
-from typing import Any
 
+from sniffer.settings import SettingError, check_ranges, setting
 from sniffer.wire.http import DEFAULT_MAX_HEAD_BYTES, MAX_HEAD_BYTES_LIMIT, MIN_HEAD_BYTES
 from sniffer.wire.tls import DEFAULT_MAX_HELLO_BYTES, MAX_HELLO_BYTES_LIMIT, MIN_HELLO_BYTES_LIMIT
 
-__all__ = [
-    "MIN_ACCESS_LOG_BUFFER",
-    "ProxySettings",
-    "SettingError",
-    "WorkerSettings",
-    "check_ranges",
-    "default_of",
-    "flag_help",
-    "setting",
-]
+__all__ = ["MIN_ACCESS_LOG_BUFFER", "ProxySettings", "WorkerSettings"]
 
-_INF = math.inf
 MIN_ACCESS_LOG_BUFFER = 4096
 """Bytes of access log a process holds at least (one long line must fit)."""
-
-
-class SettingError(ValueError):
-    """A setting out of its range; the message names the flag and the range."""
-
-
-def setting(default: Any, help: str, low: float | None = None, high: float = _INF) -> Any:
-    """A dataclass field with its help text and, for numbers, its inclusive range."""
-    return field(default=default, metadata={"help": help, "range": (low, high)})
-
-
-def flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def _num(x: float) -> str:
-    return str(x) if isinstance(x, int) else f"{x:g}"
-
-
-def _range_text(low: float, high: float) -> str:
-    return f"{_num(low)}..{_num(high)}" if high != _INF else f"at least {_num(low)}"
-
-
-def check_ranges(obj: Any) -> None:
-    """Raise `SettingError` for the first field of `obj` outside its declared range."""
-    for f in dataclasses.fields(obj):
-        low, high = f.metadata.get("range", (None, _INF))
-        if low is None:
-            continue
-        value = getattr(obj, f.name)
-        if not low <= value <= high:
-            raise SettingError(f"{flag(f.name)} must be {_range_text(low, high)}, got {value!r}")
-
-
-def _field(cls: type, name: str) -> dataclasses.Field[Any]:
-    for f in dataclasses.fields(cls):
-        if f.name == name:
-            return f
-    raise KeyError(name)
-
-
-def default_of(cls: type, name: str) -> Any:
-    """The default of field `name` of settings class `cls` (a CLI flag's default)."""
-    return _field(cls, name).default
-
-
-def flag_help(cls: type, name: str) -> str:
-    """The help text of field `name`, with its range when it has one."""
-    f = _field(cls, name)
-    low, high = f.metadata.get("range", (None, _INF))
-    text: str = f.metadata["help"]
-    return text if low is None else f"{text} [{_range_text(low, high)}]"
 
 
 @dataclass(frozen=True, slots=True)

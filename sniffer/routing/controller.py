@@ -1,7 +1,8 @@
 """The route controller: merge every source's latest spec into one live `RouteTable`.
 
-Sources publish already-debounced specs; the controller compiles the table and hands it
-to its subscribers (the in-process data plane, the worker supervisor). It owns the
+Sources publish already-debounced specs; the controller compiles the table, hands it
+to its subscribers (the in-process data plane, the worker supervisor) and answers the
+publishing source with the table's conflicts (reported on its objects). It owns the
 table-level metrics. It never does network I/O of its own.
 """
 
@@ -15,7 +16,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from sniffer.observe import metrics
-from sniffer.routing.sources import RouteSource, Update
+from sniffer.routing.model import Conflict
+from sniffer.routing.sources import Publish, RouteSource, Update
 from sniffer.routing.table import (
     NO_LIMIT_DEFAULTS,
     LimitDefaults,
@@ -60,14 +62,14 @@ class RouteController:
             "sources": {s.name: s.health() for s in self.sources},
         }
 
-    def _publisher(self, source: RouteSource) -> Callable[[Update], None]:
-        def publish(update: Update) -> None:
+    def _publisher(self, source: RouteSource) -> Publish:
+        def publish(update: Update) -> tuple[Conflict, ...]:
             self._specs[source.name] = update.spec
-            self._rebuild(update.oldest_event)
+            return self._rebuild(update.oldest_event).conflicts
 
         return publish
 
-    def _rebuild(self, oldest_event: float | None) -> None:
+    def _rebuild(self, oldest_event: float | None) -> RouteTable:
         started = time.perf_counter()
         spec = TableSpec()
         for src in self.sources:
@@ -96,6 +98,7 @@ class RouteController:
                 c.winner,
                 c.loser,
             )
+        return table
 
     def _export(self, table: RouteTable) -> None:
         metrics.ROUTES.set(len(table.routes))

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from sniffer.routing.model import Conflict
 from sniffer.routing.sources import Update
 from sniffer.routing.sources.kubernetes import KubernetesSettings, KubernetesSource
 from sniffer.routing.table import Listener, MatchKind, RouteTable, TableSpec
@@ -75,8 +76,9 @@ class Harness:
         self.updates: list[Update] = []
         self._task: asyncio.Task[None] | None = None
 
-    def _publish(self, update: Update) -> None:
+    def _publish(self, update: Update) -> tuple[Conflict, ...]:
         self.updates.append(update)
+        return self.table.conflicts  # as the RouteController answers a publish
 
     @property
     def spec(self) -> TableSpec:

@@ -9,7 +9,8 @@ from collections.abc import Callable
 import pytest
 
 from sniffer.routing.sources.kubernetes import KubernetesSettings, compute_spec
-from sniffer.routing.sources.kubernetes.kinds import MalformedObject, parse_namespace
+from sniffer.routing.sources.kubernetes.fields import MalformedObject
+from sniffer.routing.sources.kubernetes.parsers import parse_namespace
 from tests.k8s.conftest import TLS
 from tests.kubeapi import objects as o
 

@@ -281,6 +281,6 @@ async def test_from_selector_follows_namespace_labels(api_server, harness_factor
     ],
 )
 def test_label_selector(selector: dict[str, Any], labels: dict[str, str], matches: bool) -> None:
-    from sniffer.routing.sources.kubernetes.kinds import parse_label_selector
+    from sniffer.routing.sources.kubernetes.parsers import parse_label_selector
 
     assert parse_label_selector(selector, "selector").matches(labels) is matches

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from sniffer.routing.model import Conflict
 from sniffer.routing.table import TableSpec
 
 
@@ -22,7 +23,10 @@ class Update:
     """`time.monotonic()` of the oldest change folded into this spec (for update lag)."""
 
 
-Publish = Callable[[Update], None]
+Publish = Callable[[Update], tuple[Conflict, ...] | None]
+"""Hand a spec to the controller; returns the conflicts of the table it built from it
+(what a source reports on its objects, e.g. Gateway API `HostnameConflict`), or None
+from a publisher that builds no table."""
 
 
 class RouteSource(Protocol):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import ssl
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -32,6 +33,25 @@ from sniffer.routing.sources.kubernetes.settings import KubernetesSettings
 # Watch lines are single JSON objects; etcd caps one object at 1.5 MiB, so a line that
 # grows past 4 MiB is a broken stream, not a big object, and must not eat memory.
 MAX_WATCH_LINE = 4 * 1024 * 1024
+
+
+class Backoff:
+    """Exponential backoff with full jitter (AWS style): concurrent retries spread out.
+
+    Waited with `KubeApi.back_off`, which ends it early when the server comes back."""
+
+    def __init__(self, initial: float, cap: float) -> None:
+        self.initial = initial
+        self.cap = cap
+        self.attempt = 0
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+    def next_delay(self) -> float:
+        ceiling = min(self.cap, self.initial * (2**self.attempt))
+        self.attempt = min(self.attempt + 1, 30)
+        return random.uniform(ceiling / 2, ceiling)
 
 
 class ApiError(Exception):
@@ -94,7 +114,7 @@ class KubeApi:
         self._ssl: ssl.SSLContext | None = None
         self._session_generation = -1
         self._tls_of: Credentials = store.current
-        # outage recovery (see `pause`)
+        # outage recovery (see `back_off`)
         self._down = False
         """A call failed as if the server were away (unreachable, 5xx, 429) and none has
         succeeded since."""
@@ -203,18 +223,18 @@ class KubeApi:
 
     # -- outage recovery -----------------------------------------------------------------
 
-    async def pause(self, delay: float) -> bool:
-        """Back off `delay` s after an error, or less: True when woken because the server
-        answers again after an outage (the caller then resets its backoff)."""
+    async def back_off(self, backoff: Backoff) -> None:
+        """Wait `backoff`'s next delay after an error, or less: woken early because the
+        server answers again after an outage, reset `backoff` (the next error starts small)."""
         self._pausing += 1
         recovered = self._recovered
         self._ensure_probe()
         try:
-            async with asyncio.timeout(delay):
+            async with asyncio.timeout(backoff.next_delay()):
                 await recovered.wait()
-            return True
+            backoff.reset()
         except TimeoutError:
-            return False
+            pass
         finally:
             self._pausing -= 1
 

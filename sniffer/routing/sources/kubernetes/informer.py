@@ -5,29 +5,25 @@ list/watch life cycle: bookmarks advance the resourceVersion, a 410 Gone (as an 
 status or an ERROR event) clears nothing but re-lists and diffs, an inactivity timeout
 re-armed on every event reopens a silently dead stream, and errors back off with jitter
 while the cache keeps serving (the backoff ends early when the API server answers again
-after an outage, see `KubeApi.pause`). It reports what changed as "namespace N is dirty" and never
-translates records to routes, builds tables or holds raw objects past one event.
+after an outage, see `KubeApi.back_off`). It reports what changed as "namespace N is
+dirty" and never translates records to routes, builds tables or holds raw objects past
+one event.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import sys
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from sniffer.observe import metrics
-from sniffer.routing.sources.kubernetes.api import ApiError, Gone, KubeApi, error_from
-from sniffer.routing.sources.kubernetes.kinds import (
-    JSON,
-    Kind,
-    MalformedObject,
-    Record,
-    object_key,
-)
+from sniffer.routing.sources.kubernetes.api import ApiError, Backoff, Gone, KubeApi, error_from
+from sniffer.routing.sources.kubernetes.fields import JSON, MalformedObject
+from sniffer.routing.sources.kubernetes.kinds import Kind
+from sniffer.routing.sources.kubernetes.parsers import object_key
 from sniffer.routing.sources.kubernetes.settings import KubernetesSettings
 
 log = logging.getLogger("sniffer.kubernetes")
@@ -35,27 +31,13 @@ log = logging.getLogger("sniffer.kubernetes")
 OnChange = Callable[[Kind, str, float], None]
 """Called with (kind, namespace, monotonic time of the event) when a record changed."""
 
-Store = dict[str, dict[str, Record]]
+R = TypeVar("R")
+"""The record type of one kind (see `records`)."""
+
+Store = dict[str, dict[str, R]]
 
 
-class Backoff:
-    """Exponential backoff with full jitter (AWS style): concurrent retries spread out."""
-
-    def __init__(self, initial: float, cap: float) -> None:
-        self.initial = initial
-        self.cap = cap
-        self.attempt = 0
-
-    def reset(self) -> None:
-        self.attempt = 0
-
-    def next_delay(self) -> float:
-        ceiling = min(self.cap, self.initial * (2**self.attempt))
-        self.attempt = min(self.attempt + 1, 30)
-        return random.uniform(ceiling / 2, ceiling)
-
-
-class Informer:
+class Informer(Generic[R]):
     """List+watch of one kind (optionally one namespace) into a record cache."""
 
     def __init__(
@@ -63,7 +45,7 @@ class Informer:
         api: KubeApi,
         kind: Kind,
         version: str,
-        parse: Callable[[JSON], Record],
+        parse: Callable[[JSON], R],
         settings: KubernetesSettings,
         on_change: OnChange,
         namespace: str | None = None,
@@ -80,7 +62,7 @@ class Informer:
         self._on_change = on_change
         self._on_state = on_state
         # the cache and where the stream stands
-        self.store: Store = {}
+        self.store: Store[R] = {}
         self.count = 0
         self.resource_version = ""
         self.synced = asyncio.Event()
@@ -183,15 +165,14 @@ class Informer:
     async def _sleep_backoff(self) -> None:
         self.state = "backoff"
         self._state()
-        if await self.api.pause(self._backoff.next_delay()):
-            self._backoff.reset()  # the server is back: the next error starts small again
+        await self.api.back_off(self._backoff)
 
     async def list_all(self, reason: str) -> None:
         """List every page, swap the cache in, report namespaces that differ."""
         self.state = "listing"
         self.relists += 1
         metrics.WATCH_RELISTS.labels(self.kind.name, reason).inc()
-        new: Store = {}
+        new: Store[R] = {}
         problems: dict[tuple[str, str], str] = {}
         count = 0
         continue_: str | None = None
@@ -276,9 +257,7 @@ class Informer:
         if rv:
             self.resource_version = str(rv)
 
-    def _record(
-        self, obj: JSON, problems: dict[tuple[str, str], str]
-    ) -> tuple[str, str, Record] | None:
+    def _record(self, obj: JSON, problems: dict[tuple[str, str], str]) -> tuple[str, str, R] | None:
         """(namespace, name, record) of a raw object, or None (and a problem) if malformed."""
         try:
             rec = self._parse(obj)
@@ -294,7 +273,7 @@ class Informer:
             log.warning("%s", message)
             return None
 
-    def _put(self, ns: str, name: str, rec: Record, now: float) -> None:
+    def _put(self, ns: str, name: str, rec: R, now: float) -> None:
         bucket = self.store.get(ns)
         if bucket is None:
             bucket = self.store[ns] = {}

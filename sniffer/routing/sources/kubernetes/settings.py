@@ -1,7 +1,9 @@
-"""Settings of the Kubernetes route source: one frozen dataclass, a docstring per field.
+"""Settings of the Kubernetes route source: one frozen dataclass, each field with its help.
 
-This module owns the knobs and their defaults (and the reasons behind them). It must
-never read the environment or the cluster: the CLI builds a `KubernetesSettings`.
+This module owns the knobs, their defaults, their ranges (declared with
+`sniffer.settings`, checked when the object is made, as the data plane's) and the
+reasons behind them; the CLI reads its Kubernetes flags' defaults and help from here.
+It must never read the environment or the cluster: the CLI builds a `KubernetesSettings`.
 """
 
 from __future__ import annotations
@@ -9,99 +11,156 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from sniffer.settings import SettingError, check_ranges, setting
+
 BackendMode = Literal["endpoints", "clusterip"]
+
+_MS = 0.001
+"""The smallest duration a timer here may be set to (seconds)."""
 
 
 @dataclass(frozen=True, slots=True)
 class KubernetesSettings:
-    kubeconfig: str | None = None
+    """How the source reads the cluster (validated on construction)."""
+
+    kubeconfig: str | None = setting(None, "Kubeconfig (default: in-cluster service account).")
     """Path of a kubeconfig file; None means in-cluster (service-account token and CA)."""
 
-    ingress_class: str = "sniffer"
-    """Ingress class served: `spec.ingressClassName` or the k8sniff-era annotation."""
+    ingress_class: str = setting("sniffer", "IngressClass name to serve.")
+    """Served: `spec.ingressClassName` or the k8sniff-era annotation."""
 
-    gateway_class: str = "sniffer"
-    """GatewayClass name sniffer reports as its own (its controllerName must match too)."""
+    gateway_class: str = setting("sniffer", "GatewayClass name to serve.")
+    """Reported as sniffer's own (its controllerName must match too)."""
 
-    controller_name: str = "sniffer.dev/gateway-controller"
-    """GatewayClass `spec.controllerName` claimed by sniffer; also the status owner."""
+    controller_name: str = setting(
+        "sniffer.dev/gateway-controller",
+        "GatewayClass `spec.controllerName` claimed by sniffer; also the status owner.",
+    )
 
-    backend_mode: BackendMode = "endpoints"
+    backend_mode: BackendMode = setting(
+        "endpoints", "endpoints (EndpointSlice addresses) or clusterip."
+    )
     """Dial ready EndpointSlice addresses (no kube-proxy hop) or the Service ClusterIP."""
 
-    http_port_annotation: str = "sniffer.dev/http-port"
-    """Service annotation naming the port (number or name) plaintext HTTP listeners use."""
+    http_port_annotation: str = setting(
+        "sniffer.dev/http-port",
+        "Service annotation naming the port (number or name) plaintext HTTP listeners use.",
+    )
 
-    debounce_quiet: float = 0.1
-    """Seconds without events before a rebuild: a burst of edits becomes one table."""
+    debounce_quiet: float = setting(
+        0.1, "Seconds without events before a rebuild: a burst of edits becomes one table.", 0
+    )
 
-    debounce_max_delay: float = 1.0
-    """Seconds an event may wait at most for its rebuild, however busy the API is."""
+    debounce_max_delay: float = setting(
+        1.0, "Seconds an event may wait at most for its rebuild, however busy the API is.", 0
+    )
 
-    debounce_burst: int = 50
-    """Events within one quiet period that make a burst worth waiting out.
+    debounce_burst: int = setting(
+        50, "Events within one quiet period that make a burst worth waiting out.", 1
+    )
+    """Below it (a steady trickle such as 1,000 changes/min) a rebuild happens `quiet` s after
+    the first event instead of waiting for a silence that never comes."""
 
-    Below it (a steady trickle such as 1,000 changes/min) a rebuild happens `quiet` s after
-    the first event instead of waiting for a silence that never comes.
-    """
+    watch_timeout: int = setting(
+        300,
+        "Server-side `timeoutSeconds` of a watch: streams are renewed at least this often.",
+        1,
+    )
 
-    watch_timeout: int = 300
-    """Server-side `timeoutSeconds` of a watch: streams are renewed at least this often."""
+    inactivity_timeout: float = setting(
+        120.0,
+        "Seconds without an event or bookmark before a stream is presumed dead and reopened.",
+        _MS,
+    )
+    """API servers send a bookmark about every minute, so twice that is never a false alarm."""
 
-    inactivity_timeout: float = 120.0
-    """Seconds without an event or bookmark before a stream is presumed dead and reopened.
+    request_timeout: float = setting(
+        60.0, "Seconds a list page, discovery call or status write may take in total.", _MS
+    )
 
-    API servers send a bookmark about every minute, so twice that is never a false alarm.
-    """
+    connect_timeout: float = setting(10.0, "Seconds to open a connection to the API server.", _MS)
 
-    request_timeout: float = 60.0
-    """Seconds a list page, discovery call or status write may take in total."""
+    backoff_initial: float = setting(
+        0.5,
+        "Seconds before the first retry after an API error (doubled each time, jittered).",
+        _MS,
+    )
 
-    connect_timeout: float = 10.0
-    """Seconds to open a connection to the API server."""
+    backoff_max: float = setting(30.0, "Cap of the retry delay in seconds.", _MS)
+    """Only a persistent error (a 403 from RBAC) waits this long: when the server answers
+    again after an outage, callers resume within `probe_interval` instead."""
 
-    backoff_initial: float = 0.5
-    """Seconds before the first retry after an API error (doubled each time, jittered)."""
+    page_size: int = setting(
+        500,
+        "Objects per list page (`limit`): bounds the memory of one response, as client-go.",
+        1,
+    )
 
-    backoff_max: float = 30.0
-    """Cap of the retry delay in seconds. Only a persistent error (a 403 from RBAC) waits
-    this long: when the server answers again after an outage, callers resume within
-    `probe_interval` instead."""
+    namespaces: tuple[str, ...] | None = setting(
+        None, "Namespaces watched; None watches the whole cluster with one stream per kind."
+    )
 
-    page_size: int = 500
-    """Objects per list page (`limit`): bounds the memory of one response, as client-go."""
+    write_status: bool = setting(
+        True,
+        "Write TLSRoute, Gateway and GatewayClass status (off for read-only RBAC or dry runs).",
+    )
 
-    namespaces: tuple[str, ...] | None = None
-    """Namespaces watched; None watches the whole cluster with one stream per kind."""
+    status_retry_limit: int = setting(
+        5, "Attempts of one status write (409 re-read, 429/5xx back off).", 1
+    )
+    """After the last, the round is retried as a whole after a backoff."""
 
-    write_status: bool = True
-    """Write TLSRoute, Gateway and GatewayClass status (off for read-only RBAC or dry runs)."""
+    probe_interval: float = setting(
+        1.0,
+        "Seconds between probes of the API server while any caller backs off after an error.",
+        _MS,
+    )
+    """When it answers again, every informer resumes at once (not after its backoff)."""
 
-    status_retry_limit: int = 5
-    """Attempts of one status write (409 re-read, 429/5xx back off) before the round is
-    retried as a whole after a backoff."""
+    lease_namespace: str | None = setting(
+        None,
+        "Namespace of the status Lease: only its holder writes Gateway API status "
+        "(unset: no election, this instance writes).",
+    )
+    """The pod's own, from the downward API. None: no leader election, this process writes
+    status alone (a single instance, a dry run)."""
 
-    probe_interval: float = 1.0
-    """Seconds between probes of the API server while any caller backs off after an
-    error: when it answers again, every informer resumes at once (not after its backoff)."""
+    lease_name: str = setting("sniffer-status", "Name of the status Lease.")
+    """A `coordination.k8s.io/v1` Lease whose holder writes Gateway API status."""
 
-    lease_namespace: str | None = None
-    """Namespace of the status Lease (the pod's own, from the downward API). None: no
-    leader election, this process writes status alone (a single instance, a dry run)."""
+    identity: str = setting("", "Holder identity in the Lease (default: host name).")
+    """This candidate's holder identity (the pod name); "" means the host name."""
 
-    lease_name: str = "sniffer-status"
-    """Name of the `coordination.k8s.io/v1` Lease whose holder writes Gateway API status."""
-
-    identity: str = ""
-    """This candidate's holder identity in the Lease (the pod name); "" means the host name."""
-
-    lease_duration: float = 15.0
-    """Seconds a candidate waits, after it last saw the Lease change, before taking it
+    lease_duration: float = setting(
+        15.0, "Seconds before a silent leader's Lease may be taken over.", _MS
+    )
+    """A candidate waits this long, after it last saw the Lease change, before taking it
     over (client-go's LeaseDuration)."""
 
-    renew_deadline: float = 10.0
-    """Seconds the leader keeps writing without a successful renewal; below the lease
-    duration, so a leader that cannot renew stops before anyone may take over."""
+    renew_deadline: float = setting(
+        10.0,
+        "Seconds a leader keeps writing without renewing its Lease.",
+        _MS,
+        flag="lease-renew-deadline",
+    )
+    """Below the lease duration, so a leader that cannot renew stops before anyone may take
+    over."""
 
-    retry_period: float = 2.0
-    """Seconds between acquire or renew attempts; bounds the hand-over after a release."""
+    retry_period: float = setting(
+        2.0,
+        "Seconds between Lease acquire/renew attempts.",
+        _MS,
+        flag="lease-retry-period",
+    )
+    """Bounds the hand-over after a release."""
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+        # A leader must stop writing before a standby may take over, and try to renew
+        # more than once before it stops.
+        if not self.retry_period < self.renew_deadline < self.lease_duration:
+            raise SettingError(
+                "need 0 < --lease-retry-period < --lease-renew-deadline < --lease-duration,"
+                f" got {self.retry_period:g} < {self.renew_deadline:g}"
+                f" < {self.lease_duration:g}"
+            )

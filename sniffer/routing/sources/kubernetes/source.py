@@ -16,46 +16,28 @@ import asyncio
 import logging
 import socket
 import time
-from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
+from sniffer.routing.model import Conflict
 from sniffer.routing.sources import Publish, Update
-from sniffer.routing.sources.kubernetes.api import ApiError, KubeApi, NotFound, Unauthorized
-from sniffer.routing.sources.kubernetes.informer import Backoff, Informer
+from sniffer.routing.sources.kubernetes.api import ApiError, Backoff, KubeApi, Unauthorized
+from sniffer.routing.sources.kubernetes.informer import Informer
 from sniffer.routing.sources.kubernetes.kinds import (
-    ALL_KINDS,
-    ENDPOINT_SLICE,
     GATEWAY,
     GATEWAY_CLASS,
-    GATEWAY_GROUP,
-    INGRESS,
     INGRESS_CLASS,
-    JSON,
     NAMESPACE,
-    REFERENCE_GRANT,
-    SERVICE,
     TLS_ROUTE,
     Kind,
-    Record,
-    parse_endpoint_slice,
-    parse_gateway,
-    parse_gateway_class,
-    parse_ingress,
-    parse_ingress_class,
-    parse_namespace,
-    parse_reference_grant,
-    parse_service,
-    parse_tls_route,
 )
 from sniffer.routing.sources.kubernetes.leader import LeaderElector
 from sniffer.routing.sources.kubernetes.limits import report_limit_problems
+from sniffer.routing.sources.kubernetes.outcomes import NamespaceResult
 from sniffer.routing.sources.kubernetes.settings import KubernetesSettings
 from sniffer.routing.sources.kubernetes.status import StatusWriter
-from sniffer.routing.sources.kubernetes.translate import (
-    ClusterView,
-    NamespaceResult,
-    assemble,
-    translate_namespace,
-)
+from sniffer.routing.sources.kubernetes.translate import assemble, translate_namespace
+from sniffer.routing.sources.kubernetes.view import ClusterView
+from sniffer.routing.sources.kubernetes.watches import Watches, discover
 from sniffer.routing.table import Listener, TableSpec
 
 log = logging.getLogger("sniffer.kubernetes")
@@ -105,104 +87,6 @@ class Debouncer:
         return first
 
 
-class _KindStore(Mapping[str, Mapping[str, Record]]):
-    """One kind's caches as a single namespace -> name -> record mapping."""
-
-    def __init__(self, informers: list[Informer]) -> None:
-        self._informers = informers
-
-    def __getitem__(self, ns: str) -> Mapping[str, Record]:
-        for inf in self._informers:
-            bucket = inf.store.get(ns)
-            if bucket is not None:
-                return bucket
-        raise KeyError(ns)
-
-    def __iter__(self) -> Iterator[str]:
-        for inf in self._informers:
-            yield from inf.store
-
-    def __len__(self) -> int:
-        return sum(len(inf.store) for inf in self._informers)
-
-
-async def discover(api: KubeApi) -> tuple[dict[str, str | None], list[str]]:
-    """The version to use of each kind (None: not served) and what is missing, in words."""
-    versions: dict[str, str | None] = {}
-    problems: list[str] = []
-    served: dict[str, set[str]] = {}
-    try:
-        group = await api.get(f"/apis/{GATEWAY_GROUP}")
-        for v in group.get("versions") or ():
-            version = str(v.get("version") or "")
-            try:
-                res = await api.get(f"/apis/{GATEWAY_GROUP}/{version}")
-            except NotFound:
-                continue
-            served[version] = {
-                str(r.get("name"))
-                for r in res.get("resources") or ()
-                if "/" not in str(r.get("name"))
-            }
-    except NotFound:
-        problems.append(
-            f"API group {GATEWAY_GROUP} is not served (Gateway API CRDs not installed): "
-            "TLSRoutes are not watched"
-        )
-    for kind in ALL_KINDS:
-        if kind.group != GATEWAY_GROUP:
-            versions[kind.name] = kind.versions[0]
-            continue
-        versions[kind.name] = next(
-            (v for v in kind.versions if kind.plural in served.get(v, ())), None
-        )
-        if versions[kind.name] is None and served:
-            problems.append(
-                f"{kind.name} is not served in any of {', '.join(kind.versions)}: not watched"
-            )
-    return versions, problems
-
-
-def _parsers(settings: KubernetesSettings) -> dict[str, Callable[[JSON], Record]]:
-    annotation = settings.http_port_annotation
-    controller = settings.controller_name
-    clusterip = settings.backend_mode == "clusterip"
-    return {
-        INGRESS_CLASS.name: parse_ingress_class,
-        INGRESS.name: parse_ingress,
-        SERVICE.name: lambda o: parse_service(o, annotation, clusterip),
-        ENDPOINT_SLICE.name: parse_endpoint_slice,
-        GATEWAY_CLASS.name: parse_gateway_class,
-        GATEWAY.name: parse_gateway,
-        TLS_ROUTE.name: lambda o: parse_tls_route(o, controller),
-        REFERENCE_GRANT.name: parse_reference_grant,
-        NAMESPACE.name: parse_namespace,
-    }
-
-
-def _make_informers(
-    api: KubeApi,
-    settings: KubernetesSettings,
-    versions: Mapping[str, str | None],
-    on_change: Callable[[Kind, str, float], None],
-    on_state: Callable[[], None] | None = None,
-) -> dict[str, list[Informer]]:
-    parsers = _parsers(settings)
-    out: dict[str, list[Informer]] = {}
-    for kind in ALL_KINDS:
-        version = versions.get(kind.name)
-        if version is None:
-            continue
-        scopes: tuple[str | None, ...] = (
-            settings.namespaces if kind.namespaced and settings.namespaces is not None else (None,)
-        )
-        out[kind.name] = [
-            Informer(api, kind, version, parsers[kind.name], settings, on_change, ns, on_state)
-            for ns in scopes
-        ]
-    return out
-
-
 class KubernetesSource:
     """Routes from Ingresses and TLSRoutes of sniffer's classes (see the package docs)."""
 
@@ -220,10 +104,10 @@ class KubernetesSource:
         self.listeners = listeners
         self._api = api
         # informers and the view over them
-        self._informers: dict[str, list[Informer]] = {}
+        self._informers: dict[str, list[Informer[Any]]] = {}
         self._versions: dict[str, str | None] = {}
         self._discovery_problems: list[str] = []
-        self.view = ClusterView({})
+        self.view = ClusterView()
         # incremental rebuild state
         self._results: dict[str, NamespaceResult] = {}
         self._readers: dict[str, set[str]] = {}
@@ -237,6 +121,8 @@ class KubernetesSource:
         # what tests, benchmarks and /readyz look at
         self._synced = False
         self.spec = TableSpec(listeners=listeners)
+        self._conflicts: tuple[Conflict, ...] = ()
+        """The conflicts of the table the controller built from `spec` (for status)."""
         self.publishes = 0
         self.rebuilds = 0
         self.namespaces_translated = 0
@@ -306,24 +192,19 @@ class KubernetesSource:
             except ApiError as exc:
                 self._last_error = f"discovery: {exc}"
                 log.warning("API discovery failed: %s; retrying", exc)
-                if await api.pause(backoff.next_delay()):
-                    backoff.reset()
+                await api.back_off(backoff)
         for p in self._discovery_problems:
             log.warning("%s", p)
-        self._informers = _make_informers(
-            api, self.settings, self._versions, self._on_change, self._state_changed
-        )
-        self.view = ClusterView({name: _KindStore(infs) for name, infs in self._informers.items()})
+        watches = Watches(api, self.settings, self._versions, self._on_change, self._state_changed)
+        self._informers, self.view = watches.by_kind, watches.view
         async with asyncio.TaskGroup() as tg:
-            for infs in self._informers.values():
-                for inf in infs:
-                    tg.create_task(inf.run(), name=f"informer-{inf.kind.name}")
+            for inf in watches.all():
+                tg.create_task(inf.run(), name=f"informer-{inf.kind.name}")
             if self.settings.write_status and self._versions.get(TLS_ROUTE.name):
                 self._start_status(api, tg)
             self._phase = "initial-list"
-            for infs in self._informers.values():
-                for inf in infs:
-                    await inf.synced.wait()
+            for inf in watches.all():
+                await inf.synced.wait()
             self._phase = "watching"
             self._all_dirty = True
             self._rebuild()
@@ -423,7 +304,7 @@ class KubernetesSource:
 
     def _publish(self, publish: Publish, oldest: float | None) -> None:
         self.spec = assemble(self.listeners, self._results)
-        publish(Update(self.spec, oldest_event=oldest))
+        self._conflicts = publish(Update(self.spec, oldest_event=oldest)) or ()
         self.publishes += 1
         self._submit_status()
         self.changed.set()
@@ -433,7 +314,7 @@ class KubernetesSource:
 
     def _submit_status(self) -> None:
         if self._status is not None:
-            self._status.submit(self.view, dict(self._results), self.spec)
+            self._status.submit(self.view, dict(self._results), self._conflicts)
 
     async def status_idle(self) -> None:
         """Wait until every wished-for status has been written (for tests)."""
@@ -449,19 +330,18 @@ async def compute_spec(
     client = api or await KubeApi.connect(settings)
     try:
         versions, problems = await discover(client)
-        informers = _make_informers(client, settings, versions, lambda k, ns, t: None)
-        for infs in informers.values():
-            for inf in infs:
-                try:
-                    await inf.list_all("oneshot")
-                except Unauthorized as exc:
-                    if inf.kind is not NAMESPACE:
-                        raise
-                    # A user allowed to read only some namespaces still gets their table;
-                    # only `from: Selector` listeners need the Namespace objects.
-                    problems.append(f"Namespaces not readable ({exc}): Selector admits none")
-                problems.extend(inf.problems.values())
-        view = ClusterView({name: _KindStore(infs) for name, infs in informers.items()})
+        watches = Watches(client, settings, versions, lambda k, ns, t: None)
+        for inf in watches.all():
+            try:
+                await inf.list_all("oneshot")
+            except Unauthorized as exc:
+                if inf.kind is not NAMESPACE:
+                    raise
+                # A user allowed to read only some namespaces still gets their table;
+                # only `from: Selector` listeners need the Namespace objects.
+                problems.append(f"Namespaces not readable ({exc}): Selector admits none")
+            problems.extend(inf.problems.values())
+        view = watches.view
         results: dict[str, NamespaceResult] = {}
         for ns in sorted(view.namespaces()):
             res = translate_namespace(view, settings, listeners, ns)

@@ -1,10 +1,12 @@
 """Status written back to the Gateway API objects sniffer serves, off the hot path.
 
-This module owns the desired status of TLSRoutes (one entry per parent Gateway of
-sniffer's class with `Accepted` and `ResolvedRefs`), Gateways (listener status with
-attached routes) and sniffer's GatewayClass, and the task that writes it, following the
-API conventions: a round first plans every write from the informers' caches without
-awaiting (so no live cache is iterated across an `await`), then writes only what differs
+This module owns the task that writes the status of TLSRoutes (one entry per parent
+Gateway of sniffer's class with `Accepted` and `ResolvedRefs`, shaped in `desired`; the
+hostnames lost come from the conflicts of the table the controller built, never from a
+table of its own), Gateways (listener status with attached routes) and sniffer's
+GatewayClass, following the API conventions: a round first plans every write from the
+informers' caches without awaiting (so no live cache is iterated across an `await`),
+then writes only what differs
 from the object (compared by signature, ignoring timestamps, against the informer's copy
 and again against a fresh read), keeps each condition's `lastTransitionTime` unless its
 `status` changes, sets `observedGeneration` from the object's generation, and patches
@@ -20,41 +22,40 @@ import asyncio
 import copy
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from sniffer.observe import metrics
+from sniffer.routing import model
 from sniffer.routing.sources.kubernetes.api import (
     ApiError,
     ApiUnavailable,
+    Backoff,
     Conflict,
     KubeApi,
     NotFound,
 )
-from sniffer.routing.sources.kubernetes.informer import Backoff
-from sniffer.routing.sources.kubernetes.kinds import (
-    GATEWAY,
-    GATEWAY_CLASS,
-    GATEWAY_GROUP,
-    TLS_ROUTE,
-    Kind,
-    _conditions_sig,
+from sniffer.routing.sources.kubernetes.desired import (
+    condition_json,
+    desired_gateway_status,
+    desired_route_parents,
+    hostnames_lost,
+    keep_transition_times,
+    now_stamp,
+)
+from sniffer.routing.sources.kubernetes.gateway import gateway_is_ours
+from sniffer.routing.sources.kubernetes.kinds import GATEWAY, GATEWAY_CLASS, TLS_ROUTE, Kind
+from sniffer.routing.sources.kubernetes.outcomes import Condition, NamespaceResult
+from sniffer.routing.sources.kubernetes.settings import KubernetesSettings
+from sniffer.routing.sources.kubernetes.signatures import (
+    conditions_sig,
     gateway_status_sig,
     parent_ref_key,
     route_parents_sig,
 )
-from sniffer.routing.sources.kubernetes.settings import KubernetesSettings
-from sniffer.routing.sources.kubernetes.translate import (
-    ClusterView,
-    Condition,
-    NamespaceResult,
-    ParentOutcome,
-    gateway_is_ours,
-    listener_problem,
-)
-from sniffer.routing.table import Listener, RouteTable, TableSpec
+from sniffer.routing.sources.kubernetes.view import ClusterView
+from sniffer.routing.table import Listener
 
 log = logging.getLogger("sniffer.kubernetes.status")
 
@@ -65,153 +66,8 @@ _WRITE_MEMORY_SECONDS = 30.0
 Key = tuple[str, str, str]
 """(kind, namespace, name)."""
 
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _condition_json(c: Condition, generation: int, stamp: str) -> dict[str, Any]:
-    return {
-        "type": c.type,
-        "status": "True" if c.status else "False",
-        "reason": c.reason,
-        "message": c.message[:32768],
-        "observedGeneration": generation,
-        "lastTransitionTime": stamp,
-    }
-
-
-def route_conflicts(spec: TableSpec) -> dict[str, list[tuple[str, str]]]:
-    """Loser source -> [(host, winner source)] for every hostname it lost."""
-    out: dict[str, list[tuple[str, str]]] = {}
-    for c in RouteTable.build(spec).conflicts:
-        out.setdefault(c.loser, []).append((c.host, c.winner))
-    return out
-
-
-def desired_route_parents(
-    outcomes: tuple[ParentOutcome, ...],
-    lost: list[tuple[str, str]],
-    controller: str,
-    generation: int,
-    stamp: str,
-) -> list[dict[str, Any]]:
-    lost_hosts = {h: w for h, w in lost}
-    entries = []
-    for o in outcomes:
-        accepted = o.accepted
-        if accepted.status and o.hosts:
-            gone = [h for h in o.hosts if h in lost_hosts]
-            if gone:
-                detail = ", ".join(f"{h} (held by {lost_hosts[h]})" for h in gone)
-                if len(gone) == len(o.hosts):
-                    accepted = Condition(
-                        "Accepted",
-                        False,
-                        "HostnameConflict",
-                        f"every hostname is held by an older route: {detail}",
-                    )
-                else:
-                    accepted = Condition(
-                        "Accepted",
-                        True,
-                        "Accepted",
-                        f"Route is accepted; hostnames held by older routes: {detail}",
-                    )
-        entries.append(
-            {
-                "parentRef": o.ref.as_json(),
-                "controllerName": controller,
-                "conditions": [
-                    _condition_json(accepted, generation, stamp),
-                    _condition_json(o.resolved, generation, stamp),
-                ],
-            }
-        )
-    return entries
-
-
-def desired_gateway_status(
-    view: ClusterView,
-    listeners: tuple[Listener, ...],
-    namespace: str,
-    name: str,
-    attached: Mapping[tuple[str, str, str], int],
-    stamp: str,
-) -> dict[str, Any] | None:
-    gw = view.gateways(namespace).get(name)
-    if gw is None:
-        return None
-    tls_ports = {lis.serves_port: lis.name for lis in listeners if lis.protocol == "tls"}
-    gen = gw.generation
-    out_listeners = []
-    programmed_any = False
-    for lis in gw.listeners:
-        problem = listener_problem(lis, tls_ports)
-        ok = problem is None
-        reason, message = problem or ("Accepted", "Listener is served by sniffer")
-        programmed_any = programmed_any or ok
-        bad_kinds = [
-            k for g, k in lis.allowed_kinds if not (g == GATEWAY_GROUP and k == "TLSRoute")
-        ]
-        conds = [
-            Condition(
-                "Accepted",
-                ok,
-                reason,
-                message,
-            ),
-            Condition(
-                "Programmed",
-                ok,
-                "Programmed" if ok else "Invalid",
-                "Listener is live" if ok else "Listener is not served",
-            ),
-            Condition(
-                "ResolvedRefs",
-                not bad_kinds,
-                "ResolvedRefs" if not bad_kinds else "InvalidRouteKinds",
-                "" if not bad_kinds else f"unsupported route kinds: {', '.join(bad_kinds)}",
-            ),
-            Condition("Conflicted", False, "NoConflicts", "No conflicts"),
-        ]
-        out_listeners.append(
-            {
-                "name": lis.name,
-                "supportedKinds": (
-                    [{"group": GATEWAY_GROUP, "kind": "TLSRoute"}] if lis.protocol == "TLS" else []
-                ),
-                "attachedRoutes": attached.get((namespace, name, lis.name), 0),
-                "conditions": [_condition_json(c, gen, stamp) for c in conds],
-            }
-        )
-    conds = [
-        Condition("Accepted", True, "Accepted", "Gateway is served by sniffer"),
-        Condition(
-            "Programmed",
-            programmed_any,
-            "Programmed" if programmed_any else "Invalid",
-            "Gateway is live" if programmed_any else "no listener can be served",
-        ),
-    ]
-    return {
-        "conditions": [_condition_json(c, gen, stamp) for c in conds],
-        "listeners": out_listeners,
-    }
-
-
-def keep_transition_times(new: list[dict[str, Any]], old: object) -> None:
-    """Carry each condition's `lastTransitionTime` over from `old` unless its `status`
-    changed (the API conventions: the time says when the status last flipped)."""
-    held = {
-        c.get("type"): c
-        for c in (old if isinstance(old, list) else ())
-        if isinstance(c, Mapping) and c.get("lastTransitionTime")
-    }
-    for c in new:
-        prev = held.get(c["type"])
-        if prev is not None and prev.get("status") == c["status"]:
-            c["lastTransitionTime"] = prev["lastTransitionTime"]
+Latest = tuple[ClusterView, Mapping[str, NamespaceResult], Sequence[model.Conflict]]
+"""The newest view, per-namespace results and the conflicts of the table built from them."""
 
 
 def _entries(status: object, key: str) -> list[Any]:
@@ -252,7 +108,7 @@ class StatusWriter:
         self._listeners = listeners
         self._may_write = may_write
         self._wake = asyncio.Event()
-        self._latest: tuple[ClusterView, Mapping[str, NamespaceResult], TableSpec] | None = None
+        self._latest: Latest | None = None
         self._pending = False
         self._written: dict[Key, tuple[int, float]] = {}
         self._counters: dict[tuple[str, str], Any] = {}
@@ -264,10 +120,14 @@ class StatusWriter:
         self.idle.set()
 
     def submit(
-        self, view: ClusterView, results: Mapping[str, NamespaceResult], spec: TableSpec
+        self,
+        view: ClusterView,
+        results: Mapping[str, NamespaceResult],
+        conflicts: Sequence[model.Conflict],
     ) -> None:
-        """Remember the newest view; cheap, called on the publish path."""
-        self._latest = (view, results, spec)
+        """Remember the newest view and the conflicts of the table the controller built
+        from it; cheap, called on the publish path."""
+        self._latest = (view, results, conflicts)
         self._pending = True
         self.idle.clear()
         self._wake.set()
@@ -316,8 +176,7 @@ class StatusWriter:
             # early when the API server answers again after an outage.
             self.rounds_failed += 1
             self._pending = True
-            if await self._api.pause(backoff.next_delay()):
-                backoff.reset()
+            await self._api.back_off(backoff)
             self._wake.set()
 
     def _fresh(self, key: Key, sig: int, current: int) -> bool:
@@ -333,12 +192,15 @@ class StatusWriter:
         )
 
     def plan(
-        self, view: ClusterView, results: Mapping[str, NamespaceResult], spec: TableSpec
+        self,
+        view: ClusterView,
+        results: Mapping[str, NamespaceResult],
+        conflicts: Sequence[model.Conflict],
     ) -> list[PlannedWrite]:
         """Every write the view calls for; synchronous, so the caches cannot change under it."""
         controller = self._settings.controller_name
-        stamp = _now()
-        lost = route_conflicts(spec)
+        stamp = now_stamp()
+        lost = hostnames_lost(conflicts)
         attached: dict[tuple[str, str, str], int] = {}
         for res in results.values():
             for k, n in res.attachments.items():
@@ -353,14 +215,14 @@ class StatusWriter:
         gc = view.gateway_classes().get(self._settings.gateway_class)
         if gc is not None and gc.controller == controller:
             conds = [
-                _condition_json(
+                condition_json(
                     Condition("Accepted", True, "Accepted", "Handled by sniffer"),
                     gc.generation,
                     stamp,
                 )
             ]
             body = {"conditions": conds}
-            want(GATEWAY_CLASS, "", gc.name, _conditions_sig(conds), gc.status_sig, body)
+            want(GATEWAY_CLASS, "", gc.name, conditions_sig(conds), gc.status_sig, body)
 
         # Gateways of our class.
         for gw in view.all_gateways():
@@ -390,11 +252,14 @@ class StatusWriter:
         return out
 
     async def _round(
-        self, view: ClusterView, results: Mapping[str, NamespaceResult], spec: TableSpec
+        self,
+        view: ClusterView,
+        results: Mapping[str, NamespaceResult],
+        conflicts: Sequence[model.Conflict],
     ) -> bool:
         """Plan, then write; True when every planned write landed (or was not needed)."""
         ok = True
-        for w in self.plan(view, results, spec):
+        for w in self.plan(view, results, conflicts):
             if not self._may_write():
                 return True  # leadership lost: the new leader writes from its own view
             ok = await self._write(w) and ok
@@ -451,7 +316,7 @@ class StatusWriter:
                 if prev is not None:
                     keep_transition_times(lis["conditions"], prev.get("conditions"))
             return body
-        if _conditions_sig(_entries(status, "conditions")) == w.sig:
+        if conditions_sig(_entries(status, "conditions")) == w.sig:
             return None
         body = copy.deepcopy(w.desired)
         keep_transition_times(body["conditions"], status.get("conditions"))
@@ -463,7 +328,7 @@ class StatusWriter:
         path = self._path(w.kind, w.namespace or None, w.name)
         backoff = Backoff(self._settings.backoff_initial, self._settings.backoff_max)
         last: ApiError | None = None
-        for _ in range(max(1, self._settings.status_retry_limit)):
+        for _ in range(self._settings.status_retry_limit):
             if not self._may_write():
                 return True
             try:
@@ -484,8 +349,7 @@ class StatusWriter:
             except ApiUnavailable as exc:
                 self._count(w.kind, "error")
                 last = exc
-                if await self._api.pause(backoff.next_delay()):
-                    backoff.reset()
+                await self._api.back_off(backoff)
                 continue
             except ApiError as exc:
                 self._count(w.kind, "error")
