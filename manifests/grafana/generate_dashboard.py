@@ -1,16 +1,16 @@
-"""Write manifests/grafana/sniffer.json, sniffer's Grafana dashboard.
+"""Write manifests/grafana/sniffer.json, sniffer's Grafana dashboard, with Grafana's SDK.
 
-The dashboard is plain data; this script exists so that it is reviewed as a short list of
-panels and PromQL queries rather than as 1,500 lines of JSON, and so that every panel gets
-the same datasource, layout and legend settings. Run it after editing a panel:
+The dashboard is reviewed as the short list of panels and PromQL queries below (LAYOUT);
+`build` turns it into Grafana's dashboard model with the official `grafana-foundation-sdk`
+builders, so every panel gets the same datasource, layout and legend settings and the
+JSON follows Grafana's own schema. Adding a panel is one `Panel(...)` entry in LAYOUT
+(title, description, unit, queries). Run it after editing a panel:
 
     python manifests/grafana/generate_dashboard.py
 
 tests/deploy/test_dashboard.py fails when sniffer.json differs from what this prints, and
 checks every query against sniffer's metric names; tests/deploy/test_dashboard_prometheus.py
 runs every query against a real Prometheus scraping a real sniffer.
-
-Standard library only: no Grafana SDK needed to regenerate it.
 """
 
 from __future__ import annotations
@@ -20,10 +20,21 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from grafana_foundation_sdk.builders import common as common_builders
+from grafana_foundation_sdk.builders import dashboard as dashboard_builders
+from grafana_foundation_sdk.builders import prometheus, stat, timeseries
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models import common
+from grafana_foundation_sdk.models import dashboard as model
+from grafana_foundation_sdk.models import prometheus as prometheus_model
+
 OUT = Path(__file__).with_name("sniffer.json")
-DS = {"type": "prometheus", "uid": "${datasource}"}
+DS = model.DataSourceRef(type_val="prometheus", uid="${datasource}")
 TENANT = 'tenant=~"$tenant"'
+TENANT_QUERY = "label_values(sniffer_connections_active, tenant)"
 RI = "$__rate_interval"
+SCHEMA_VERSION = 39
+"""The Grafana dashboard schema the panels are written for (the SDK's model says 36)."""
 
 
 @dataclass(frozen=True)
@@ -84,8 +95,7 @@ LAYOUT: tuple[Row | Panel, ...] = (
         "cps",
         (
             q(
-                f"sum by (tenant, backend) "
-                f"(rate(sniffer_connections_total{{{TENANT}}}[{RI}]))",
+                f"sum by (tenant, backend) (rate(sniffer_connections_total{{{TENANT}}}[{RI}]))",
                 "{{tenant}}/{{backend}}",
             ),
         ),
@@ -136,7 +146,8 @@ LAYOUT: tuple[Row | Panel, ...] = (
         "Limited connections/s per tenant",
         "Connections refused by a limit (tenant/backend max_connections, rates, "
         "max_pending_dials, per-client max_connections), per tenant and limit: the noisy "
-        "neighbour, shed at the door before it reaches the others.",
+        "neighbour, shed at the door before it reaches the others (alert "
+        "SnifferTenantAtLimit).",
         "cps",
         (
             q(
@@ -187,6 +198,20 @@ LAYOUT: tuple[Row | Panel, ...] = (
             q(
                 f"sum by (listener, reason) (rate(sniffer_refused_connections_total[{RI}]))",
                 "{{listener}} {{reason}}",
+            ),
+        ),
+    ),
+    Panel(
+        "Connections shed at accept/s per pod",
+        "New connections closed at accept because the pod is at --max-connections per "
+        "worker (reason overloaded): every tenant's are refused, not one's (alert "
+        "SnifferShedding). Open connections are never touched.",
+        "cps",
+        (
+            q(
+                f"sum by (instance) (rate(sniffer_refused_connections_total"
+                f'{{reason="overloaded"}}[{RI}]))',
+                "{{instance}}",
             ),
         ),
     ),
@@ -252,8 +277,7 @@ LAYOUT: tuple[Row | Panel, ...] = (
         "s",
         (
             q(
-                "time() - max by (instance) "
-                "(sniffer_route_table_last_reload_timestamp_seconds)",
+                "time() - max by (instance) (sniffer_route_table_last_reload_timestamp_seconds)",
                 "{{instance}}",
             ),
         ),
@@ -288,14 +312,16 @@ LAYOUT: tuple[Row | Panel, ...] = (
     Panel(
         "Status leader",
         "Pods holding the status Lease: exactly 1 in a healthy fleet (only the holder "
-        "writes Gateway API status; 0 for more than a lease duration means nobody does).",
+        "writes Gateway API status; 0 for more than a lease duration means nobody does: "
+        "alert SnifferNoLeader).",
         "short",
         (q("sum(sniffer_leader)", "pods leading"),),
     ),
     Panel(
         "Status writes/s",
         "Gateway API status writes by kind and result (ok, conflict: retried after a "
-        "fresh read, error); about one per spec change, from the leader only.",
+        "fresh read, error); about one per spec change, from the leader only (alert "
+        "SnifferStatusWritesFailing).",
         "ops",
         (
             q(
@@ -326,14 +352,15 @@ LAYOUT: tuple[Row | Panel, ...] = (
         "Event-loop lag p50 / p99 per worker",
         "How late a periodic timer fires in each data-plane process: time its event loop "
         "was busy elsewhere (long callbacks, table installs, garbage collection, a starved "
-        "CPU), added to every connection of that worker.",
+        "CPU), added to every connection of that worker (alert SnifferEventLoopLag).",
         "s",
         quantiles("sniffer_event_loop_lag_seconds", "worker"),
     ),
     Panel(
         "Access-log lines dropped/s and bad annotations",
         "Access-log lines dropped because stdout did not drain (the log shipper is stuck: "
-        "the data plane never waits for it), and malformed sniffer.dev/ limit annotations "
+        "the data plane never waits for it; alert SnifferAccessLogDropped), and malformed "
+        "sniffer.dev/ limit annotations "
         "ignored (Kubernetes source; see route-table for which).",
         "ops",
         (
@@ -356,131 +383,131 @@ LAYOUT: tuple[Row | Panel, ...] = (
 )
 
 
-def _panel_json(panel: Panel, pid: int, x: int, y: int) -> dict[str, object]:
-    targets = [
-        {
-            "datasource": DS,
-            "editorMode": "code",
-            "expr": query.expr,
-            "legendFormat": query.legend,
-            "range": True,
-            "refId": chr(ord("A") + i),
-        }
+def _targets(panel: Panel) -> list[prometheus.Dataquery]:
+    return [
+        prometheus.Dataquery()
+        .expr(query.expr)
+        .legend_format(query.legend)
+        .range()
+        .editor_mode(prometheus_model.QueryEditorMode.CODE)
+        .ref_id(chr(ord("A") + i))
+        .datasource(DS)
         for i, query in enumerate(panel.queries)
     ]
-    defaults: dict[str, object] = {"unit": panel.unit}
-    if "min" in panel.options:
-        defaults["min"] = panel.options["min"]
-    if "max" in panel.options:
-        defaults["max"] = panel.options["max"]
+
+
+def _panel(panel: Panel, pid: int, x: int, y: int) -> timeseries.Panel | stat.Panel:
+    builder: timeseries.Panel | stat.Panel
     if panel.kind == "timeseries":
-        defaults["custom"] = {
-            "drawStyle": "line",
-            "fillOpacity": 10,
-            "lineWidth": 1,
-            "showPoints": "never",
-            "spanNulls": False,
-            "stacking": {"mode": "normal" if panel.options.get("stack") else "none"},
-        }
-        options: dict[str, object] = {
-            "legend": {"calcs": ["lastNotNull", "max"], "displayMode": "table",
-                       "placement": "bottom", "showLegend": True},
-            "tooltip": {"mode": "multi", "sort": "desc"},
-        }
+        stacking = common.StackingMode.NORMAL if panel.options.get("stack") else None
+        builder = (
+            timeseries.Panel()
+            .draw_style(common.GraphDrawStyle.LINE)
+            .fill_opacity(10)
+            .line_width(1)
+            .show_points(common.VisibilityMode.NEVER)
+            .span_nulls(False)
+            .stacking(common_builders.StackingConfig().mode(stacking or common.StackingMode.NONE))
+            .legend(
+                common_builders.VizLegendOptions()
+                .calcs(["lastNotNull", "max"])
+                .display_mode(common.LegendDisplayMode.TABLE)
+                .placement(common.LegendPlacement.BOTTOM)
+                .show_legend(True)
+            )
+            .tooltip(
+                common_builders.VizTooltipOptions()
+                .mode(common.TooltipDisplayMode.MULTI)
+                .sort(common.SortOrder.DESCENDING)
+            )
+        )
     else:
-        options = {
-            "colorMode": "value",
-            "graphMode": "none",
-            "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
-            "textMode": "value_and_name",
-        }
-    return {
-        "id": pid,
-        "type": panel.kind,
-        "title": panel.title,
-        "description": panel.description,
-        "datasource": DS,
-        "gridPos": {"h": panel.height, "w": panel.width, "x": x, "y": y},
-        "fieldConfig": {"defaults": defaults, "overrides": []},
-        "options": options,
-        "targets": targets,
-    }
+        builder = (
+            stat.Panel()
+            .color_mode(common.BigValueColorMode.VALUE)
+            .graph_mode(common.BigValueGraphMode.NONE)
+            .text_mode(common.BigValueTextMode.VALUE_AND_NAME)
+            .reduce_options(
+                common_builders.ReduceDataOptions().calcs(["lastNotNull"]).fields("").values(False)
+            )
+        )
+    builder = (
+        builder.id(pid)
+        .title(panel.title)
+        .description(panel.description)
+        .datasource(DS)
+        .unit(panel.unit)
+        .grid_pos(model.GridPos(h=panel.height, w=panel.width, x=x, y=y))
+        .targets(_targets(panel))  # type: ignore[arg-type]
+    )
+    if "min" in panel.options:
+        builder = builder.min(float(panel.options["min"]))  # type: ignore[arg-type]
+    if "max" in panel.options:
+        builder = builder.max(float(panel.options["max"]))  # type: ignore[arg-type]
+    return builder
 
 
-def build() -> dict[str, object]:
-    panels: list[dict[str, object]] = []
+def build() -> model.Dashboard:
+    dash = (
+        dashboard_builders.Dashboard("sniffer")
+        .uid("sniffer-edge")
+        .description(
+            "sniffer edge router: per-tenant connections, bytes, backends, refusals, "
+            "the walls (limits, shedding, dropped log lines, loop lag) and the route "
+            "control plane."
+        )
+        .tags(["sniffer", "edge", "kubernetes"])
+        .editable()
+        .tooltip(model.DashboardCursorSync.CROSSHAIR)
+        .refresh("30s")
+        .time("now-1h", "now")
+        .timezone("browser")
+        .version(1)
+        .with_variable(
+            dashboard_builders.DatasourceVariable("datasource")
+            .label("Data source")
+            .type("prometheus")
+        )
+        .with_variable(
+            dashboard_builders.QueryVariable("tenant")
+            .label("Tenant")
+            .datasource(DS)
+            .query(TENANT_QUERY)
+            .multi(True)
+            .include_all(True)
+            .all_value(".*")
+            .refresh(model.VariableRefresh.ON_TIME_RANGE_CHANGED)
+            .sort(model.VariableSort.ALPHABETICAL_ASC)
+        )
+    )
+    # Positions are computed here, not by the SDK (which does not wrap a panel that
+    # would overflow the 24-column grid): rows full width, panels left to right.
     pid, x, y, row_h = 1, 0, 0, 0
     for item in LAYOUT:
         if isinstance(item, Row):
             y += row_h
             x, row_h = 0, 0
-            panels.append({
-                "id": pid, "type": "row", "title": item.title, "collapsed": False,
-                "gridPos": {"h": 1, "w": 24, "x": 0, "y": y}, "panels": [],
-            })
+            dash = dash.with_row(
+                dashboard_builders.Row(item.title)
+                .id(pid)
+                .grid_pos(model.GridPos(h=1, w=24, x=0, y=y))
+            )
             y += 1
         else:
             if x + item.width > 24:
                 y += row_h
                 x, row_h = 0, 0
-            panels.append(_panel_json(item, pid, x, y))
+            dash = dash.with_panel(_panel(item, pid, x, y))
             x += item.width
             row_h = max(row_h, item.height)
         pid += 1
-    return {
-        "annotations": {"list": []},
-        "description": "sniffer edge router: per-tenant connections, bytes, backends, "
-                       "refusals and the route control plane.",
-        "editable": True,
-        "graphTooltip": 1,
-        "links": [],
-        "panels": panels,
-        "refresh": "30s",
-        "schemaVersion": 39,
-        "tags": ["sniffer", "edge", "kubernetes"],
-        "templating": {"list": [
-            {
-                "name": "datasource",
-                "label": "Data source",
-                "type": "datasource",
-                "query": "prometheus",
-                "current": {},
-                "hide": 0,
-                "refresh": 1,
-                "regex": "",
-            },
-            {
-                "name": "tenant",
-                "label": "Tenant",
-                "type": "query",
-                "datasource": DS,
-                "definition": "label_values(sniffer_connections_active, tenant)",
-                "query": {
-                    "qryType": 1,
-                    "query": "label_values(sniffer_connections_active, tenant)",
-                    "refId": "PrometheusVariableQueryEditor-VariableQuery",
-                },
-                "current": {},
-                "includeAll": True,
-                "allValue": ".*",
-                "multi": True,
-                "refresh": 2,
-                "sort": 1,
-                "hide": 0,
-                "regex": "",
-            },
-        ]},
-        "time": {"from": "now-1h", "to": "now"},
-        "timepicker": {},
-        "timezone": "browser",
-        "title": "sniffer",
-        "uid": "sniffer-edge",
-        "version": 1,
-    }
+    built = dash.build()
+    built.schema_version = SCHEMA_VERSION
+    return built
 
 
 def render() -> str:
-    return json.dumps(build(), indent=2, ensure_ascii=False) + "\n"
+    return json.dumps(build(), cls=JSONEncoder, indent=2, ensure_ascii=False) + "\n"
 
 
 def main() -> int:

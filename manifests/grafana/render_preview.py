@@ -54,8 +54,9 @@ def legend(fmt: str, labels: dict[str, str]) -> str:
 
 def render(prometheus: str, start: float, end: float, out: Path, *, tenant: str = ".*",
            rate_interval: str = "5s", step: float = 1.0, columns: int = 3,
-           note: str = "") -> int:
-    """Write the preview PNG; return how many series were drawn."""
+           note: str = "", empty: list[str] | None = None) -> int:
+    """Write the preview PNG; return how many series were drawn. The titles of panels
+    that drew nothing are appended to `empty` when given."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -89,6 +90,8 @@ def render(prometheus: str, start: float, end: float, out: Path, *, tenant: str 
         else:
             ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center",
                     va="center", color="grey", fontsize=12)
+            if empty is not None:
+                empty.append(panel["title"])
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(end))

@@ -216,19 +216,20 @@ class HttpHeadReader(StickyReader[HttpRequestHead | NotHTTP]):
             if space == 0 or token.translate(None, _TCHAR) or len(token) > _MAX_METHOD:
                 return NOT_HTTP
             self._method_ok = space > 0
+        # Only the first max_bytes are ever looked at, so the answer (head, 400 or 431)
+        # is the same however the stream was cut into reads.
+        cap = self.max_bytes
         start = self._scanned - 3 if self._scanned > 3 else 0
-        end = buf.find(b"\r\n\r\n", start)
+        end = buf.find(b"\r\n\r\n", start, cap)
         if end < 0:
-            if buf.find(b"\n\n", start) >= 0:
+            if buf.find(b"\n\n", start, cap) >= 0:
                 raise _bad("request head ends with bare LF (CRLF required)")
-            if len(buf) > self.max_bytes:
+            if len(buf) > cap:
                 raise self._too_large()
             if buf is not self._buf:
                 self._buf += buf
             self._scanned = len(buf)
             return NEED_DATA
-        if end + 4 > self.max_bytes:
-            raise self._too_large()
         return parse_request_head(bytes(buf[:end]))
 
     def _too_large(self) -> BadHttpHead:

@@ -63,7 +63,8 @@ def ja4(hello: ClientHello) -> str:
     return known
 
 
-_SHAPE = re.compile(r"[tqd][0-9a-z]{2}[di][0-9]{4}[0-9a-z]{2}_[0-9a-f]{12}_[0-9a-f]{12}")
+# The ALPN characters are the value's own when alphanumeric, so upper case too ("H2").
+_SHAPE = re.compile(r"[tqd][0-9a-z]{2}[di][0-9]{4}[0-9A-Za-z]{2}_[0-9a-f]{12}_[0-9a-f]{12}")
 
 
 def is_ja4(text: str) -> bool:

@@ -272,6 +272,9 @@ class ProxyHeaderReader(StickyReader[ProxyHeader]):
                 if len(buf) >= _V1_MAX or b"\n" in buf or b"\r" in buf[:-1]:
                     raise _bad(f"v1 line is not CRLF-terminated within {_V1_MAX} bytes")
                 return NEED_DATA
+            if b"\r" in buf[:end] or b"\n" in buf[:end]:
+                # Refused however the line was read: a read ending on the bare CR is.
+                raise _bad("v1 line has a bare CR or LF before its CRLF")
             return _parse_v1(bytes(buf[: end + 2]))
         if buf[0] == 0x0D:  # "\r"
             if buf[:12] != V2_SIGNATURE[: len(buf)]:

@@ -80,8 +80,7 @@ def test_dashboard_model() -> None:
     assert variables["datasource"]["query"] == "prometheus"
     tenant = variables["tenant"]
     assert tenant["type"] == "query"
-    assert tenant["definition"] == TENANT_QUERY
-    assert tenant["query"]["query"] == TENANT_QUERY
+    assert tenant["query"] == TENANT_QUERY
     assert tenant["multi"] and tenant["includeAll"]
     assert tenant["datasource"]["uid"] == "${datasource}"
     ids = [p["id"] for p in dash["panels"]]

@@ -536,6 +536,7 @@ def expectations(start: float, end: float) -> dict[str, Check]:
         "Backend connect latency p50 / p99": quantile_by_tenant,
         "Accepted connections/s by listener": accepted,
         "Refusals/s by reason": refusals,
+        "Connections shed at accept/s per pod": valid_only,  # never at --max-connections
         "Sniff duration p50 / p99": sniff,
         # Python's ssl sends no ECH; tests/proxy/test_hello_facts.py checks the counter.
         "ECH connections/s per tenant": valid_only,

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from tests.deploy.contract import METRICS, base_metric
+from tests.deploy.contract import METRICS, TARGET_LABELS, base_metric
 from tests.deploy.support import find, render, require_tool
 
 HERE = Path(__file__).parent
@@ -82,11 +82,30 @@ def test_required_alerts_exist_with_severity_and_text() -> None:
         "SnifferWatchDown",  # watch failing
         "SnifferWatchErrors",
         "SnifferWorkerRestarts",  # worker restarts
+        "SnifferNoLeader",  # no leader in the fleet
+        "SnifferStatusWritesFailing",  # status writes failing
+        "SnifferTenantAtLimit",  # a tenant held at its limit
+        "SnifferShedding",  # the process shedding load
+        "SnifferAccessLogDropped",  # access-log lines dropped
+        "SnifferEventLoopLag",  # sustained loop lag
     ):
         assert required in alerts
     for name, rule in alerts.items():
         assert rule["labels"]["severity"] in {"info", "warning", "critical"}, name
         assert rule["annotations"]["summary"] and rule["annotations"]["description"], name
+
+
+def test_every_alert_has_a_runbook_entry() -> None:
+    runbook = (HERE.parents[1] / "docs" / "runbook.md").read_text()
+    # GitHub's anchor of a "## Name" heading is the lower-cased name.
+    anchors = {h.strip().lower() for h in re.findall(r"^## (\w+)$", runbook, re.MULTILINE)}
+    for group in _rule_groups():
+        for rule in group["rules"]:
+            link = rule["annotations"].get("runbook", "")
+            assert link == f"docs/runbook.md#{rule['alert'].lower()}", rule["alert"]
+            assert rule["alert"].lower() in anchors, f"docs/runbook.md has no ## {rule['alert']}"
+            entry = runbook.split(f"## {rule['alert']}\n", 1)[1].split("\n## ", 1)[0]
+            assert "**Means**" in entry and "**Do**" in entry, rule["alert"]
 
 
 def test_alert_expressions_use_only_sniffer_metrics() -> None:
@@ -96,11 +115,11 @@ def test_alert_expressions_use_only_sniffer_metrics() -> None:
             assert names, f"{rule['alert']} uses no sniffer metric"
             unknown = {n for n in names if base_metric(n) is None}
             assert not unknown, f"{rule['alert']}: not sniffer metrics: {unknown}"
-            for label in re.findall(r"\bby \(([^)]*)\)", rule["expr"]):
+            for label in re.findall(r"\b(?:by|on) \(([^)]*)\)", rule["expr"]):
                 for name in (x.strip() for x in label.split(",")):
                     used = {base_metric(n) for n in names}
-                    known = set().union(*(METRICS[m][1] for m in used if m)) | {"instance", "le"}
-                    assert name in known, f"{rule['alert']}: by ({name}) not a label"
+                    known = set().union(*(METRICS[m][1] for m in used if m)) | TARGET_LABELS
+                    assert name in known | {"le"}, f"{rule['alert']}: by ({name}) not a label"
 
 
 def test_service_monitor_selects_the_metrics_service() -> None:

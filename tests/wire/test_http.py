@@ -258,3 +258,16 @@ def test_structured_heads_four_outcomes_and_read_independent(
         assert whole == chunked
     else:
         assert type(whole) is type(chunked)
+
+
+@pytest.mark.parametrize("cut", [None, 30, 80, 100])
+def test_a_head_over_the_cap_is_431_however_it_was_read(cut: int | None) -> None:
+    # Found by the `sniff` fuzz target: a bare LF past the cap made the whole head a 400
+    # while the same bytes in two reads were a 431. Only the first max_bytes count.
+    data = b"GET / HTTP/1.1\r\nX: " + b"a" * 100 + b"\n\n"
+    reader = HttpHeadReader(64)
+    reads = [data] if cut is None else [data[:cut], data[cut:]]
+    with pytest.raises(BadHttpHead) as caught:
+        for read in reads:
+            reader.feed(read)
+    assert (caught.value.reason, caught.value.http_status) == ("http_head_too_large", 431)

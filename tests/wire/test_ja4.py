@@ -9,7 +9,7 @@ import pytest
 from ja4plus.fingerprinters.ja4 import generate_ja4
 from ja4plus.utils.tls_utils import parse_tls_handshake
 
-from sniffer.wire.ja4 import ja4
+from sniffer.wire.ja4 import is_ja4, ja4
 from sniffer.wire.tls import ClientHello, ClientHelloReader
 from tests.wire.hellos import (
     EXT_ALPN,
@@ -211,3 +211,14 @@ def test_memo_is_keyed_by_every_input() -> None:
     assert ja4(base._replace(alpn=("http/1.1",))) != first
     assert ja4(base._replace(extensions=(43, 13, 0))) == first  # sorted: order does not count
     assert ja4(base._replace(signature_algorithms=b"")) != first
+
+
+def test_an_upper_case_alpn_fingerprint_is_a_ja4_a_deny_list_takes() -> None:
+    # Found by the `ja4` fuzz target: the ALPN characters are the value's own ("Http/1.1"
+    # -> "H1", as ja4plus writes too), but the deny-list validator took lower case only,
+    # so such a client's fingerprint, copied from the access log, was refused as config.
+    hello = parse(handshake(client_hello_body([alpn_ext(b"Http/1.1")])))
+    fingerprint = ja4(hello)
+    assert fingerprint[8:10] == "H1"
+    assert is_ja4(fingerprint)
+    assert not is_ja4(fingerprint.replace("H1", "H."))

@@ -240,3 +240,15 @@ def test_v2_authority_and_unique_id_tlvs() -> None:
     assert encode_v2(*V4, authority=None, unique_id=None) == encode_v2(*V4)
     with pytest.raises(ValueError, match="unique id"):
         encode_v2(*V4, unique_id="x" * 129)
+
+
+@pytest.mark.parametrize("size", [None, 1, 19])
+def test_a_v1_line_with_a_bare_cr_is_refused_however_it_was_read(size: int | None) -> None:
+    # Found by the `sniff` fuzz target: read whole, an UNKNOWN line with a bare CR before
+    # its CRLF was accepted (the rest of an UNKNOWN line is ignored), read byte by byte
+    # it was refused. A line holds no CR or LF but its end, whatever follows UNKNOWN.
+    data = b"PROXY UNKNOWN 442\r\xb7TP/\n\r\n"
+    reader = ProxyHeaderReader()
+    with pytest.raises(BadProxyHeader):
+        for chunk in [data] if size is None else chunks(data, size):
+            reader.feed(chunk)
