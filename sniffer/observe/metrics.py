@@ -142,6 +142,11 @@ _FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "QUIC flows moved to a new client address by the server's connection ID",
         ("listener",),
     ),
+    "sniffer_quic_failovers": (
+        "counter",
+        "QUIC flows moved to the next endpoint after an ICMP port unreachable, before any answer",
+        ("listener",),
+    ),
     "sniffer_backend_connect_errors": (
         "counter",
         "Failed dials to backend endpoints, by reason",

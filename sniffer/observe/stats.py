@@ -81,7 +81,16 @@ class BackendTally:
 
 
 class ListenerTally:
-    __slots__ = ("accepted", "dropped", "ech", "name", "rebinds", "refused", "sniff_times")
+    __slots__ = (
+        "accepted",
+        "dropped",
+        "ech",
+        "failovers",
+        "name",
+        "rebinds",
+        "refused",
+        "sniff_times",
+    )
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -91,6 +100,8 @@ class ListenerTally:
         """QUIC datagrams dropped unrelayed, by reason (not a client Initial, ...)."""
         self.rebinds = 0
         """QUIC flows moved to a new client address by the server's connection ID."""
+        self.failovers = 0
+        """QUIC flows moved to the next endpoint after an ICMP refusal, before any answer."""
         self.sniff_times = _Hist(SNIFF_BUCKETS)
         self.ech: dict[str, int] = {}
         """Routed hellos carrying an encrypted_client_hello extension, by tenant."""
@@ -234,6 +245,8 @@ class DataPlaneStats:
                 c[("sniffer_dropped_datagrams", (lis, reason))] = n
             if lt.rebinds:
                 c[("sniffer_quic_rebinds", (lis,))] = lt.rebinds
+            if lt.failovers:
+                c[("sniffer_quic_failovers", (lis,))] = lt.failovers
             if lt.sniff_times.total or any(lt.sniff_times.counts):
                 h[("sniffer_sniff_duration_seconds", (lis,))] = _hist_copy(lt.sniff_times)
         for key, bt in self.backends.items():
