@@ -83,6 +83,7 @@ class BackendTally:
 class ListenerTally:
     __slots__ = (
         "accepted",
+        "bound",
         "dropped",
         "ech",
         "failovers",
@@ -102,6 +103,8 @@ class ListenerTally:
         """QUIC flows moved to a new client address by the server's connection ID."""
         self.failovers = 0
         """QUIC flows moved to the next endpoint after an ICMP refusal, before any answer."""
+        self.bound = False
+        """This process holds the listener's socket (QUIC: worker 0 alone)."""
         self.sniff_times = _Hist(SNIFF_BUCKETS)
         self.ech: dict[str, int] = {}
         """Routed hellos carrying an encrypted_client_hello extension, by tenant."""
@@ -125,6 +128,9 @@ class OpenConnection(Protocol):
     tally: BackendTally | None
     bytes_up: int
     bytes_down: int
+
+    @property
+    def ltally(self) -> ListenerTally: ...
 
 
 class OpenFlow(OpenConnection, Protocol):
@@ -207,7 +213,10 @@ class DataPlaneStats:
         """Copy everything out (picklable), the bytes of open connections added to
         those of closed ones; nothing is written on a connection."""
         live: dict[BackendTally, list[int]] = {}
+        per_listener: dict[ListenerTally, int] = {}
         for conn in self.open:
+            lt = conn.ltally
+            per_listener[lt] = per_listener.get(lt, 0) + 1
             t = conn.tally
             if t is not None:
                 sums = live.get(t)
@@ -217,6 +226,8 @@ class DataPlaneStats:
                 sums[1] += conn.bytes_down
         live_dgrams: dict[BackendTally, list[int]] = {}
         for flow in self.open_flows:
+            lt = flow.ltally
+            per_listener[lt] = per_listener.get(lt, 0) + 1
             t = flow.tally
             if t is not None:
                 sums = live.get(t)
@@ -237,6 +248,8 @@ class DataPlaneStats:
             h[("sniffer_event_loop_lag_seconds", (self.worker,))] = _hist_copy(self.loop_lag)
         for lis, lt in self.listeners.items():
             c[("sniffer_accepted_connections", (lis,))] = lt.accepted
+            g[("sniffer_listener_open", (lis,))] = per_listener.get(lt, 0)
+            g[("sniffer_listener_bound", (lis,))] = 1 if lt.bound else 0
             for reason, n in lt.refused.items():
                 c[("sniffer_refused_connections", (lis, reason))] = n
             for tenant, n in lt.ech.items():

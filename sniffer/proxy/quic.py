@@ -175,6 +175,10 @@ class Flow:
         self.held.append(data)
         self.held_bytes += len(data)
 
+    @property
+    def ltally(self) -> ListenerTally:
+        return self.owner.tally
+
     def keep(self, data: bytes) -> None:
         """Keep a datagram sent to an endpoint that has not answered yet (bounded: past
         the bound a failover replays the first ones; the client retransmits the rest)."""

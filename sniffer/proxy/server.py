@@ -144,10 +144,12 @@ class DataPlane:
             if key not in wanted:
                 server = self._servers.pop(key)
                 server.close()
+                self.stats.listener(key.name).bound = False
                 log.info("closed listener %s on %s", key.name, join_host_port(key.host, key.port))
         for key in list(self._quic):
             if key not in wanted:
                 self._quic.pop(key).close_all("listener_closed")
+                self.stats.listener(key.name).bound = False
                 log.info("closed listener %s on %s", key.name, join_host_port(key.host, key.port))
         for key, lis in wanted.items():
             if key in self._servers or key in self._quic:
@@ -160,9 +162,11 @@ class DataPlane:
                 else:
                     self._servers[key] = await self._listen(lis)
                 self.listen_errors.pop(lis.name, None)
+                self.stats.listener(lis.name).bound = True
                 log.info("listening: %s %s on %s", lis.name, lis.protocol, lis.address)
             except OSError as exc:
                 self.listen_errors[lis.name] = f"{lis.address}: {exc.strerror or exc}"
+                self.stats.listener(lis.name).bound = False
                 log.error("cannot listen for %s on %s: %s", lis.name, lis.address, exc)
         # The table (tens of thousands of objects at 10,000 routes) and everything else
         # alive now move out of the collector's reach: a full collection walking them

@@ -32,6 +32,7 @@ from sniffer.wire.ja4 import ja4_quic
 from sniffer.wire.quic import VERSION_2, InitialReader, QuicHello
 from tests.conftest import PlaneFactory
 from tests.support.pki import PKI
+from tests.support.servers import free_port
 from tests.test_serve import Sniffer
 from tests.test_serve import start_sniffer as start_sniffer  # a fixture, used by name
 from tests.wire.quic_packets import aioquic_datagrams, client_initial, crypto_frame
@@ -553,13 +554,23 @@ async def test_serve_with_workers_keeps_rebound_flows(
     moves in all. Sockets spread over workers by a 4-tuple hash would send each move to
     the worker without the flow half the time (all 12 surviving: 1 in 4,096)."""
     await start(tenants, Tenant("a", pki, "a.example"))
-    port = free_port_udp()
-    text = (
+    port, tcp = free_port_udp(), free_port()
+    listeners = (
         f"listeners:\n  - {{name: h3, address: '127.0.0.1:{port}', protocol: quic}}\n"
+        f"  - {{name: web, address: '127.0.0.1:{tcp}', protocol: tls}}\n"
+    )
+    rest = (
         f"backends:\n  - {{name: a, endpoints: ['127.0.0.1:{tenants[0].port}']}}\n"
         "routes:\n  - {host: a.example, backend: a}\n"
     )
-    s: Sniffer = await start_sniffer(text, port, "--workers", "2")
+    s: Sniffer = await start_sniffer(listeners + rest, port, "--workers", "2")
+
+    def healthz() -> dict[str, Any]:
+        status, body = s.get("/healthz")
+        assert status == 200
+        listeners: dict[str, Any] = json.loads(body)["listeners"]
+        return listeners
+
     for i in range(3):
         async with connect("127.0.0.1", port, configuration=client_config(pki, "a.example")) as c:
             assert await exchange(c, b"%d" % i) == b"a\n%d" % i
@@ -569,10 +580,28 @@ async def test_serve_with_workers_keeps_rebound_flows(
                 old.close()  # type: ignore[union-attr]
                 payload = b"%d.%d " % (i, j) * 300
                 assert await exchange(c, payload) == b"a\n" + payload
+            if i == 0:  # /healthz: the flow is open on h3, held by one process of two
+                await s.wait_for(lambda: healthz()["h3"]["open"] == 1)
+                assert healthz()["h3"] == {
+                    "protocol": "quic",
+                    "address": f"127.0.0.1:{port}",
+                    "bound": 1,
+                    "open": 1,
+                }
+                assert healthz()["web"]["bound"] == 2
     await s.wait_for(lambda: s.metrics().get('sniffer_quic_rebinds_total{listener="h3"}') == 12.0)
     m = s.metrics()
     assert m['sniffer_connections_total{backend="a",listener="h3",tenant="a"}'] == 3.0
     assert not [k for k in m if k.startswith("sniffer_dropped_datagrams_total")]
+    # A quic listener whose port another process holds: listed, bound by nobody.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        busy = taken.getsockname()[1]
+        s.routes.write_text(
+            listeners + f"  - {{name: h3b, address: '127.0.0.1:{busy}', protocol: quic}}\n" + rest
+        )
+        await s.wait_for(lambda: "h3b" in healthz())
+        assert healthz()["h3b"]["bound"] == 0
 
 
 def closed_udp_ports(n: int) -> list[int]:
