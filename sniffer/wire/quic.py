@@ -328,7 +328,7 @@ class InitialReader:
         crypto: list[tuple[int, bytes]] = []
         initials = 0
         keys = self._keys
-        version, dcid, largest = self.version, self.dcid, self._largest_pn
+        version, dcid, scid, largest = self.version, self.dcid, self.scid, self._largest_pn
         while pos < n:
             first = datagram[pos]
             if not first & 0x80:
@@ -380,7 +380,7 @@ class InitialReader:
                     raise _dropped("initial DCID shorter than 8 bytes")
                 version, dcid = pkt_version, pkt_dcid
                 keys = side_keys(version, dcid, b"client in")
-                self.scid = pkt_scid
+                scid = pkt_scid
             elif pkt_version != version or pkt_dcid != dcid:
                 pos = end  # not this connection's first DCID: not readable with our keys
                 continue
@@ -392,7 +392,7 @@ class InitialReader:
         if keys is not None and self._keys is None:
             if not initials:
                 raise _dropped("no Initial packet", "not_initial")
-            self._keys, self.version, self.dcid = keys, version, dcid
+            self._keys, self.version, self.dcid, self.scid = keys, version, dcid, scid
         if self._keys is None:
             raise _dropped("no Initial packet", "not_initial")
         self._largest_pn = largest

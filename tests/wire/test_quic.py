@@ -311,6 +311,20 @@ def test_an_undecryptable_datagram_is_dropped_and_changes_nothing() -> None:
     assert r.feed(good, 0.0).hello.sni == "drop.example"  # type: ignore[union-attr]
 
 
+def test_an_undecryptable_first_datagram_leaves_no_trace() -> None:
+    # Found by the quic_initial fuzz target: the client's SCID was kept from a first
+    # datagram that was then dropped, so a later refusal went to the wrong SCID.
+    good = client_initial(crypto_frame(0, aioquic_hello("first.example")), pad_to=1200)
+    bad = bytearray(client_initial(crypto_frame(0, b"\x01"), scid=b"\x33" * 8, pad_to=1200))
+    bad[-1] ^= 1
+    r = reader()
+    with pytest.raises(DatagramDropped):
+        r.feed(bytes(bad), 0.0)
+    assert (r.started, r.version, r.dcid, r.scid) == (False, 0, b"", b"")
+    got = r.feed(good, 0.0)
+    assert isinstance(got, QuicHello) and got.scid == b"\x11" * 8
+
+
 def test_refusal_is_a_server_initial_connection_close_the_client_can_read() -> None:
     dcid, scid = b"\x01" * 8, b"\x02" * 8
     for version in (V1, V2):
