@@ -18,6 +18,7 @@ datagram itself is unusable (drop it and count; the reader's state is unchanged)
 from __future__ import annotations
 
 import hashlib
+import re
 import struct
 from typing import NamedTuple
 
@@ -77,6 +78,9 @@ into a handful of frames; 64 is far beyond any client and keeps each insertion c
 (a hostile client sending 1-byte frames with gaps cannot make reassembly quadratic)."""
 
 _FRAME_PADDING = 0x00
+_NOT_PADDING = re.compile(b"[^\x00]")
+"""Clients pad Initials to 1,200 bytes with PADDING frames (single zero bytes): a run of
+them is skipped in one C-level search, not a loop turn per byte (~1,000 per packet)."""
 _FRAME_PING = 0x01
 _FRAME_ACK = 0x02
 _FRAME_ACK_ECN = 0x03
@@ -437,7 +441,10 @@ class InitialReader:
         try:
             while pos < n:
                 ftype = payload[pos]
-                if ftype in (_FRAME_PADDING, _FRAME_PING):
+                if ftype == _FRAME_PADDING:
+                    more = _NOT_PADDING.search(payload, pos)
+                    pos = more.start() if more is not None else n
+                elif ftype == _FRAME_PING:
                     pos += 1
                 elif ftype == _FRAME_CRYPTO:
                     offset, pos = _varint(payload, pos + 1)
