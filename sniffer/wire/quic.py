@@ -144,11 +144,14 @@ class InitialKeys:
         self.iv = iv
         self.hp = hp
         self._aead = AESGCM(key)
-        self._hp = Cipher(algorithms.AES(hp), modes.ECB())
+        # ECB over whole blocks keeps no state between calls: one context serves every
+        # mask (making one per packet cost more than the AES itself).
+        self._hp = Cipher(algorithms.AES(hp), modes.ECB()).encryptor()
 
     def mask(self, sample: bytes | bytearray | memoryview) -> bytes:
-        enc = self._hp.encryptor()
-        return enc.update(bytes(sample)) + enc.finalize()
+        if len(sample) != 16:  # a partial block would stay buffered in the context
+            raise ValueError("a header-protection sample is 16 bytes")
+        return self._hp.update(bytes(sample))
 
     def nonce(self, pn: int) -> bytes:
         return (int.from_bytes(self.iv, "big") ^ pn).to_bytes(12, "big")
