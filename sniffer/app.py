@@ -125,10 +125,11 @@ def _health(controller: RouteController, relay: _Relay) -> Callable[[], dict[str
                 lis.name: {
                     "protocol": lis.protocol,
                     "address": lis.address,
-                    "bound": int(gauges.get(("sniffer_listener_bound", (lis.name,)), 0)),
-                    "open": int(gauges.get(("sniffer_listener_open", (lis.name,)), 0)),
+                    "bound": int(gauges.get(("sniffer_listener_bound", key), 0)),
+                    "open": int(gauges.get(("sniffer_listener_open", key), 0)),
                 }
                 for lis in controller.table.listeners
+                for key in [(lis.name, lis.protocol)]
             }
         }
 

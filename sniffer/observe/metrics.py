@@ -145,12 +145,12 @@ _FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "sniffer_listener_open": (
         "gauge",
         "Client connections (QUIC: flows) open on the listener, sniffing or relaying",
-        ("listener",),
+        ("listener", "protocol"),
     ),
     "sniffer_listener_bound": (
         "gauge",
         "Processes holding the listener's socket (TCP: every worker; QUIC: worker 0)",
-        ("listener",),
+        ("listener", "protocol"),
     ),
     "sniffer_quic_failovers": (
         "counter",

@@ -88,6 +88,7 @@ class ListenerTally:
         "ech",
         "failovers",
         "name",
+        "protocol",
         "rebinds",
         "refused",
         "sniff_times",
@@ -105,6 +106,8 @@ class ListenerTally:
         """QUIC flows moved to the next endpoint after an ICMP refusal, before any answer."""
         self.bound = False
         """This process holds the listener's socket (QUIC: worker 0 alone)."""
+        self.protocol = ""
+        """tls, http or quic: a label of the listener gauges (dashboards select by it)."""
         self.sniff_times = _Hist(SNIFF_BUCKETS)
         self.ech: dict[str, int] = {}
         """Routed hellos carrying an encrypted_client_hello extension, by tenant."""
@@ -248,8 +251,9 @@ class DataPlaneStats:
             h[("sniffer_event_loop_lag_seconds", (self.worker,))] = _hist_copy(self.loop_lag)
         for lis, lt in self.listeners.items():
             c[("sniffer_accepted_connections", (lis,))] = lt.accepted
-            g[("sniffer_listener_open", (lis,))] = per_listener.get(lt, 0)
-            g[("sniffer_listener_bound", (lis,))] = 1 if lt.bound else 0
+            if lt.protocol:  # a listener this process opened or tried to
+                g[("sniffer_listener_open", (lis, lt.protocol))] = per_listener.get(lt, 0)
+                g[("sniffer_listener_bound", (lis, lt.protocol))] = 1 if lt.bound else 0
             for reason, n in lt.refused.items():
                 c[("sniffer_refused_connections", (lis, reason))] = n
             for tenant, n in lt.ech.items():

@@ -162,11 +162,11 @@ class DataPlane:
                 else:
                     self._servers[key] = await self._listen(lis)
                 self.listen_errors.pop(lis.name, None)
-                self.stats.listener(lis.name).bound = True
+                self._mark(lis, bound=True)
                 log.info("listening: %s %s on %s", lis.name, lis.protocol, lis.address)
             except OSError as exc:
                 self.listen_errors[lis.name] = f"{lis.address}: {exc.strerror or exc}"
-                self.stats.listener(lis.name).bound = False
+                self._mark(lis, bound=False)
                 log.error("cannot listen for %s on %s: %s", lis.name, lis.address, exc)
         # The table (tens of thousands of objects at 10,000 routes) and everything else
         # alive now move out of the collector's reach: a full collection walking them
@@ -184,6 +184,12 @@ class DataPlane:
             self._flow_sweeper = self.loop.create_task(self._sweep_flows())
             self._sweepers.append(self._flow_sweeper)
         self.installed_version = table.version
+
+    def _mark(self, lis: Listener, *, bound: bool) -> None:
+        """What the listener gauges (and /healthz) say of `lis` in this process."""
+        tally = self.stats.listener(lis.name)
+        tally.protocol = lis.protocol
+        tally.bound = bound
 
     async def _listen(self, lis: Listener) -> asyncio.Server:
         family = socket.AF_INET6 if ":" in lis.host else socket.AF_INET
