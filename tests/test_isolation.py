@@ -122,7 +122,7 @@ async def test_noisy_neighbour_cannot_take_the_edge_from_others(
 ) -> None:
     """Tenant A, capped at `cap`, is flooded with `flood` TLS connections that complete
     the handshake and idle; without the cap they would exceed what `nofile` allows.
-    Tenant B's clients all succeed, p99 within 2x of their baseline, with two workers
+    Tenant B's clients all succeed, median within 2x of their baseline, with two workers
     splitting the cap between them."""
     b = await TLSBackend("b", pki.issue("app.b.example").server_context()).start()
     leaf_a = pki.issue("app.a.example")
@@ -178,7 +178,10 @@ async def test_noisy_neighbour_cannot_take_the_edge_from_others(
         _, admitted, refused = (await done).decode().split()
         assert int(admitted) == cap and int(admitted) + int(refused) == flood
         # A's flood now holds its cap of idle connections and was refused the rest
-        # (sniffer holds nothing for those): B's latency is back within 2x of baseline.
+        # (sniffer holds nothing for those): B's typical latency is back within 2x of
+        # baseline. The median is asserted, not the tail: with a few dozen probes the
+        # "p99" is the slowest one, which any other process on a shared machine can
+        # delay (benchmarks/noisy_neighbour.py measures tails on a quiet machine).
         # While the flood arrives, its generator's own TLS handshakes compete with
         # sniffer and B for this machine's two cores, so that phase is reported only.
         holding = sorted([await timed_b() for _ in range(probes)])
@@ -187,7 +190,10 @@ async def test_noisy_neighbour_cannot_take_the_edge_from_others(
         def p99(xs: list[float]) -> float:
             return xs[min(len(xs) - 1, int(len(xs) * 0.99))]
 
-        assert p99(holding) <= 2 * p99(baseline), (p99(baseline), p99(holding))
+        def p50(xs: list[float]) -> float:
+            return xs[len(xs) // 2]
+
+        assert p50(holding) <= 2 * p50(baseline), (p50(baseline), p50(holding))
         key = 'sniffer_refused_connections_total{listener="tls",reason="tenant_limit"}'
         await s.wait_for(lambda: s.metrics().get(key) == flood - cap)
         m = s.metrics()
@@ -200,7 +206,7 @@ async def test_noisy_neighbour_cannot_take_the_edge_from_others(
         assert overloaded not in m
 
         def ms(xs: list[float]) -> str:
-            return f"{xs[len(xs) // 2] * 1e3:.1f}/{p99(xs) * 1e3:.1f} ms (n={len(xs)})"
+            return f"{p50(xs) * 1e3:.1f}/{p99(xs) * 1e3:.1f} ms (n={len(xs)})"
 
         print(
             f"\nnoisy neighbour: A admitted {admitted}/{flood} (cap {cap}, 2 workers); "

@@ -16,6 +16,7 @@ import pytest
 from sniffer.routing.model import Conflict
 from sniffer.routing.sources import Update
 from sniffer.routing.sources.kubernetes import KubernetesSettings, KubernetesSource
+from sniffer.routing.sources.kubernetes.api import KubeApi
 from sniffer.routing.table import Listener, MatchKind, RouteTable, TableSpec
 from tests.kubeapi.server import KubeApiServer, shared_crd_dir
 
@@ -70,6 +71,9 @@ class Harness:
             page_size=50,
         )
         listeners = overrides.pop("listeners", (TLS, HTTP))
+        self._api_class: type[KubeApi] | None = overrides.pop("api_class", None)
+        """A `KubeApi` subclass (a spy) the source talks through; it connects at start."""
+        self.api: KubeApi | None = None
         self.settings = dataclasses.replace(base, **overrides)
         self.server = server
         self.source = KubernetesSource(self.settings, listeners)
@@ -89,6 +93,9 @@ class Harness:
         return RouteTable.build(self.spec)
 
     async def start(self, timeout: float = 10.0) -> None:
+        if self._api_class is not None:
+            self.api = await self._api_class.connect(self.settings)
+            self.source = KubernetesSource(self.settings, self.source.listeners, api=self.api)
         self._task = asyncio.create_task(self.source.run(self._publish))
         await self.until(lambda: self.source.synced, timeout)
         await self.watching(timeout)
@@ -102,6 +109,10 @@ class Harness:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+            self._task = None
+        if self.api is not None:
+            await self.api.close()
+            self.api = None
 
     async def until(self, pred: Callable[[], bool], timeout: float = 5.0) -> None:
         """Wait for `pred()` to hold, re-checking on every publish or informer change."""

@@ -2,7 +2,7 @@
 
 The route appears from an Ingress created in the API test server; deleting it makes new
 connections fail with the `unrecognized_name` alert while an open one keeps working, and
-`/readyz` is 503 until the first full sync. Skipped while the CLI cannot serve Kubernetes.
+`/readyz` is 503 until the first full sync.
 """
 
 from __future__ import annotations
@@ -21,24 +21,14 @@ import pytest
 from tests.k8s.conftest import SNIFFER, spawn_sniffer
 from tests.kubeapi import objects as o
 from tests.kubeapi.certs import make_pki
+from tests.support.prereq import missing
 from tests.support.servers import free_port
 
 
-def _cli_serves_kubernetes() -> bool:
+@pytest.fixture(autouse=True)
+def _sniffer_installed() -> None:
     if not SNIFFER.exists():
-        return False
-    try:
-        out = subprocess.run(
-            [str(SNIFFER), "serve", "--help"], capture_output=True, text=True, timeout=30
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return "--kubernetes" in out.stdout
-
-
-pytestmark = pytest.mark.skipif(
-    not _cli_serves_kubernetes(), reason="`sniffer serve --kubernetes` is not available yet"
-)
+        missing(f"{SNIFFER} not found: pip install -e '.[dev]' in the repository's .venv")
 
 
 async def _eventually(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:

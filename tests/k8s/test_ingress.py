@@ -19,7 +19,7 @@ async def test_objects_appear_change_and_disappear(api_server, harness_factory):
     await h.start()
     assert h.spec.routes == ()
     _tenant(api_server)
-    api_server.create(o.ingress("team-a", "web", [("A.Example.com.", "web", 443)]))
+    api_server.create(o.ingress("team-a", "web", [("a.example.com", "web", 443)]))
     await h.routes_to("a.example.com", "team-a/web:443")
     assert h.backend("team-a/web:443").endpoints == (Endpoint("10.0.0.1", 8443),)
     assert h.spec.routes[0].source == "Ingress team-a/web"

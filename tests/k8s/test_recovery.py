@@ -1,9 +1,10 @@
-"""Prompt recovery: after an API outage of any length, a change is routed within ~2 s.
+"""Prompt recovery: after an API outage of any length, a change is routed within seconds.
 
-Production backoff (0.5 s doubling to a 30 s cap) is used on purpose: by the end of a
-long outage every informer sleeps many seconds, and only the shared probe (and the wake
-it sends when the server answers again) brings them back promptly. A restarting server
-that answers 403 while its authorizer loads is part of the same outage.
+A backoff of 2 s doubling to the production cap of 30 s (production starts at 0.5 s) is
+used on purpose: by the end of a 10 s outage every informer sleeps many seconds, and only
+the shared probe (and the wake it sends when the server answers again) brings them back
+promptly. A restarting server that answers 403 while its authorizer loads is part of the
+same outage.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def _tenant(server: Any, ns: str, host: str) -> None:
 async def _outage(harness_factory: Any, server: Any, down: float, forbidden: float) -> float:
     """Seconds from the server answering normally again to the new route being live."""
     _tenant(server, "team-a", "a.example.com")
-    h = harness_factory(backoff_initial=0.5, backoff_max=30.0, probe_interval=1.0)
+    h = harness_factory(backoff_initial=2.0, backoff_max=30.0, probe_interval=1.0)
     await h.start()
     await server.go_down()
     await h.until(lambda: not h.source.health()["api_up"])
@@ -56,14 +57,22 @@ async def _outage(harness_factory: Any, server: Any, down: float, forbidden: flo
     return max(took, all_up)
 
 
+# With the wake: about one probe interval (1 s) plus a re-list of nine kinds (0.1-0.5 s
+# measured). Without it (measured with the wake removed, 3 runs of each test): 11.5-14.3
+# s, since after 10 s of outage the slowest of nine informers still has seconds of its
+# 4-8 s or 8-16 s sleep ahead (0.5 s start: once only 3.8 s, too close to any bound that
+# leaves a loaded machine a margin). The bound leaves seconds either side.
+PROMPTLY = 5.0
+
+
 async def test_change_after_an_outage_is_routed_promptly(api_server, harness_factory):
-    assert await _outage(harness_factory, api_server, down=10.0, forbidden=0.0) < 3.0
+    assert await _outage(harness_factory, api_server, down=10.0, forbidden=0.0) < PROMPTLY
 
 
 async def test_403_while_the_authorizer_loads_is_part_of_the_outage(api_server, harness_factory):
-    assert await _outage(harness_factory, api_server, down=4.0, forbidden=4.0) < 3.0
+    assert await _outage(harness_factory, api_server, down=4.0, forbidden=6.0) < PROMPTLY
 
 
 @pytest.mark.soak
-async def test_change_after_a_60s_outage_is_routed_within_3s(api_server, harness_factory):
-    assert await _outage(harness_factory, api_server, down=60.0, forbidden=0.0) < 3.0
+async def test_change_after_a_60s_outage_is_routed_promptly(api_server, harness_factory):
+    assert await _outage(harness_factory, api_server, down=60.0, forbidden=0.0) < PROMPTLY

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 
 import pytest
 
@@ -319,3 +320,92 @@ async def test_gateway_port_matches_the_public_port_of_a_mapped_listener(
     await h2.start()
     assert h2.lookup("app.a.example.com", listener="tls-8443") == (MatchKind.NONE, None)
     await h2.stop()
+
+
+def _written(server, kind, ns, name):
+    return [w for w in server.status_writes if w == (kind, ns or "", name)]
+
+
+async def test_gateway_of_another_class_is_neither_routed_nor_written(api_server, harness_factory):
+    _infra(api_server)
+    api_server.create(o.gateway_class("other", "example.com/other-controller"))
+    api_server.create(o.gateway("infra", "theirs", class_name="other"))
+    # Another sniffer fleet's class (same controller, another class name): not ours either.
+    api_server.create(o.gateway_class("internal"))
+    api_server.create(o.gateway("infra", "internal", class_name="internal"))
+    api_server.create(
+        o.tls_route(
+            "team-a",
+            "internal",
+            ["internal.example.com"],
+            [o.backend_ref("web")],
+            parents=[o.parent_ref("internal", "infra")],
+        )
+    )
+    _svc(api_server, "team-a")
+    api_server.create(o.tls_route("team-a", "ours", ["ours.example.com"], [o.backend_ref("web")]))
+    api_server.create(
+        o.tls_route(
+            "team-a",
+            "theirs",
+            ["theirs.example.com"],
+            [o.backend_ref("web")],
+            parents=[o.parent_ref("theirs", "infra")],
+        )
+    )
+    both = [o.parent_ref("edge", "infra"), o.parent_ref("theirs", "infra")]
+    api_server.create(
+        o.tls_route("team-a", "both", ["both.example.com"], [o.backend_ref("web")], parents=both)
+    )
+    theirs_before = {
+        name: copy.deepcopy(api_server.get("TLSRoute", "team-a", name).get("status"))
+        for name in ("theirs", "internal")
+    }
+    h = harness_factory()
+    await h.start()
+    await _status(h, api_server, "team-a", "ours", {"Accepted": ("True", "Accepted")})
+    await _status(h, api_server, "team-a", "both", {"Accepted": ("True", "Accepted")})
+    await h.source.status_idle()
+    assert h.lookup("ours.example.com")[1] == "team-a/web:443"
+    assert h.lookup("theirs.example.com") == (MatchKind.NONE, None)
+    assert h.lookup("internal.example.com") == (MatchKind.NONE, None)
+    assert h.lookup("both.example.com")[1] == "team-a/web:443"  # through our Gateway only
+    # Another controller's objects carry nothing of ours, and were never written.
+    for name in ("theirs", "internal"):
+        assert _written(api_server, "TLSRoute", "team-a", name) == []
+        assert api_server.get("TLSRoute", "team-a", name).get("status") == theirs_before[name]
+    assert _written(api_server, "Gateway", "infra", "theirs") == []
+    assert _written(api_server, "Gateway", "infra", "internal") == []
+    assert _written(api_server, "GatewayClass", None, "other") == []
+    assert _written(api_server, "GatewayClass", None, "internal") == []
+    assert set(_parents(api_server, "team-a", "both")) == {"edge"}
+    assert _written(api_server, "Gateway", "infra", "edge")  # while ours were
+    assert _written(api_server, "GatewayClass", None, "sniffer")
+
+
+async def test_gateway_class_of_another_controller_is_not_ours(api_server, harness_factory):
+    """A GatewayClass named as sniffer's but whose controllerName is another's: its
+    Gateways belong to that controller (the positive control: sniffer configured with
+    that controller name takes them)."""
+    api_server.create(o.gateway_class("sniffer", "example.com/other-controller"))
+    api_server.create(o.gateway("infra", "edge"))
+    _svc(api_server, "team-a")
+    api_server.create(o.tls_route("team-a", "r", ["r.example.com"], [o.backend_ref("web")]))
+    objects = (
+        ("GatewayClass", None, "sniffer"),
+        ("Gateway", "infra", "edge"),
+        ("TLSRoute", "team-a", "r"),
+    )
+    before = [copy.deepcopy(api_server.get(*k).get("status")) for k in objects]
+    h = harness_factory()
+    await h.start()
+    await h.source.status_idle()
+    assert h.lookup("r.example.com") == (MatchKind.NONE, None)
+    assert api_server.status_writes == []
+    assert [api_server.get(*k).get("status") for k in objects] == before
+
+    other = harness_factory(controller_name="example.com/other-controller")
+    await other.start()
+    assert other.lookup("r.example.com")[1] == "team-a/web:443"
+    await _status(other, api_server, "team-a", "r", {"Accepted": ("True", "Accepted")})
+    assert h.lookup("r.example.com") == (MatchKind.NONE, None)

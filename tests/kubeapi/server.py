@@ -7,9 +7,14 @@ snapshots, expiring with history) and `resourceVersion`, watch with `resourceVer
 older than the bounded history, JSON `Status` bodies for errors, create/update/delete,
 status subresource PUT/PATCH (merge, strategic-as-merge, JSON patch, apply-as-merge) with
 resourceVersion preconditions (409 Conflict on a stale one, as for Lease updates),
-`metadata.generation` bumped on spec changes only, Leases (coordination.k8s.io/v1), and
-Gateway API objects validated against the upstream CRD schemas read from the shared
-folder. Fault injection: go down (sockets closed, new connections refused), go silent
+`metadata.generation` bumped on spec changes only (and kept only where the real server
+keeps it), Leases (coordination.k8s.io/v1), 415 for a body in a media type the real server
+does not read, core fields validated as the real server does for what sniffer reads (Ingress
+hosts), and Gateway API objects validated against the upstream CRD schemas read from the
+shared folder (without their CEL rules). `tests/realkube/test_contract.py` plays the same
+requests against this server and a real kube-apiserver and fails on any difference not
+listed there as deliberate (loopback EndpointSlice addresses are accepted here). Fault
+injection: go down (sockets closed, new connections refused), go silent
 (open streams stay open and say nothing), expire history, 410 or close every stream,
 answer 403 to everything (an authorizer still loading after a restart), fail the next
 status writes with given codes. It must never be used outside tests and never listen
@@ -22,9 +27,11 @@ import asyncio
 import base64
 import contextlib
 import copy
+import ipaddress
 import itertools
 import json
 import os
+import re
 import shutil
 import ssl
 import tempfile
@@ -58,8 +65,9 @@ class Resource:
 
 
 RESOURCES = (
-    Resource("Service", "", "services", ("v1",)),
-    Resource("Namespace", "", "namespaces", ("v1",), namespaced=False),
+    # The real server keeps no metadata.generation on Services and Namespaces.
+    Resource("Service", "", "services", ("v1",), generation=False),
+    Resource("Namespace", "", "namespaces", ("v1",), namespaced=False, generation=False),
     Resource("Lease", "coordination.k8s.io", "leases", ("v1",), generation=False),
     Resource("Ingress", "networking.k8s.io", "ingresses", ("v1",)),
     Resource("IngressClass", "networking.k8s.io", "ingressclasses", ("v1",), namespaced=False),
@@ -129,10 +137,78 @@ class Schemas:
         validator = self._validators.get((plural, version))
         if validator is None:
             return []
-        return [
+        errors = [
             f"{'.'.join(str(p) for p in e.absolute_path) or '<root>'}: {e.message}"
             for e in validator.iter_errors(obj)
         ]
+        return errors or list_key_errors(validator.schema, obj, "")
+
+
+def list_key_errors(schema: Any, value: Any, where: str) -> list[str]:
+    """Duplicates in `x-kubernetes-list-type: map` (by `x-kubernetes-list-map-keys`) and
+    `set` lists, which the real server refuses (422) and JSON Schema cannot express.
+    (CEL rules, `x-kubernetes-validations`, are not evaluated here.)"""
+    if not isinstance(schema, dict):
+        return []
+    errors: list[str] = []
+    if isinstance(value, dict):
+        props = schema.get("properties") or {}
+        for k, v in value.items():
+            if k in props:
+                errors += list_key_errors(props[k], v, f"{where}.{k}" if where else k)
+    elif isinstance(value, list):
+        kind = schema.get("x-kubernetes-list-type")
+        keys = schema.get("x-kubernetes-list-map-keys") or []
+        seen: set[str] = set()
+        for i, item in enumerate(value):
+            if kind == "map" and isinstance(item, dict):
+                ident = json.dumps([item.get(k) for k in keys])
+            elif kind == "set":
+                ident = json.dumps(item, sort_keys=True)
+            else:
+                ident = ""
+            if ident and ident in seen:
+                errors.append(f"{where}[{i}]: Duplicate value: {ident}")
+            seen.add(ident)
+            errors += list_key_errors(schema.get("items"), item, f"{where}[{i}]")
+    return errors
+
+
+_DNS1123_SUBDOMAIN = re.compile(
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+)
+
+
+def _host_errors(where: str, host: str) -> list[str]:
+    """An Ingress rule's host as the real server validates it: a lowercase RFC 1123
+    subdomain, optionally behind one leading `*.`, and not an IP address."""
+    with contextlib.suppress(ValueError):
+        ipaddress.ip_address(host)
+        return [f"{where}: Invalid value: {host!r}: must be a DNS name, not an IP address"]
+    name = host[2:] if host.startswith("*.") else host
+    if len(host) > 253 or not _DNS1123_SUBDOMAIN.match(name):
+        return [
+            f"{where}: Invalid value: {host!r}: a lowercase RFC 1123 subdomain must consist "
+            "of lower case alphanumeric characters, '-' or '.', and must start and end with "
+            "an alphanumeric character"
+        ]
+    return []
+
+
+def validate_core(plural: str, obj: dict[str, Any]) -> list[str]:
+    """What the real server refuses (422) in the core kinds' fields sniffer reads; a
+    small subset of its validation, grown when the contract test finds a difference."""
+    errors: list[str] = []
+    spec = obj.get("spec") if isinstance(obj.get("spec"), dict) else {}
+    if plural == "ingresses":
+        for i, rule in enumerate(spec.get("rules") or []):
+            host = rule.get("host") if isinstance(rule, dict) else None
+            if host:
+                errors += _host_errors(f"spec.rules[{i}].host", str(host))
+        for i, tls in enumerate(spec.get("tls") or []):
+            for j, host in enumerate((tls or {}).get("hosts") or []):
+                errors += _host_errors(f"spec.tls[{i}].hosts[{j}]", str(host))
+    return errors
 
 
 def status_body(code: int, reason: str, message: str) -> dict[str, Any]:
@@ -369,9 +445,11 @@ class KubeApiServer:
             w.queue.put_nowait(("close", None))
 
     def send_bookmarks(self) -> None:
+        """A BOOKMARK on every stream that asked for them, at the resourceVersion of now:
+        every event up to it is already queued ahead of it, none after it."""
         for w in self._watches:
             if w.bookmarks:
-                w.queue.put_nowait(("bookmark", None))
+                w.queue.put_nowait(("bookmark", self.rv))
 
     @property
     def open_watches(self) -> int:
@@ -395,9 +473,9 @@ class KubeApiServer:
                 w.queue.put_nowait(("event", (etype, obj)))
 
     def _validate(self, plural: str, version: str, obj: dict[str, Any]) -> None:
-        if self.schemas is None:
-            return
-        errors = self.schemas.validate(plural, version, obj)
+        errors = validate_core(plural, obj)
+        if not errors and self.schemas is not None:
+            errors = self.schemas.validate(plural, version, obj)
         if errors:
             kind = BY_PLURAL[plural].kind
             raise ApiFailure(
@@ -500,6 +578,7 @@ class KubeApiServer:
             raise ApiFailure(404, "NotFound", f"{res.plural} {name!r} not found")
         for version in res.versions:
             self._encoded.pop((res.plural, *key, version), None)
+            self._encoded.pop((res.plural, *key, version + "#item"), None)
         gone = copy.deepcopy(held)
         gone["metadata"]["resourceVersion"] = str(self._bump())
         self._record(res.plural, "DELETED", gone)
@@ -584,9 +663,8 @@ class KubeApiServer:
             )
         if parts[0] == "apis" and len(parts) == 2:
             if parts[1] not in groups:
-                raise ApiFailure(
-                    404, "NotFound", "the server could not find the requested resource"
-                )
+                # No API group: the real server's mux answers plain text, not a Status.
+                return web.Response(status=404, text="404 page not found\n")
             return web.json_response(_group_json(parts[1], groups[parts[1]]) | {"kind": "APIGroup"})
         if parts[0] == "api":
             group, rest = "", parts[1:]
@@ -596,7 +674,7 @@ class KubeApiServer:
             raise ApiFailure(404, "NotFound", "the server could not find the requested resource")
         version, rest = rest[0], rest[1:]
         if version not in groups.get(group, []):
-            raise ApiFailure(404, "NotFound", "the server could not find the requested resource")
+            return _not_served(group)
         if not rest:
             return web.json_response(self._resource_list(group, version))
         namespace: str | None = None
@@ -605,7 +683,7 @@ class KubeApiServer:
         plural, rest = rest[0], rest[1:]
         res = BY_PLURAL.get(plural)
         if res is None or res.group != group or version not in self._served(res):
-            raise ApiFailure(404, "NotFound", "the server could not find the requested resource")
+            return _not_served(group)
         if plural in self.forbidden_resources:
             raise ApiFailure(403, "Forbidden", f"{plural} is forbidden: RBAC does not allow it")
         name = rest[0] if rest else None
@@ -619,7 +697,7 @@ class KubeApiServer:
                     return await self._watch(request, res, version, namespace)
                 return self._list(res, version, namespace, q)
             if request.method == "POST":
-                obj = await request.json()
+                obj = _body(await request.read(), request)
                 return web.json_response(
                     self._out(self.create(obj, namespace=namespace), res, version), status=201
                 )
@@ -632,6 +710,22 @@ class KubeApiServer:
             return web.json_response(self._out(held, res, version))
         if request.method == "DELETE":
             gone = self.delete(res.kind, key_ns, name)
+            if res.crd is not None:
+                # Custom resources answer a Status, core kinds the deleted object.
+                return web.json_response(
+                    {
+                        "kind": "Status",
+                        "apiVersion": "v1",
+                        "metadata": {},
+                        "status": "Success",
+                        "details": {
+                            "name": name,
+                            "group": group,
+                            "kind": plural,
+                            "uid": gone["metadata"]["uid"],
+                        },
+                    }
+                )
             return web.json_response(self._out(gone, res, version))
         if request.method in ("PUT", "PATCH"):
             held = self.get(res.kind, key_ns, name)
@@ -639,7 +733,7 @@ class KubeApiServer:
                 raise ApiFailure(404, "NotFound", f'{plural}.{group} "{name}" not found')
             body = await request.read()
             if request.method == "PUT":
-                new = json.loads(body)
+                new = _body(body, request)
             else:
                 new = self._patched(held, body, request.content_type)
             new.setdefault("kind", res.kind)
@@ -710,7 +804,9 @@ class KubeApiServer:
             return obj
         return obj | {"apiVersion": api_version}
 
-    def _encode(self, obj: dict[str, Any], res: Resource, version: str) -> bytes:
+    def _encode(
+        self, obj: dict[str, Any], res: Resource, version: str, item: bool = False
+    ) -> bytes:
         """An object's JSON as served at `version`, encoded once per stored object.
 
         Valid because writes replace a stored object and never mutate it: the cache entry
@@ -718,11 +814,20 @@ class KubeApiServer:
         A large list is then a join of cached bytes, not a re-encoding of every item.
         """
         meta = obj["metadata"]
-        key = (res.plural, meta.get("namespace", ""), meta["name"], version)
+        key = (
+            res.plural,
+            meta.get("namespace", ""),
+            meta["name"],
+            version + ("#item" if item else ""),
+        )
         hit = self._encoded.get(key)
         if hit is not None and hit[0] is obj:
             return hit[1]
-        data = json.dumps(self._out(obj, res, version), separators=(",", ":")).encode()
+        out = self._out(obj, res, version)
+        if item:
+            # List items carry no kind/apiVersion on a real server (the list says them).
+            out = {k: v for k, v in out.items() if k not in ("kind", "apiVersion")}
+        data = json.dumps(out, separators=(",", ":")).encode()
         if self.objects[res.plural].get(key[1:3]) is obj:
             self._encoded[key] = (obj, data)
         else:
@@ -772,7 +877,7 @@ class KubeApiServer:
             (
                 json.dumps(head, separators=(",", ":")).encode()[:-1],
                 b',"items":[',
-                b",".join(self._encode(o, res, version) for o in page),
+                b",".join(self._encode(o, res, version, item=True) for o in page),
                 b"]}",
             )
         )
@@ -822,7 +927,9 @@ class KubeApiServer:
                             async with asyncio.timeout(self.bookmark_interval):
                                 what, payload = await w.queue.get()
                         except TimeoutError:
-                            what, payload = "bookmark", None
+                            if not w.queue.empty():
+                                continue  # an event came with the timeout: it goes first
+                            what, payload = "bookmark", self.rv
                     else:
                         what, payload = await w.queue.get()
                     if what == "close":
@@ -833,13 +940,16 @@ class KubeApiServer:
                         await _write_event(resp, "ERROR", _gone_status(rv_s))
                         break
                     if what == "bookmark":
+                        # The version of when it was queued, not of now: a later one would
+                        # claim events still queued behind it, which a client re-watching
+                        # from it after the stream broke would never see.
                         await _write_event(
                             resp,
                             "BOOKMARK",
                             {
                                 "kind": res.kind,
                                 "apiVersion": self._out({}, res, version)["apiVersion"],
-                                "metadata": {"resourceVersion": str(self.rv)},
+                                "metadata": {"resourceVersion": str(payload)},
                             },
                         )
                         continue
@@ -863,6 +973,39 @@ class KubeApiServer:
                 self.apply(obj)
             return web.json_response({"resourceVersion": str(self.rv)})
         raise ApiFailure(404, "NotFound", "unknown test control")
+
+
+BODY_TYPES = ("application/json", "application/yaml")
+"""Media types a real server reads a POST/PUT body as (besides protobuf, which the fake
+does not speak); anything else is 415. No Content-Type at all is read as JSON, as the
+real server does; `application/octet-stream` (what aiohttp sends for bytes) is not."""
+
+
+def _body(raw: bytes, request: web.Request) -> dict[str, Any]:
+    declared = request.headers.get("Content-Type")
+    ctype = request.content_type if declared else "application/json"
+    if ctype not in BODY_TYPES:
+        raise ApiFailure(
+            415,
+            "UnsupportedMediaType",
+            "the body of the request was in an unknown format - accepted media types include: "
+            "application/json, application/yaml, application/vnd.kubernetes.protobuf",
+        )
+    try:
+        obj = yaml.safe_load(raw) if ctype == "application/yaml" else json.loads(raw)
+    except (ValueError, yaml.YAMLError) as exc:
+        raise ApiFailure(400, "BadRequest", f"the body is not {ctype}: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise ApiFailure(400, "BadRequest", "the body is not an object")
+    return obj
+
+
+def _not_served(group: str) -> web.Response:
+    """404 for a version or resource the server does not serve. Built-in groups answer a
+    Status; a group served by CRDs falls through to the mux's plain-text 404."""
+    if group == GW:
+        return web.Response(status=404, text="404 page not found\n")
+    return _status(404, "NotFound", "the server could not find the requested resource")
 
 
 def _group_json(group: str, versions: list[str]) -> dict[str, Any]:

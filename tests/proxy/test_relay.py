@@ -307,6 +307,27 @@ async def test_weight_zero_backend_gets_nothing(
     assert answers == {b"a\n"}
 
 
+async def test_route_whose_weights_are_all_zero_is_refused_no_backend(
+    data_plane: PlaneFactory, pki: PKI, tenants: dict[str, TLSBackend]
+) -> None:
+    """A TLSRoute whose every backendRef has weight 0 still claims its hostname (the
+    Gateway API: nothing gets traffic), so the name is refused, not passed to a default."""
+    plane = await data_plane(
+        tls_spec(
+            {"a": [tenants["a"].port], "b": [tenants["b"].port]},
+            {"app.a.example": [("a", 0), ("b", 0)], "app.b.example": "b"},
+            default="b",
+        )
+    )
+    port = plane.bound_ports()["main"]
+    internal_error = bytes.fromhex("15030300020250")
+    assert await _refusal(port, client_hello("app.a.example")) == internal_error
+    assert await tls_request(pki, port, "app.b.example") == b"b\n"  # others unaffected
+    c = plane.stats.snapshot().counters
+    assert c[("sniffer_refused_connections", ("main", "no_backend"))] == 1
+    assert tenants["a"].connections == 0
+
+
 async def test_http_listener_routes_by_host(data_plane: PlaneFactory) -> None:
     raw = await RawBackend().start()
     plane = await data_plane(tls_spec({"r": [raw.port]}, {"www.r.example": "r"}, protocol="http"))
@@ -325,6 +346,64 @@ async def test_http_listener_routes_by_host(data_plane: PlaneFactory) -> None:
     assert unknown.startswith(b"HTTP/1.1 421 Misdirected Request\r\n")
     malformed = await _refusal(port, b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
     assert malformed.startswith(b"HTTP/1.1 400 ")
+    await raw.close()
+
+
+def _http_answer(answer: bytes) -> tuple[bytes, dict[bytes, bytes], bytes]:
+    """(status line, lower-cased headers, body) of one complete HTTP/1.1 response."""
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status, *lines = head.split(b"\r\n")
+    headers = dict(line.lower().split(b": ", 1) for line in lines)
+    assert int(headers[b"content-length"]) == len(body)  # complete: nothing cut, nothing more
+    return status, headers, body
+
+
+async def test_http_listener_answers_408_502_503_off_the_socket(data_plane: PlaneFactory) -> None:
+    """Each refusal of a plaintext client is a complete `connection: close` response
+    naming the reason, then a clean close; each is counted by reason."""
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))  # bound, never listening: every dial is refused
+    raw = await RawBackend().start()
+    spec = tls_spec(
+        {"r": [raw.port], "dead": [dead.getsockname()[1]], "empty": []},
+        {
+            "www.r.example": "r",
+            "dead.example": "dead",
+            "empty.example": "empty",
+            "zero.example": [("r", 0)],
+        },
+        protocol="http",
+    )
+    plane = await data_plane(spec, hello_timeout=0.3)
+    port = plane.bound_ports()["main"]
+
+    def get(host: str) -> bytes:
+        return f"GET / HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+
+    answers = {
+        "hello_timeout": await _refusal(port, b"GET / HTTP/1.1\r\nHost: www.r.exa"),
+        "backend_unavailable": await _refusal(port, get("dead.example")),
+        "no_endpoints": await _refusal(port, get("empty.example")),
+        "no_backend": await _refusal(port, get("zero.example")),
+    }
+    expected = {
+        "hello_timeout": b"HTTP/1.1 408 Request Timeout",
+        "backend_unavailable": b"HTTP/1.1 502 Bad Gateway",
+        "no_endpoints": b"HTTP/1.1 503 Service Unavailable",
+        "no_backend": b"HTTP/1.1 503 Service Unavailable",
+    }
+    for reason, answer in answers.items():
+        status, headers, body = _http_answer(answer)
+        assert status == expected[reason], (reason, answer)
+        assert headers[b"connection"] == b"close"
+        assert b"retry-after" not in headers  # only a limit says when to come back
+        assert body == status[9:] + b": " + reason.replace("_", " ").encode() + b"\n"
+    c = plane.stats.snapshot().counters
+    for reason in answers:
+        assert c[("sniffer_refused_connections", ("main", reason))] == 1, reason
+    assert c[("sniffer_backend_connect_errors", ("dead", "tenant-dead", "refused"))] == 1
+    assert raw.accepted.empty()  # weight 0 sent nothing to r
+    dead.close()
     await raw.close()
 
 

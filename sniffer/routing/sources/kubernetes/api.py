@@ -34,6 +34,9 @@ from sniffer.routing.sources.kubernetes.settings import KubernetesSettings
 # grows past 4 MiB is a broken stream, not a big object, and must not eat memory.
 MAX_WATCH_LINE = 4 * 1024 * 1024
 
+JSON = "application/json"
+MERGE_PATCH = "application/merge-patch+json"
+
 
 class Backoff:
     """Exponential backoff with full jitter (AWS style): concurrent retries spread out.
@@ -307,15 +310,16 @@ class KubeApi:
         return await self.request_json("GET", path, query)
 
     async def create(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        return await self.request_json("POST", path, body=dict(body))
+        # A real API server answers 415 to a body without a content type it knows.
+        return await self.request_json("POST", path, body=dict(body), content_type=JSON)
 
     async def replace(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
         """PUT the whole object; its `metadata.resourceVersion` makes it conditional."""
-        return await self.request_json("PUT", path, body=dict(body))
+        return await self.request_json("PUT", path, body=dict(body), content_type=JSON)
 
     async def merge_patch_status(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
         return await self.request_json(
-            "PATCH", path + "/status", body=dict(body), content_type="application/merge-patch+json"
+            "PATCH", path + "/status", body=dict(body), content_type=MERGE_PATCH
         )
 
     async def open_watch(self, path: str, resource_version: str) -> aiohttp.ClientResponse:
