@@ -260,9 +260,10 @@ class DataPlaneStats:
                 c[("sniffer_ech_connections", (lis, tenant))] = n
             for reason, n in lt.dropped.items():
                 c[("sniffer_dropped_datagrams", (lis, reason))] = n
-            if lt.rebinds:
+            if (
+                lt.protocol == "quic" or lt.rebinds or lt.failovers
+            ):  # from 0: rate() sees a first one
                 c[("sniffer_quic_rebinds", (lis,))] = lt.rebinds
-            if lt.failovers:
                 c[("sniffer_quic_failovers", (lis,))] = lt.failovers
             if lt.sniff_times.total or any(lt.sniff_times.counts):
                 h[("sniffer_sniff_duration_seconds", (lis,))] = _hist_copy(lt.sniff_times)
