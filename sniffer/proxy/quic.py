@@ -56,6 +56,7 @@ from sniffer.wire.quic import (
     long_header_cids,
     packet_type,
     refusal_datagram,
+    version_negotiation,
 )
 from sniffer.wire.sentinels import NEED_DATA
 from sniffer.wire.tls import ClientHello
@@ -375,6 +376,10 @@ class QuicListener(asyncio.DatagramProtocol):
             return
         except WireError as exc:
             self.drop(exc.reason)
+            if exc.reason == "unsupported_version" and self.transport is not None:
+                answer = version_negotiation(data, os.urandom(1)[0])
+                if answer is not None:
+                    self.transport.sendto(answer, addr)
             return
         if plane.open_count() >= plane.max_connections:
             self.tally.refuse("overloaded")

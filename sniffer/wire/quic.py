@@ -45,6 +45,7 @@ __all__ = [
     "packet_type",
     "protect",
     "refusal_datagram",
+    "version_negotiation",
 ]
 
 VERSION_1 = 0x00000001
@@ -573,6 +574,34 @@ def refusal_datagram(
         + bytes(pn_len)  # packet number 0
     )
     return protect(keys, header, pn_len, 0, frame)
+
+
+def version_negotiation(datagram: bytes | bytearray | memoryview, unused: int) -> bytes | None:
+    """The Version Negotiation packet (RFC 9000 §17.2.1) answering a client datagram whose
+    long header has a version this reader cannot read, listing v1 and v2 so that the
+    client retries at once with one of them; None when none is due: not a long header,
+    version 0 (itself a Version Negotiation: never answered), a known version, or a
+    datagram under 1,200 bytes (§6: a server answers only those, which keeps the answer,
+    ~60 bytes at most, far below what was sent). `unused`: the first byte's low 7 bits
+    (the caller's random choice, as the RFC asks)."""
+    if len(datagram) < MIN_INITIAL_DATAGRAM:
+        return None
+    cids = long_header_cids(datagram)
+    if cids is None:
+        return None
+    version, dcid, scid = cids
+    if version == 0 or version in _TYPES:
+        return None
+    return (
+        bytes((0x80 | (unused & 0x7F),))
+        + bytes(4)
+        + bytes((len(scid),))
+        + scid
+        + bytes((len(dcid),))
+        + dcid
+        + VERSION_1.to_bytes(4, "big")
+        + VERSION_2.to_bytes(4, "big")
+    )
 
 
 def protect(keys: InitialKeys, header: bytes, pn_len: int, pn: int, payload: bytes) -> bytes:

@@ -604,6 +604,27 @@ async def test_serve_with_workers_keeps_rebound_flows(
         assert healthz()["h3b"]["bound"] == 0
 
 
+async def test_unknown_version_gets_a_version_negotiation(data_plane: PlaneFactory) -> None:
+    plane, backend, client = await raw_pair(data_plane, lambda d: [])
+    assert client.transport is not None
+
+    def datagram(scid: bytes, size: int) -> bytes:
+        head = b"\xc3\x1a\x2a\x3a\x4a\x08" + b"\x0d" * 8 + bytes((len(scid),)) + scid
+        return head + bytes(size - len(head))
+
+    client.transport.sendto(datagram(b"\x01" * 8, 1000))  # under 1,200: not answered
+    client.transport.sendto(datagram(b"\x02" * 8, 1200))
+    await until(lambda: len(client.got) == 1)
+    answer = client.got[0]
+    assert answer[1:5] == bytes(4) and answer[5:14] == b"\x08" + b"\x02" * 8
+    assert answer[-8:] == bytes.fromhex("000000016b3343cf")  # v1, v2
+    c = counters(plane)
+    assert c[("sniffer_dropped_datagrams", ("quic", "unsupported_version"))] == 2
+    assert backend.got == [] and plane.flow_total == 0
+    backend.transport.close()  # type: ignore[union-attr]
+    client.transport.close()
+
+
 def closed_udp_ports(n: int) -> list[int]:
     """Ports that were just bound and closed: nothing listens (the kernel answers a
     datagram with ICMP port unreachable)."""
