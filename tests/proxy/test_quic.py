@@ -719,6 +719,27 @@ async def test_aioquic_through_a_dead_first_endpoint(
     assert counters(plane)[("sniffer_quic_failovers", ("quic",))] == 1
 
 
+async def test_healthz_in_process(start_sniffer: Any, pki: PKI, tenants: list[Tenant]) -> None:
+    await start(tenants, Tenant("a", pki, "a.example"))
+    port = free_port_udp()
+    text = (
+        f"listeners:\n  - {{name: h3, address: '127.0.0.1:{port}', protocol: quic}}\n"
+        f"backends:\n  - {{name: a, endpoints: ['127.0.0.1:{tenants[0].port}']}}\n"
+        "routes:\n  - {host: a.example, backend: a}\n"
+    )
+    s: Sniffer = await start_sniffer(text, port, "--workers", "0")
+    async with connect("127.0.0.1", port, configuration=client_config(pki, "a.example")) as c:
+        assert await exchange(c, b"x") == b"a\nx"
+        status, body = s.get("/healthz")
+        assert status == 200
+        assert json.loads(body) == {
+            "status": "ok",
+            "listeners": {
+                "h3": {"protocol": "quic", "address": f"127.0.0.1:{port}", "bound": 1, "open": 1}
+            },
+        }
+
+
 def free_port_udp() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind(("127.0.0.1", 0))
