@@ -53,7 +53,10 @@ async def serve(sources: list[RouteSource], opts: ServeOptions) -> int:
     endpoints = metrics.BackendEndpointsCollector(controller.endpoint_counts)
     metrics.REGISTRY.register(endpoints)
     admin = AdminServer(
-        metrics.REGISTRY, _readiness(controller, relay), lambda: controller.table.to_dict()
+        metrics.REGISTRY,
+        _readiness(controller, relay),
+        lambda: controller.table.to_dict(),
+        _health(controller, relay),
     )
     try:
         await _start_admin(admin, opts.admin)
@@ -110,6 +113,27 @@ def _readiness(
         return controller.ready and serving and not errors, detail
 
     return readiness
+
+
+def _health(controller: RouteController, relay: _Relay) -> Callable[[], dict[str, Any]]:
+    def health() -> dict[str, Any]:
+        """Each listener of the table: its protocol and address, how many processes hold
+        its socket (0: not bound anywhere) and the connections or QUIC flows open on it."""
+        gauges = relay.collector.snapshot().gauges
+        return {
+            "listeners": {
+                lis.name: {
+                    "protocol": lis.protocol,
+                    "address": lis.address,
+                    "bound": int(gauges.get(("sniffer_listener_bound", key), 0)),
+                    "open": int(gauges.get(("sniffer_listener_open", key), 0)),
+                }
+                for lis in controller.table.listeners
+                for key in [(lis.name, lis.protocol)]
+            }
+        }
+
+    return health
 
 
 class _Relay(Protocol):

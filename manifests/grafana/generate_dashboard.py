@@ -235,6 +235,74 @@ LAYOUT: tuple[Row | Panel, ...] = (
             ),
         ),
     ),
+    Panel(
+        "Open connections and QUIC flows per listener",
+        "Client connections (on QUIC listeners: flows) open on each listener, sniffing or "
+        "relaying, and how many processes hold its socket: every worker for TCP, one for "
+        "QUIC (worker 0), 0 when its port could not be bound (see /readyz).",
+        "short",
+        (
+            q("sum by (listener, protocol) (sniffer_listener_open)", "{{listener}} open"),
+            q("sum by (listener, protocol) (sniffer_listener_bound)", "{{listener}} bound"),
+        ),
+    ),
+    Row("HTTP/3 (QUIC)"),
+    Panel(
+        "QUIC datagrams/s per tenant",
+        "Datagrams relayed on QUIC listeners, per tenant and direction (bytes are in the "
+        "bytes panels, flows in the connection panels).",
+        "pps",
+        (
+            q(
+                f"sum by (tenant, direction) "
+                f"(rate(sniffer_datagrams_total{{{TENANT}}}[{RI}]))",
+                "{{tenant}} {{direction}}",
+            ),
+        ),
+    ),
+    Panel(
+        "QUIC datagrams dropped/s by reason",
+        "Datagrams not relayed: not a client Initial from an unknown address, too short, "
+        "unknown version, undecryptable, a refused flow's, over the 3x anti-amplification "
+        "limit, held-datagram overflow, draining. Not per tenant: most never reached one.",
+        "pps",
+        (
+            q(
+                f"sum by (listener, reason) (rate(sniffer_dropped_datagrams_total[{RI}]))",
+                "{{listener}} {{reason}}",
+            ),
+        ),
+    ),
+    Panel(
+        "QUIC refusals/s by reason",
+        "QUIC flows refused (with a CONNECTION_CLOSE in a server Initial), by listener "
+        "and reason: the refusals panel's series of the quic listeners only.",
+        "cps",
+        (
+            q(
+                f"sum by (listener, reason) (rate(sniffer_refused_connections_total[{RI}]) "
+                f'and on (instance, listener) sniffer_listener_bound{{protocol="quic"}})',
+                "{{listener}} {{reason}}",
+            ),
+        ),
+    ),
+    Panel(
+        "QUIC rebinds and failovers/s",
+        "Flows moved to a new client address by the server's connection ID (NAT "
+        "rebinding), and flows moved to a backend's next endpoint after an ICMP port "
+        "unreachable from a dead one, before it answered.",
+        "ops",
+        (
+            q(
+                f"sum by (listener) (rate(sniffer_quic_rebinds_total[{RI}]))",
+                "rebinds {{listener}}",
+            ),
+            q(
+                f"sum by (listener) (rate(sniffer_quic_failovers_total[{RI}]))",
+                "failovers {{listener}}",
+            ),
+        ),
+    ),
     Row("Control plane"),
     Panel(
         "Route update lag p50 / p99",

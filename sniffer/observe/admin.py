@@ -28,10 +28,13 @@ class AdminServer:
         registry: CollectorRegistry,
         ready: Callable[[], tuple[bool, dict[str, Any]]],
         routes: Callable[[], dict[str, Any]],
+        health: Callable[[], dict[str, Any]] = dict,
     ) -> None:
         self.registry = registry
         self.ready = ready
         self.routes = routes
+        self.health = health
+        """What /healthz shows besides `"status": "ok"` (listeners); never its status."""
         self.server: asyncio.Server | None = None
 
     async def start(self, host: str, port: int) -> int:
@@ -75,7 +78,11 @@ class AdminServer:
         if path == "/metrics":
             return 200, CONTENT_TYPE_LATEST, generate_latest(self.registry)
         if path == "/healthz":
-            return 200, "text/plain", b"ok\n"
+            # Liveness: always 200 while the process answers (a port another process
+            # holds is readiness's business, not a reason to restart); the body says
+            # what each listener holds.
+            health = json.dumps({"status": "ok", **self.health()}, indent=2, default=str)
+            return 200, "application/json", health.encode() + b"\n"
         if path == "/readyz":
             ok, detail = self.ready()
             body = json.dumps({"ready": ok, **detail}, indent=2, default=str).encode() + b"\n"

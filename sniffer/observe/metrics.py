@@ -142,6 +142,21 @@ _FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "QUIC flows moved to a new client address by the server's connection ID",
         ("listener",),
     ),
+    "sniffer_listener_open": (
+        "gauge",
+        "Client connections (QUIC: flows) open on the listener, sniffing or relaying",
+        ("listener", "protocol"),
+    ),
+    "sniffer_listener_bound": (
+        "gauge",
+        "Processes holding the listener's socket (TCP: every worker; QUIC: worker 0)",
+        ("listener", "protocol"),
+    ),
+    "sniffer_quic_failovers": (
+        "counter",
+        "QUIC flows moved to the next endpoint after an ICMP port unreachable, before any answer",
+        ("listener",),
+    ),
     "sniffer_backend_connect_errors": (
         "counter",
         "Failed dials to backend endpoints, by reason",
@@ -231,8 +246,12 @@ class DataPlaneCollector(Collector):
     def __init__(self, snapshots: Callable[[], Iterable[Snapshot]]) -> None:
         self._snapshots = snapshots
 
+    def snapshot(self) -> Snapshot:
+        """Every process's snapshot merged (workers': as of their last report)."""
+        return merge(self._snapshots())
+
     def collect(self) -> Iterator[Metric]:
-        snap = merge(self._snapshots())
+        snap = self.snapshot()
         families: dict[str, Any] = {}
         for name, (kind, doc, labels) in _FAMILIES.items():
             if kind == "counter":

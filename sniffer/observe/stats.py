@@ -77,7 +77,18 @@ class BackendTally:
 
 
 class ListenerTally:
-    __slots__ = ("accepted", "dropped", "ech", "name", "rebinds", "refused", "sniff_times")
+    __slots__ = (
+        "accepted",
+        "bound",
+        "dropped",
+        "ech",
+        "failovers",
+        "name",
+        "protocol",
+        "rebinds",
+        "refused",
+        "sniff_times",
+    )
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -87,6 +98,12 @@ class ListenerTally:
         """QUIC datagrams dropped unrelayed, by reason (not a client Initial, ...)."""
         self.rebinds = 0
         """QUIC flows moved to a new client address by the server's connection ID."""
+        self.failovers = 0
+        """QUIC flows moved to the next endpoint after an ICMP refusal, before any answer."""
+        self.bound = False
+        """This process holds the listener's socket (QUIC: worker 0 alone)."""
+        self.protocol = ""
+        """tls, http or quic: a label of the listener gauges (dashboards select by it)."""
         self.sniff_times = _Hist(SNIFF_BUCKETS)
         self.ech: dict[str, int] = {}
         """Routed hellos carrying an encrypted_client_hello extension, by tenant."""
@@ -135,15 +152,21 @@ class OpenConnection(Protocol):
     @property
     def relay(self) -> Counts | None: ...
 
+    @property
+    def ltally(self) -> ListenerTally: ...
+
 
 class OpenFlow(Protocol):
-    """A live QUIC flow: its tally, its byte and datagram counts."""
+    """A live QUIC flow: its tally, its listener's, its byte and datagram counts."""
 
     tally: BackendTally | None
     bytes_up: int
     bytes_down: int
     dgrams_up: int
     dgrams_down: int
+
+    @property
+    def ltally(self) -> ListenerTally: ...
 
 
 @dataclass(slots=True)
@@ -221,7 +244,10 @@ class DataPlaneStats:
         """Copy everything out (picklable), the bytes of open connections added to
         those of closed ones; nothing is written on a connection."""
         live: dict[BackendTally, list[int]] = {}
+        per_listener: dict[ListenerTally, int] = {}
         for conn in self.open:
+            lt = conn.ltally
+            per_listener[lt] = per_listener.get(lt, 0) + 1
             t = conn.tally
             relay = conn.relay
             if t is not None and relay is not None:
@@ -232,6 +258,8 @@ class DataPlaneStats:
                 sums[1] += relay.bytes_down
         live_dgrams: dict[BackendTally, list[int]] = {}
         for flow in self.open_flows:
+            lt = flow.ltally
+            per_listener[lt] = per_listener.get(lt, 0) + 1
             t = flow.tally
             if t is not None:
                 sums = live.get(t)
@@ -259,14 +287,20 @@ class DataPlaneStats:
             h[("sniffer_event_loop_lag_seconds", (self.worker,))] = _hist_copy(self.loop_lag)
         for lis, lt in self.listeners.items():
             c[("sniffer_accepted_connections", (lis,))] = lt.accepted
+            if lt.protocol:  # a listener this process opened or tried to
+                g[("sniffer_listener_open", (lis, lt.protocol))] = per_listener.get(lt, 0)
+                g[("sniffer_listener_bound", (lis, lt.protocol))] = 1 if lt.bound else 0
             for reason, n in lt.refused.items():
                 c[("sniffer_refused_connections", (lis, reason))] = n
             for tenant, n in lt.ech.items():
                 c[("sniffer_ech_connections", (lis, tenant))] = n
             for reason, n in lt.dropped.items():
                 c[("sniffer_dropped_datagrams", (lis, reason))] = n
-            if lt.rebinds:
+            if (
+                lt.protocol == "quic" or lt.rebinds or lt.failovers
+            ):  # from 0: rate() sees a first one
                 c[("sniffer_quic_rebinds", (lis,))] = lt.rebinds
+                c[("sniffer_quic_failovers", (lis,))] = lt.failovers
             if lt.sniff_times.total or any(lt.sniff_times.counts):
                 h[("sniffer_sniff_duration_seconds", (lis,))] = _hist_copy(lt.sniff_times)
         for key, bt in self.backends.items():

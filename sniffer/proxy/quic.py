@@ -17,6 +17,9 @@ Three rules a relay of QUIC must keep:
   flow to the new address (the server sees nothing change: its peer is the flow's socket).
 - Refusals are a server Initial carrying CONNECTION_CLOSE (``refusal_datagram``), so a
   client fails at once instead of timing out.
+- A dead endpoint shows only as ICMP port unreachable on the flow's connected socket:
+  before the endpoint answered anything, the flow moves to the next endpoint and what
+  was sent is replayed there in order (`Flow.unanswered`, bounded as `Flow.held`).
 
 This module never blocks, never reads more than a datagram's header on the relay path,
 and ends a flow only through `Flow.close`.
@@ -53,6 +56,7 @@ from sniffer.wire.quic import (
     long_header_cids,
     packet_type,
     refusal_datagram,
+    version_negotiation,
 )
 from sniffer.wire.sentinels import NEED_DATA
 from sniffer.wire.tls import ClientHello
@@ -115,6 +119,8 @@ class Flow:
         "state",
         "tally",
         "ticket",
+        "tries",
+        "unanswered",
         "upstream",
         "validated",
         "version",
@@ -132,6 +138,11 @@ class Flow:
         """The hello and the connection IDs of the client's first Initial, once read."""
         self.held: list[bytes] = []
         self.held_bytes = 0
+        self.unanswered: list[bytes] | None = None
+        """What went to the endpoint before it answered anything, in order (bounded as
+        `held`): replayed to the next endpoint if this one proves dead (ICMP)."""
+        self.tries = 0
+        """Endpoints dialled so far (failover stops when every one has been tried)."""
         self.upstream: asyncio.DatagramTransport | None = None
         self.validated = False
         self.server_cids: list[bytes] = []
@@ -165,11 +176,24 @@ class Flow:
         self.held.append(data)
         self.held_bytes += len(data)
 
+    @property
+    def ltally(self) -> ListenerTally:
+        return self.owner.tally
+
+    def keep(self, data: bytes) -> None:
+        """Keep a datagram sent to an endpoint that has not answered yet (bounded: past
+        the bound a failover replays the first ones; the client retransmits the rest)."""
+        kept = self.unanswered
+        assert kept is not None
+        if len(kept) < MAX_HELD_DATAGRAMS and self.held_bytes + len(data) <= MAX_HELD_BYTES:
+            kept.append(data)
+            self.held_bytes += len(data)
+
     def close(self, outcome: str) -> None:
         """End the flow: give back its limits, count it, log it. Idempotent."""
         if self.state is CLOSED:
             return
-        was_relaying = self.state is RELAYING
+        was_relaying = self.routed_at > 0.0  # counted active (a failover dials again)
         self.state = CLOSED
         if not self.outcome:
             self.outcome = outcome
@@ -181,6 +205,7 @@ class Flow:
         if self.ticket is not None:
             owner.plane.admission.release(self)
         self.held = []
+        self.unanswered = None
         self.reader = None
         now = time.monotonic()
         tally = self.tally
@@ -246,6 +271,9 @@ class Upstream(asyncio.DatagramProtocol):
             if flow.bytes_down + len(data) > AMPLIFICATION * flow.bytes_up:
                 owner.drop("amplification_limit")
                 return
+            if flow.unanswered is not None:  # the endpoint is alive: no failover now
+                flow.unanswered = None
+                flow.held_bytes = 0
             if data[0] & 0x80:
                 owner.learn_server_cid(flow, data)
         flow.bytes_down += len(data)
@@ -257,11 +285,13 @@ class Upstream(asyncio.DatagramProtocol):
     def error_received(self, exc: Exception) -> None:
         # ICMP port unreachable and friends: nothing listens on the endpoint (yet).
         flow = self.flow
+        if flow.upstream is not self.transport or flow.state is not RELAYING:
+            return  # a late error of a socket the flow has left
+        refused = isinstance(exc, ConnectionRefusedError)
         if flow.tally is not None:
-            count(
-                flow.tally.errors,
-                "refused" if isinstance(exc, ConnectionRefusedError) else "error",
-            )
+            count(flow.tally.errors, "refused" if refused else "error")
+        if refused and flow.unanswered is not None:
+            flow.owner.fail_over(flow)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -305,6 +335,8 @@ class QuicListener(asyncio.DatagramProtocol):
             if flow.state is RELAYING:
                 if not flow.validated and data:
                     self._check_validated(flow, data)
+                    if flow.unanswered is not None:
+                        flow.keep(data)
                 upstream = flow.upstream
                 assert upstream is not None
                 upstream.sendto(data)
@@ -344,6 +376,10 @@ class QuicListener(asyncio.DatagramProtocol):
             return
         except WireError as exc:
             self.drop(exc.reason)
+            if exc.reason == "unsupported_version" and self.transport is not None:
+                answer = version_negotiation(data, os.urandom(1)[0])
+                if answer is not None:
+                    self.transport.sendto(answer, addr)
             return
         if plane.open_count() >= plane.max_connections:
             self.tally.refuse("overloaded")
@@ -430,7 +466,28 @@ class QuicListener(asyncio.DatagramProtocol):
         flow.state = DIALING
         eps = backend.endpoints
         ep = eps[plane.next_index(backend.name, len(eps))]
+        flow.tries = 1
         plane.loop.create_task(self._connect(flow, ep))
+
+    def fail_over(self, flow: Flow) -> None:
+        """The endpoint refused (ICMP port unreachable on the flow's connected socket)
+        before answering anything: dial the backend's next endpoint and replay what the
+        client sent, in order; with every endpoint tried, refuse the flow."""
+        backend, ep, kept = flow.backend, flow.endpoint, flow.unanswered
+        assert backend is not None and ep is not None and kept is not None
+        if flow.upstream is not None:
+            flow.upstream.close()
+            flow.upstream = None
+        eps = backend.endpoints
+        if flow.tries >= len(eps):
+            self._refuse(flow, "backend_unavailable", ALERT_INTERNAL_ERROR)
+            return
+        flow.tries += 1
+        i = eps.index(ep) if ep in eps else -1
+        flow.held, flow.unanswered = kept, None
+        flow.state = DIALING
+        self.tally.failovers += 1
+        self.plane.loop.create_task(self._connect(flow, eps[(i + 1) % len(eps)]))
 
     async def _connect(self, flow: Flow, ep: Endpoint) -> None:
         """One connected UDP socket towards `ep`; connecting a UDP socket sends nothing,
@@ -458,16 +515,19 @@ class QuicListener(asyncio.DatagramProtocol):
         flow.upstream = transport
         flow.endpoint = ep
         flow.state = RELAYING
-        flow.routed_at = time.monotonic()
-        if flow.dial_held and flow.ticket is not None:
-            flow.dial_held = False
-            flow.ticket.backend.pending -= 1
-        tally = flow.tally
-        assert tally is not None
-        count(tally.routed, self.listener.name)
-        tally.active += 1
-        tally.connect_times.observe(flow.routed_at - began)
-        held, flow.held, flow.held_bytes = flow.held, [], 0
+        if not flow.routed_at:  # the first endpoint (not a failover)
+            flow.routed_at = time.monotonic()
+            if flow.dial_held and flow.ticket is not None:
+                flow.dial_held = False
+                flow.ticket.backend.pending -= 1
+            tally = flow.tally
+            assert tally is not None
+            count(tally.routed, self.listener.name)
+            tally.active += 1
+            tally.connect_times.observe(flow.routed_at - began)
+        held = flow.held
+        flow.held = []
+        flow.unanswered = held  # kept (same bytes, same bound) until the endpoint answers
         for data in held:
             if not flow.validated:
                 self._check_validated(flow, data)

@@ -141,6 +141,8 @@ class DataPlane:
         self.dialing: set[ClientConnection] = set()
         """Connections with a dial attempt in flight: the connect-timeout candidates."""
         self.admission = Admission(*share)
+        self.quic_here = share[0] == 0
+        """QUIC listeners are bound by worker 0 alone (see `_listen_quic`)."""
         """Per-tenant/backend/client counts and buckets; `share` = (worker, workers)."""
         self.id_prefix = f"{secrets.token_hex(8)}-"
         """Random per process start: connection ids (this and a serial) stay unique
@@ -189,13 +191,17 @@ class DataPlane:
             if key not in wanted:
                 server = self._servers.pop(key)
                 server.close()
+                self.stats.listener(key.name).bound = False
                 log.info("closed listener %s on %s", key.name, join_host_port(key.host, key.port))
         for key in list(self._quic):
             if key not in wanted:
                 self._quic.pop(key).close_all("listener_closed")
+                self.stats.listener(key.name).bound = False
                 log.info("closed listener %s on %s", key.name, join_host_port(key.host, key.port))
         for key, lis in wanted.items():
             if key in self._servers or key in self._quic:
+                continue
+            if lis.protocol == "quic" and not self.quic_here:
                 continue
             try:
                 if lis.protocol == "quic":
@@ -203,9 +209,11 @@ class DataPlane:
                 else:
                     self._servers[key] = await self._listen(lis)
                 self.listen_errors.pop(lis.name, None)
+                self._mark(lis, bound=True)
                 log.info("listening: %s %s on %s", lis.name, lis.protocol, lis.address)
             except OSError as exc:
                 self.listen_errors[lis.name] = f"{lis.address}: {exc.strerror or exc}"
+                self._mark(lis, bound=False)
                 log.error("cannot listen for %s on %s: %s", lis.name, lis.address, exc)
         # The table (tens of thousands of objects at 10,000 routes) and everything else
         # alive now move out of the collector's reach: a full collection walking them
@@ -223,6 +231,12 @@ class DataPlane:
             self._flow_sweeper = self.loop.create_task(self._sweep_flows())
             self._sweepers.append(self._flow_sweeper)
         self.installed_version = table.version
+
+    def _mark(self, lis: Listener, *, bound: bool) -> None:
+        """What the listener gauges (and /healthz) say of `lis` in this process."""
+        tally = self.stats.listener(lis.name)
+        tally.protocol = lis.protocol
+        tally.bound = bound
 
     async def _listen(self, lis: Listener) -> asyncio.Server:
         family = socket.AF_INET6 if ":" in lis.host else socket.AF_INET
@@ -247,14 +261,16 @@ class DataPlane:
         )
 
     async def _listen_quic(self, lis: Listener) -> QuicListener:
-        """A `quic` listener's UDP socket. With SO_REUSEPORT (workers) the kernel picks
-        a socket by a hash of the 4-tuple, so a client address stays on one worker."""
+        """A `quic` listener's UDP socket, bound by one process (worker 0) and without
+        SO_REUSEPORT: with a socket per worker the kernel would pick one by a hash of the
+        4-tuple, and a client whose NAT mapping changed would land, (N-1) times in N, on
+        a worker that does not know its connection ID. The server's connection IDs are
+        its own choice, so nothing outside the flow table could steer by them; one
+        socket keeps every flow where its table is, at the price of QUIC relaying on
+        one core (README: HTTP/3, Workers)."""
         family = socket.AF_INET6 if ":" in lis.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if self.settings.reuse_port:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6 and lis.host in ("::", ""):
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
             # Every flow's client datagrams queue on this one socket: ask for a deep

@@ -10,6 +10,10 @@ connections carry an unknown SNI (refused: unknown_name); a few go to tenant-c, 
 only endpoint is a closed port (backend connect errors); a few go to tenant-d, whose limit
 of 0 connections refuses them all (limited connections). Some tenant-a and tenant-b
 connections stay open so that the active-connections gauge has something to show.
+QUIC (aioquic both ends): each round one flow to tenant-a's h3 host, whose backend lists a
+dead UDP endpoint first (every other flow fails over), one unknown name (refused with a
+CONNECTION_CLOSE) and stray short-header datagrams (dropped); in the last round a client
+moves to a new socket (a rebind).
 Traffic comes in rounds; after each round the test polls Prometheus until the scrape
 shows it, so rate() windows see increases, with no fixed sleeps.
 
@@ -26,6 +30,7 @@ SNIFFER_DASHBOARD_PNG=docs/dashboard.png, else to a temporary file).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import importlib.util
@@ -48,6 +53,10 @@ from typing import Any
 
 import pytest
 import yaml
+from aioquic.asyncio import connect, serve
+from aioquic.asyncio.protocol import QuicConnectionProtocol
+from aioquic.asyncio.server import QuicServer
+from aioquic.quic.configuration import QuicConfiguration
 
 from tests.deploy.contract import METRICS
 from tests.deploy.support import MANIFESTS, REPO, find_tool, missing, require_tool
@@ -86,6 +95,9 @@ HOSTS = {
     "tenant-d": "app.tenant-d.test",
     "unknown": "nobody.unrouted.test",
 }
+H3_HOST = "h3.tenant-a.test"
+"""Routed on the quic listener to tenant-a's router-h3: a dead UDP endpoint, then the
+tenant's QUIC server (on the UDP port of its TLS router's number)."""
 # Metrics that only the Kubernetes source produces.
 KUBERNETES_ONLY = {
     "sniffer_watch_events_total",
@@ -160,7 +172,11 @@ def make_pki(tmp: Path) -> Pki:
             .not_valid_before(now - dt.timedelta(minutes=5))
             .not_valid_after(now + dt.timedelta(hours=1))
             .add_extension(
-                x509.SubjectAlternativeName([x509.DNSName(HOSTS[tenant])]), critical=False
+                x509.SubjectAlternativeName(
+                    [x509.DNSName(HOSTS[tenant])]
+                    + ([x509.DNSName(H3_HOST)] if tenant == "tenant-a" else [])
+                ),
+                critical=False,
             )
             .sign(ca_key, hashes.SHA256())
         )
@@ -224,6 +240,81 @@ class TlsBackend:
         self.thread.join(timeout=5)
 
 
+class QuicBackend:
+    """tenant-a's QUIC server (aioquic), on its own event loop in a thread: echoes each
+    stream back."""
+
+    def __init__(self, cert: Path, key: Path, port: int) -> None:
+        self.loop = asyncio.new_event_loop()
+        config = QuicConfiguration(is_client=False, alpn_protocols=["h3"])
+        config.load_cert_chain(cert, key)
+
+        def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            async def echo() -> None:
+                writer.write(await reader.read())
+                writer.write_eof()
+
+            self.loop.create_task(echo())
+
+        self.server: QuicServer = self.loop.run_until_complete(
+            serve("127.0.0.1", port, configuration=config, stream_handler=handler)
+        )
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.server.close)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=5)
+
+
+def quic_config(pki: Pki, host: str) -> QuicConfiguration:
+    config = QuicConfiguration(is_client=True, alpn_protocols=["h3"], server_name=host)
+    config.load_verify_locations(str(pki.ca_pem))
+    return config
+
+
+async def _quic_exchange(pki: Pki, port: int, rebind: bool) -> bytes:
+    async with connect("127.0.0.1", port, configuration=quic_config(pki, H3_HOST)) as c:
+        got = await _stream(c, b"first")
+        if rebind:  # the client's NAT mapping changes: same connection, new socket
+            sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            sock.bind(("::", 0, 0, 0))
+            old = c._transport
+            await asyncio.get_running_loop().create_datagram_endpoint(lambda: c, sock=sock)
+            old.close()  # type: ignore[union-attr]
+            got += await _stream(c, b"moved")
+        return got
+
+
+async def _stream(c: QuicConnectionProtocol, data: bytes) -> bytes:
+    reader, writer = await c.create_stream()
+    writer.write(data)
+    writer.write_eof()
+    return await asyncio.wait_for(reader.read(), 20)
+
+
+def quic_exchange(pki: Pki, port: int, rebind: bool = False) -> bytes:
+    return asyncio.run(_quic_exchange(pki, port, rebind))
+
+
+def quic_refusal(pki: Pki, port: int) -> None:
+    async def attempt() -> None:
+        async with connect("127.0.0.1", port, configuration=quic_config(pki, HOSTS["unknown"])):
+            pass
+
+    with pytest.raises(ConnectionError):
+        asyncio.run(asyncio.wait_for(attempt(), 20))
+
+
+def stray_datagrams(port: int, n: int) -> None:
+    """Short-header datagrams from an address sniffer has no flow for: dropped."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for _ in range(n):
+            sock.sendto(b"\x40" + bytes(40), ("127.0.0.1", port))
+
+
 def client_context(pki: Pki) -> ssl.SSLContext:
     ctx = ssl.create_default_context(cafile=str(pki.ca_pem))
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -268,6 +359,7 @@ def expect_refusal(ctx: ssl.SSLContext, port: int, host: str) -> None:
 @dataclass
 class Stack:
     tls_port: int
+    quic_port: int
     admin: str
     prometheus: str
     tmp: Path
@@ -310,10 +402,20 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
 
     pki = make_pki(tmp_path)
     backends = {t: TlsBackend(*pki.certs[t]) for t in ("tenant-a", "tenant-b")}
+    quic_backend = QuicBackend(*pki.certs["tenant-a"], backends["tenant-a"].port)
     dead_port = free_port()  # nothing listens there: tenant-c's dials are refused
     tls_port, admin_port, prom_port = free_port(), free_port(), free_port()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        quic_port = probe.getsockname()[1]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead_udp = probe.getsockname()[1]  # closed: ICMP port unreachable
     routes = {
-        "listeners": [{"name": "tls", "address": f"127.0.0.1:{tls_port}", "protocol": "tls"}],
+        "listeners": [
+            {"name": "tls", "address": f"127.0.0.1:{tls_port}", "protocol": "tls"},
+            {"name": "h3", "address": f"127.0.0.1:{quic_port}", "protocol": "quic"},
+        ],
         "backends": [
             {
                 "name": "router",
@@ -325,6 +427,11 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
                 "tenant": "tenant-b",
                 "endpoints": [f"127.0.0.1:{backends['tenant-b'].port}"],
             },
+            {
+                "name": "router-h3",
+                "tenant": "tenant-a",
+                "endpoints": [f"127.0.0.1:{dead_udp}", f"127.0.0.1:{backends['tenant-a'].port}"],
+            },
             {"name": "router-c", "tenant": "tenant-c", "endpoints": [f"127.0.0.1:{dead_port}"]},
             # tenant-d may hold no connection at all: every one is refused by its limit.
             {"name": "router-d", "tenant": "tenant-d", "endpoints": [f"127.0.0.1:{dead_port}"]},
@@ -335,6 +442,7 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
             {"host": HOSTS["tenant-b"], "backend": "router-b"},
             {"host": HOSTS["tenant-c"], "backend": "router-c"},
             {"host": HOSTS["tenant-d"], "backend": "router-d"},
+            {"host": H3_HOST, "backend": "router-h3"},
         ],
     }
     routes_file = tmp_path / "routes.yaml"
@@ -373,6 +481,8 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
                 "1",
                 "--drain-grace",
                 "1",
+                "--quic-idle-timeout",
+                "1",  # flows end soon after their last datagram: active settles
             ],
             sniffer_log,
         ) as sp:
@@ -394,11 +504,12 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
                     "prometheus ready",
                     lambda: alive(pp, prom_log) or http_get(f"{prom}/-/ready")[0] == 200,
                 )
-                yield Stack(tls_port, admin, prom, tmp_path, pki)
+                yield Stack(tls_port, quic_port, admin, prom, tmp_path, pki)
                 alive(sp, sniffer_log)
     finally:
         for b in backends.values():
             b.close()
+        quic_backend.close()
 
 
 # -- Prometheus queries ----------------------------------------------------------------------
@@ -458,6 +569,7 @@ def expectations(start: float, end: float) -> dict[str, Check]:
         got = by(r[0], "tenant", "backend")
         assert got == {
             ("tenant-a", "router"): 1,
+            ("tenant-a", "router-h3"): 2,
             ("tenant-b", "router-b"): 1,
             ("tenant-c", "router-c"): 1,
             ("tenant-d", "router-d"): 1,
@@ -466,7 +578,9 @@ def expectations(start: float, end: float) -> dict[str, Check]:
     def connect_errors(r: list[list[dict[str, Any]]]) -> None:
         got = by(r[0], "tenant", "backend", "reason")
         assert got.get(("tenant-c", "router-c", "refused"), 0) > 0, got
-        assert not [k for k in got if k[0] != "tenant-c" and got[k] > 0], got
+        assert got.get(("tenant-a", "router-h3", "refused"), 0) > 0, got  # its dead UDP one
+        others = [k for k in got if k[0] != "tenant-c" and k[1] != "router-h3" and got[k] > 0]
+        assert not others, got
 
     def limited(r: list[list[dict[str, Any]]]) -> None:
         got = by(r[0], "tenant", "limit")
@@ -488,6 +602,34 @@ def expectations(start: float, end: float) -> dict[str, Check]:
         got = by(r[0], "listener", "reason")
         assert got.get(("tls", "unknown_name"), 0) > 0, got
 
+    def listeners(r: list[list[dict[str, Any]]]) -> None:
+        # The held connections are open on the tls listener; its one worker holds it.
+        # (QUIC flows have idled out by then.)
+        assert by(r[0], "listener", "protocol") == {
+            ("tls", "tls"): sum(HELD.values()),
+            ("h3", "quic"): 0,
+        }
+        assert by(r[1], "listener", "protocol") == {("tls", "tls"): 1, ("h3", "quic"): 1}
+
+    def datagrams(r: list[list[dict[str, Any]]]) -> None:
+        got = by(r[0], "tenant", "direction")
+        assert set(got) == {("tenant-a", "client_to_backend"), ("tenant-a", "backend_to_client")}
+        assert min(got.values()) > 0, got
+
+    def dropped_datagrams(r: list[list[dict[str, Any]]]) -> None:
+        got = by(r[0], "listener", "reason")
+        assert got.get(("h3", "not_initial"), 0) > 0, got
+        assert {k[0] for k in got} == {"h3"}, got
+
+    def quic_refusals(r: list[list[dict[str, Any]]]) -> None:
+        got = by(r[0], "listener", "reason")
+        assert got.get(("h3", "unknown_name"), 0) > 0, got
+        assert {k[0] for k in got} == {"h3"}, got  # the tls listener's are filtered out
+
+    def rebinds_failovers(r: list[list[dict[str, Any]]]) -> None:
+        assert by(r[0], "listener")[("h3",)] > 0
+        assert by(r[1], "listener")[("h3",)] > 0
+
     def sniff(r: list[list[dict[str, Any]]]) -> None:
         for res in r:
             got = by(res, "listener")
@@ -495,7 +637,7 @@ def expectations(start: float, end: float) -> dict[str, Check]:
 
     def table_size(r: list[list[dict[str, Any]]]) -> None:
         routes, backends, conflicts = (float(x[0]["value"][1]) for x in r)
-        assert (routes, backends, conflicts) == (4, 4, 0)
+        assert (routes, backends, conflicts) == (5, 5, 0)
 
     def rebuilds(r: list[list[dict[str, Any]]]) -> None:
         # File source: one load at start, nothing since: rates are 0 but the series exist.
@@ -540,6 +682,11 @@ def expectations(start: float, end: float) -> dict[str, Check]:
         "Sniff duration p50 / p99": sniff,
         # Python's ssl sends no ECH; tests/proxy/test_hello_facts.py checks the counter.
         "ECH connections/s per tenant": valid_only,
+        "Open connections and QUIC flows per listener": listeners,
+        "QUIC datagrams/s per tenant": datagrams,
+        "QUIC datagrams dropped/s by reason": dropped_datagrams,
+        "QUIC refusals/s by reason": quic_refusals,
+        "QUIC rebinds and failovers/s": rebinds_failovers,
         "Route update lag p50 / p99": valid_only,  # Kubernetes events only
         "Route table size": table_size,
         "Route table rebuilds and reloads": rebuilds,
@@ -575,6 +722,11 @@ def drive_traffic(s: Stack, held: list[ssl.SSLSocket]) -> tuple[float, float]:
             expect_refusal(ctx, s.tls_port, HOSTS["tenant-c"])
         for _ in range(counts["tenant-d"]):
             expect_refusal(ctx, s.tls_port, HOSTS["tenant-d"])
+        last_round = rnd == ROUNDS - 1
+        got = quic_exchange(s.pki, s.quic_port, rebind=last_round)
+        assert got == (b"firstmoved" if last_round else b"first")
+        quic_refusal(s.pki, s.quic_port)
+        stray_datagrams(s.quic_port, 3)
         if rnd == ROUNDS // 2:
             for tenant, n in HELD.items():
                 for _ in range(n):

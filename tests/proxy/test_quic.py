@@ -32,6 +32,7 @@ from sniffer.wire.ja4 import ja4_quic
 from sniffer.wire.quic import VERSION_2, InitialReader, QuicHello
 from tests.conftest import PlaneFactory
 from tests.support.pki import PKI
+from tests.support.servers import free_port
 from tests.test_serve import Sniffer
 from tests.test_serve import start_sniffer as start_sniffer  # a fixture, used by name
 from tests.wire.quic_packets import aioquic_datagrams, client_initial, crypto_frame
@@ -227,12 +228,21 @@ async def test_zero_rtt_resumption(
         assert c._quic.tls.early_data_accepted
 
 
+async def rebind(client: QuicConnectionProtocol) -> None:
+    """Move `client` to a new socket (a socket like the one aioquic's connect() made:
+    IPv6, dual stack), as a NAT whose mapping changed would; the old one is left open
+    for the caller to close."""
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    sock.bind(("::", 0, 0, 0))
+    await asyncio.get_running_loop().create_datagram_endpoint(lambda: client, sock=sock)
+
+
 async def test_nat_rebinding_moves_the_flow(
     data_plane: PlaneFactory, pki: PKI, tenants: list[Tenant]
 ) -> None:
     await start(tenants, Tenant("m", pki, "m.example"))
     plane = await data_plane(quic_spec(tenants, {"m.example": "m"}))
-    loop = asyncio.get_running_loop()
     async with connect(
         "127.0.0.1", plane.bound_ports()["quic"], configuration=client_config(pki, "m.example")
     ) as c:
@@ -240,10 +250,7 @@ async def test_nat_rebinding_moves_the_flow(
         old = c._transport
         # The client's NAT mapping changes: same connection, new source port (a socket
         # like the one aioquic's connect() made: IPv6, dual stack).
-        sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        sock.bind(("::", 0, 0, 0))
-        await loop.create_datagram_endpoint(lambda: c, sock=sock)
+        await rebind(c)
         old.close()  # type: ignore[union-attr]
         assert await exchange(c, b"after" * 1000) == b"m\n" + b"after" * 1000
     assert counters(plane)[("sniffer_quic_rebinds", ("quic",))] == 1
@@ -406,8 +413,13 @@ class Client(RawUDP):
 
 
 async def raw_pair(
-    data_plane: PlaneFactory, reply: Callable[[bytes], list[bytes]], **settings: Any
+    data_plane: PlaneFactory,
+    reply: Callable[[bytes], list[bytes]],
+    dead: int = 0,
+    **settings: Any,
 ) -> tuple[DataPlane, RawUDP, Client]:
+    """A data plane routing raw.example to a raw UDP backend (after `dead` endpoints
+    that nothing listens on), and a client socket towards it."""
     loop = asyncio.get_running_loop()
     _, backend = await loop.create_datagram_endpoint(
         lambda: RawUDP(reply), local_addr=("127.0.0.1", 0)
@@ -415,7 +427,16 @@ async def raw_pair(
     port = backend.transport.get_extra_info("sockname")[1]  # type: ignore[union-attr]
     spec = TableSpec(
         listeners=(Listener("quic", "127.0.0.1", 0, "quic"),),
-        backends=(Backend("raw", "raw", (Endpoint("127.0.0.1", port),)),),
+        backends=(
+            Backend(
+                "raw",
+                "raw",
+                (
+                    *(Endpoint("127.0.0.1", p) for p in closed_udp_ports(dead)),
+                    Endpoint("127.0.0.1", port),
+                ),
+            ),
+        ),
         routes=(Route("raw.example", (WeightedBackend("raw"),)),),
     )
     plane = await data_plane(spec, **settings)
@@ -508,7 +529,7 @@ async def test_serve_with_workers_routes_quic_and_drains_on_sigterm(
         "routes:\n  - {host: a.example, backend: a}\n"
     )
     s: Sniffer = await start_sniffer(text, port, "--workers", "2")
-    for i in range(4):  # four client ports: the kernel spreads them over the workers
+    for i in range(4):  # four client ports, all on worker 0 (the one QUIC socket)
         async with connect("127.0.0.1", port, configuration=client_config(pki, "a.example")) as c:
             assert await exchange(c, b"%d" % i) == b"a\n%d" % i
     await s.wait_for(
@@ -524,6 +545,199 @@ async def test_serve_with_workers_routes_quic_and_drains_on_sigterm(
     assert time.monotonic() - began < 15
     lines = [json.loads(x) for x in s.stdout.read_text().splitlines()]
     assert [(x["protocol"], x["outcome"]) for x in lines] == [("quic", "drained")] * 4
+
+
+async def test_serve_with_workers_keeps_rebound_flows(
+    start_sniffer: Any, pki: PKI, tenants: list[Tenant]
+) -> None:
+    """With --workers 2, a client whose source port changes keeps its connection: 12
+    moves in all. Sockets spread over workers by a 4-tuple hash would send each move to
+    the worker without the flow half the time (all 12 surviving: 1 in 4,096)."""
+    await start(tenants, Tenant("a", pki, "a.example"))
+    port, tcp = free_port_udp(), free_port()
+    listeners = (
+        f"listeners:\n  - {{name: h3, address: '127.0.0.1:{port}', protocol: quic}}\n"
+        f"  - {{name: web, address: '127.0.0.1:{tcp}', protocol: tls}}\n"
+    )
+    rest = (
+        f"backends:\n  - {{name: a, endpoints: ['127.0.0.1:{tenants[0].port}']}}\n"
+        "routes:\n  - {host: a.example, backend: a}\n"
+    )
+    s: Sniffer = await start_sniffer(listeners + rest, port, "--workers", "2")
+
+    def healthz() -> dict[str, Any]:
+        status, body = s.get("/healthz")
+        assert status == 200
+        listeners: dict[str, Any] = json.loads(body)["listeners"]
+        return listeners
+
+    for i in range(3):
+        async with connect("127.0.0.1", port, configuration=client_config(pki, "a.example")) as c:
+            assert await exchange(c, b"%d" % i) == b"a\n%d" % i
+            for j in range(4):
+                old = c._transport
+                await rebind(c)
+                old.close()  # type: ignore[union-attr]
+                payload = b"%d.%d " % (i, j) * 300
+                assert await exchange(c, payload) == b"a\n" + payload
+            if i == 0:  # /healthz: the flow is open on h3, held by one process of two
+                await s.wait_for(lambda: healthz()["h3"]["open"] == 1)
+                assert healthz()["h3"] == {
+                    "protocol": "quic",
+                    "address": f"127.0.0.1:{port}",
+                    "bound": 1,
+                    "open": 1,
+                }
+                assert healthz()["web"]["bound"] == 2
+    await s.wait_for(lambda: s.metrics().get('sniffer_quic_rebinds_total{listener="h3"}') == 12.0)
+    m = s.metrics()
+    assert m['sniffer_connections_total{backend="a",listener="h3",tenant="a"}'] == 3.0
+    assert not [k for k in m if k.startswith("sniffer_dropped_datagrams_total")]
+    # A quic listener whose port another process holds: listed, bound by nobody.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        busy = taken.getsockname()[1]
+        s.routes.write_text(
+            listeners + f"  - {{name: h3b, address: '127.0.0.1:{busy}', protocol: quic}}\n" + rest
+        )
+        await s.wait_for(lambda: "h3b" in healthz())
+        assert healthz()["h3b"]["bound"] == 0
+
+
+async def test_unknown_version_gets_a_version_negotiation(data_plane: PlaneFactory) -> None:
+    plane, backend, client = await raw_pair(data_plane, lambda d: [])
+    assert client.transport is not None
+
+    def datagram(scid: bytes, size: int) -> bytes:
+        head = b"\xc3\x1a\x2a\x3a\x4a\x08" + b"\x0d" * 8 + bytes((len(scid),)) + scid
+        return head + bytes(size - len(head))
+
+    client.transport.sendto(datagram(b"\x01" * 8, 1000))  # under 1,200: not answered
+    client.transport.sendto(datagram(b"\x02" * 8, 1200))
+    await until(lambda: len(client.got) == 1)
+    answer = client.got[0]
+    assert answer[1:5] == bytes(4) and answer[5:14] == b"\x08" + b"\x02" * 8
+    assert answer[-8:] == bytes.fromhex("000000016b3343cf")  # v1, v2
+    c = counters(plane)
+    assert c[("sniffer_dropped_datagrams", ("quic", "unsupported_version"))] == 2
+    assert backend.got == [] and plane.flow_total == 0
+    backend.transport.close()  # type: ignore[union-attr]
+    client.transport.close()
+
+
+def closed_udp_ports(n: int) -> list[int]:
+    """Ports that were just bound and closed: nothing listens (the kernel answers a
+    datagram with ICMP port unreachable)."""
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(n)]
+    for sock in socks:
+        sock.bind(("127.0.0.1", 0))
+    ports = [int(sock.getsockname()[1]) for sock in socks]
+    for sock in socks:
+        sock.close()
+    return ports
+
+
+async def test_dead_endpoint_fails_over_replaying_held_datagrams_in_order(
+    data_plane: PlaneFactory,
+) -> None:
+    plane, backend, client = await raw_pair(data_plane, lambda d: [], dead=1)
+    first, second = aioquic_datagrams("raw.example", quantum=True)
+    early = bytes([0xD0]) + first[1:200]
+    assert client.transport is not None
+    for data in (first, early, second):
+        client.transport.sendto(data)
+    await until(lambda: len(backend.got) == 3)
+    assert backend.got == [first, early, second]
+    client.transport.sendto(b"\x40after")
+    await until(lambda: len(backend.got) == 4)
+    assert backend.got[3] == b"\x40after"
+    c = counters(plane)
+    assert c[("sniffer_quic_failovers", ("quic",))] == 1
+    assert c[("sniffer_backend_connect_errors", ("raw", "raw", "refused"))] == 1
+    backend.transport.close()  # type: ignore[union-attr]
+    client.transport.close()
+
+
+async def test_no_failover_once_the_endpoint_answered(data_plane: PlaneFactory) -> None:
+    """An ICMP error after the server spoke is the server going away mid-connection:
+    replaying the client's Initial elsewhere would be wrong; the flow stays put."""
+    plane, backend, client = await raw_pair(data_plane, lambda d: [b"\xc0" + bytes(100)])
+    first = aioquic_datagrams("raw.example")[0]
+    assert client.transport is not None
+    client.transport.sendto(first)
+    await until(lambda: len(client.got) == 1)
+    backend.transport.close()  # type: ignore[union-attr]
+    client.transport.sendto(b"\x40gone")
+    await until(
+        lambda: (
+            counters(plane).get(("sniffer_backend_connect_errors", ("raw", "raw", "refused"))) == 1
+        )
+    )
+    assert counters(plane)[("sniffer_quic_failovers", ("quic",))] == 0
+    assert plane.flow_total == 1
+    client.transport.close()
+
+
+async def test_every_endpoint_dead_refuses_with_a_close(data_plane: PlaneFactory, pki: PKI) -> None:
+    spec = TableSpec(
+        listeners=(Listener("quic", "127.0.0.1", 0, "quic"),),
+        backends=(Backend("d", "d", tuple(Endpoint("127.0.0.1", p) for p in closed_udp_ports(2))),),
+        routes=(Route("d.example", (WeightedBackend("d"),)),),
+    )
+    plane = await data_plane(spec)
+    began = time.monotonic()
+    with pytest.raises(ConnectionError):
+        async with connect(
+            "127.0.0.1", plane.bound_ports()["quic"], configuration=client_config(pki, "d.example")
+        ):
+            pass
+    assert time.monotonic() - began < 5  # a close, not a handshake timeout
+    c = counters(plane)
+    assert c[("sniffer_refused_connections", ("quic", "backend_unavailable"))] == 1
+    assert c[("sniffer_quic_failovers", ("quic",))] == 1
+    assert c[("sniffer_backend_connect_errors", ("d", "d", "refused"))] == 2
+    await until(lambda: plane.flow_total == 0)
+
+
+async def test_aioquic_through_a_dead_first_endpoint(
+    data_plane: PlaneFactory, pki: PKI, tenants: list[Tenant]
+) -> None:
+    await start(tenants, Tenant("a", pki, "a.example"))
+    (dead,) = closed_udp_ports(1)
+    spec = quic_spec(tenants, {"a.example": "a"})
+    (b,) = spec.backends
+    spec = TableSpec(
+        spec.listeners,
+        (Backend("a", "a", (Endpoint("127.0.0.1", dead), *b.endpoints)),),
+        spec.routes,
+    )
+    plane = await data_plane(spec)
+    async with connect(
+        "127.0.0.1", plane.bound_ports()["quic"], configuration=client_config(pki, "a.example")
+    ) as c:
+        assert await exchange(c, b"hi") == b"a\nhi"
+    assert counters(plane)[("sniffer_quic_failovers", ("quic",))] == 1
+
+
+async def test_healthz_in_process(start_sniffer: Any, pki: PKI, tenants: list[Tenant]) -> None:
+    await start(tenants, Tenant("a", pki, "a.example"))
+    port = free_port_udp()
+    text = (
+        f"listeners:\n  - {{name: h3, address: '127.0.0.1:{port}', protocol: quic}}\n"
+        f"backends:\n  - {{name: a, endpoints: ['127.0.0.1:{tenants[0].port}']}}\n"
+        "routes:\n  - {host: a.example, backend: a}\n"
+    )
+    s: Sniffer = await start_sniffer(text, port, "--workers", "0")
+    async with connect("127.0.0.1", port, configuration=client_config(pki, "a.example")) as c:
+        assert await exchange(c, b"x") == b"a\nx"
+        status, body = s.get("/healthz")
+        assert status == 200
+        assert json.loads(body) == {
+            "status": "ok",
+            "listeners": {
+                "h3": {"protocol": "quic", "address": f"127.0.0.1:{port}", "bound": 1, "open": 1}
+            },
+        }
 
 
 def free_port_udp() -> int:

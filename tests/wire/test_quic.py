@@ -23,6 +23,7 @@ from sniffer.wire.quic import (
     long_header_cids,
     protect,
     refusal_datagram,
+    version_negotiation,
 )
 from sniffer.wire.sentinels import NEED_DATA
 from tests.wire.quic_packets import (
@@ -309,6 +310,44 @@ def test_an_undecryptable_datagram_is_dropped_and_changes_nothing() -> None:
         r.feed(bytes(bad), 0.0)
     assert err.value.reason == "undecryptable"
     assert r.feed(good, 0.0).hello.sni == "drop.example"  # type: ignore[union-attr]
+
+
+def test_an_undecryptable_first_datagram_leaves_no_trace() -> None:
+    # Found by the quic_initial fuzz target: the client's SCID was kept from a first
+    # datagram that was then dropped, so a later refusal went to the wrong SCID.
+    good = client_initial(crypto_frame(0, aioquic_hello("first.example")), pad_to=1200)
+    bad = bytearray(client_initial(crypto_frame(0, b"\x01"), scid=b"\x33" * 8, pad_to=1200))
+    bad[-1] ^= 1
+    r = reader()
+    with pytest.raises(DatagramDropped):
+        r.feed(bytes(bad), 0.0)
+    assert (r.started, r.version, r.dcid, r.scid) == (False, 0, b"", b"")
+    got = r.feed(good, 0.0)
+    assert isinstance(got, QuicHello) and got.scid == b"\x11" * 8
+
+
+def unknown_version_datagram(version: int, dcid: bytes, scid: bytes, size: int) -> bytes:
+    head = b"\xc3" + version.to_bytes(4, "big") + bytes((len(dcid),)) + dcid
+    head += bytes((len(scid),)) + scid
+    return head + bytes(size - len(head))
+
+
+def test_version_negotiation_answers_an_unknown_version() -> None:
+    dcid, scid = b"\x0d" * 8, b"\x05" * 5
+    datagram = unknown_version_datagram(0x1A2A3A4A, dcid, scid, 1200)
+    with pytest.raises(DatagramDropped, match="unsupported_version"):
+        reader().feed(datagram, 0.0)
+    answer = version_negotiation(datagram, 0x3F)
+    # RFC 9000 §17.2.1: long header, version 0, the client's CIDs swapped, the versions.
+    assert answer == (
+        b"\xbf" + bytes(4) + b"\x05" + scid + b"\x08" + dcid
+        + VERSION_1.to_bytes(4, "big") + VERSION_2.to_bytes(4, "big")
+    )  # fmt: skip
+    # Not answered: a known version, a Version Negotiation, a short datagram, a short header.
+    assert version_negotiation(unknown_version_datagram(VERSION_1, dcid, scid, 1200), 0) is None
+    assert version_negotiation(unknown_version_datagram(0, dcid, scid, 1200), 0) is None
+    assert version_negotiation(datagram[:1199], 0) is None
+    assert version_negotiation(b"\x40" + datagram[1:], 0) is None
 
 
 def test_refusal_is_a_server_initial_connection_close_the_client_can_read() -> None:
