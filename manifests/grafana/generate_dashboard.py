@@ -246,6 +246,40 @@ LAYOUT: tuple[Row | Panel, ...] = (
             q("sum by (listener, protocol) (sniffer_listener_bound)", "{{listener}} bound"),
         ),
     ),
+    Row("Kernel relay"),
+    Panel(
+        "Workers relaying in the kernel",
+        "Data-plane processes whose routed pairs go to the BPF sockmap relay "
+        "(--kernel-relay auto|on where the kernel and capabilities allow it; 0 = every "
+        "pair in user space, the default).",
+        "short",
+        (q("sum by (instance) (sniffer_kernel_relay_enabled)", "{{instance}}"),),
+        width=8,
+    ),
+    Panel(
+        "Kernel relay hand-offs and fallbacks/s",
+        "Routed pairs handed to the kernel, and pairs kept in (or moved back to) user "
+        "space by reason (map_full, early_data, ...).",
+        "ops",
+        (
+            q(f"sum(rate(sniffer_kernel_relay_connections_total[{RI}]))", "handed over"),
+            q(
+                f"sum by (reason) (rate(sniffer_kernel_relay_fallbacks_total[{RI}]))",
+                "fallback {{reason}}",
+            ),
+        ),
+        width=8,
+    ),
+    Panel(
+        "Bytes/s carried by the kernel relay",
+        "Bytes the kernel relayed without waking sniffer (both directions, all tenants; "
+        "the rest of the bytes panels' traffic went through user space). Request/response "
+        "traffic stays in the kernel; a sender faster than its receiver spends the "
+        "per-pair budget and goes on in user space.",
+        "Bps",
+        (q(f"sum(rate(sniffer_kernel_relay_bytes_total[{RI}]))", "kernel"),),
+        width=8,
+    ),
     Row("HTTP/3 (QUIC)"),
     Panel(
         "QUIC datagrams/s per tenant",
@@ -254,8 +288,7 @@ LAYOUT: tuple[Row | Panel, ...] = (
         "pps",
         (
             q(
-                f"sum by (tenant, direction) "
-                f"(rate(sniffer_datagrams_total{{{TENANT}}}[{RI}]))",
+                f"sum by (tenant, direction) (rate(sniffer_datagrams_total{{{TENANT}}}[{RI}]))",
                 "{{tenant}} {{direction}}",
             ),
         ),

@@ -31,8 +31,9 @@ def substitute(expr: str, tenant: str, rate_interval: str) -> str:
     return expr.replace("$tenant", tenant).replace("$__rate_interval", rate_interval)
 
 
-def query_range(prometheus: str, expr: str, start: float, end: float,
-                step: float) -> list[dict[str, Any]]:
+def query_range(
+    prometheus: str, expr: str, start: float, end: float, step: float
+) -> list[dict[str, Any]]:
     params = urllib.parse.urlencode(
         {"query": expr, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": f"{step:g}"}
     )
@@ -44,17 +45,26 @@ def query_range(prometheus: str, expr: str, start: float, end: float,
     return result
 
 
-UNITS = {"short": "", "cps": "connections/s", "Bps": "bytes/s", "s": "seconds",
-         "ops": "per second"}
+UNITS = {"short": "", "cps": "connections/s", "Bps": "bytes/s", "s": "seconds", "ops": "per second"}
 
 
 def legend(fmt: str, labels: dict[str, str]) -> str:
     return re.sub(r"\{\{\s*(\w+)\s*\}\}", lambda m: labels.get(m.group(1), ""), fmt).strip()
 
 
-def render(prometheus: str, start: float, end: float, out: Path, *, tenant: str = ".*",
-           rate_interval: str = "5s", step: float = 1.0, columns: int = 3,
-           note: str = "", empty: list[str] | None = None) -> int:
+def render(
+    prometheus: str,
+    start: float,
+    end: float,
+    out: Path,
+    *,
+    tenant: str = ".*",
+    rate_interval: str = "5s",
+    step: float = 1.0,
+    columns: int = 3,
+    note: str = "",
+    empty: list[str] | None = None,
+) -> int:
     """Write the preview PNG; return how many series were drawn. The titles of panels
     that drew nothing are appended to `empty` when given."""
     import matplotlib
@@ -88,15 +98,26 @@ def render(prometheus: str, start: float, end: float, out: Path, *, tenant: str 
         if handles:
             ax.legend(fontsize=7, loc="upper left", ncol=2, framealpha=0.6)
         else:
-            ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center",
-                    va="center", color="grey", fontsize=12)
+            ax.text(
+                0.5,
+                0.5,
+                "no data",
+                transform=ax.transAxes,
+                ha="center",
+                va="center",
+                color="grey",
+                fontsize=12,
+            )
             if empty is not None:
                 empty.append(panel["title"])
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(end))
-    fig.suptitle(f"sniffer dashboard preview ({when}, {end - start:.0f} s, "
-                 f"tenant=~\"{tenant}\")" + (f"\n{note}" if note else ""), fontsize=14)
+    fig.suptitle(
+        f"sniffer dashboard preview ({when}, {end - start:.0f} s, "
+        f'tenant=~"{tenant}")' + (f"\n{note}" if note else ""),
+        fontsize=14,
+    )
     fig.tight_layout(rect=(0, 0, 1, 0.98 if note else 0.985))
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=72)
@@ -115,8 +136,15 @@ def main() -> int:
     end = time.time()
     start = end - args.minutes * 60
     step = max(1.0, (end - start) / 300)
-    n = render(args.prometheus.rstrip("/"), start, end, args.out, tenant=args.tenant,
-               rate_interval=args.rate_interval, step=step)
+    n = render(
+        args.prometheus.rstrip("/"),
+        start,
+        end,
+        args.out,
+        tenant=args.tenant,
+        rate_interval=args.rate_interval,
+        step=step,
+    )
     print(f"wrote {args.out} ({n} series)")
     return 0
 

@@ -655,6 +655,10 @@ def expectations(start: float, end: float) -> dict[str, Check]:
         """Routes from a file: no Lease, so the pod does not lead (the gauge is there)."""
         assert list(by(r[0]).values()) == [0.0]
 
+    def kernel_off(r: list[list[dict[str, Any]]]) -> None:
+        """The stack runs the default --kernel-relay off: no worker in the kernel."""
+        assert list(by(r[0], "instance").values()) == [0.0], r[0]
+
     def workers(r: list[list[dict[str, Any]]]) -> None:
         assert list(by(r[0], "instance").values()) == [1]
 
@@ -683,6 +687,11 @@ def expectations(start: float, end: float) -> dict[str, Check]:
         # Python's ssl sends no ECH; tests/proxy/test_hello_facts.py checks the counter.
         "ECH connections/s per tenant": valid_only,
         "Open connections and QUIC flows per listener": listeners,
+        "Workers relaying in the kernel": kernel_off,
+        # Off in this stack: its counters appear once a worker relays in the kernel
+        # (tests/proxy/test_kernel_relay.py checks them).
+        "Kernel relay hand-offs and fallbacks/s": valid_only,
+        "Bytes/s carried by the kernel relay": valid_only,
         "QUIC datagrams/s per tenant": datagrams,
         "QUIC datagrams dropped/s by reason": dropped_datagrams,
         "QUIC refusals/s by reason": quic_refusals,
