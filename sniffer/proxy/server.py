@@ -156,7 +156,7 @@ class DataPlane:
                 self.loop.create_task(self._sweep_deadlines()),
             ]
             self._lag_tick(self.loop.time() + LAG_INTERVAL)
-        self.installed_version = table.version
+        self.installed_version = self.stats.table_version = table.version
 
     async def _listen(self, lis: Listener) -> asyncio.Server:
         family = socket.AF_INET6 if ":" in lis.host else socket.AF_INET

@@ -46,6 +46,12 @@ METRICS: dict[str, tuple[str, frozenset[str]]] = {
         ("sniffer_access_log_dropped_total", COUNTER, ()),
         ("sniffer_event_loop_lag_seconds", HISTOGRAM, ("worker",)),
         ("sniffer_annotation_errors_total", COUNTER, ("kind",)),
+        ("sniffer_open_connections", GAUGE, ("worker",)),
+        ("sniffer_route_table_version", GAUGE, ("worker",)),
+        ("sniffer_process_asyncio_tasks", GAUGE, ("worker",)),
+        ("sniffer_process_allocated_blocks", GAUGE, ("worker",)),
+        ("sniffer_process_gc_objects", GAUGE, ("worker", "generation")),
+        ("sniffer_process_gc_collections_total", COUNTER, ("worker", "generation")),
     )
 }
 
