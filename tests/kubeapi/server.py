@@ -613,6 +613,15 @@ class KubeApiServer:
         if sub not in (None, "status"):
             raise ApiFailure(404, "NotFound", f"no subresource {sub}")
         q = request.query
+        if request.method in ("POST", "PUT") and request.content_type not in _BODY_TYPES:
+            # As the real server: a body must say what it is (aiohttp's default for bytes,
+            # application/octet-stream, is refused).
+            raise ApiFailure(
+                415,
+                "UnsupportedMediaType",
+                "the body of the request was in an unknown format - accepted media types "
+                "include: application/json, application/yaml, application/vnd.kubernetes.protobuf",
+            )
         if name is None:
             if request.method == "GET":
                 if q.get("watch") in ("true", "1"):
@@ -863,6 +872,11 @@ class KubeApiServer:
                 self.apply(obj)
             return web.json_response({"resourceVersion": str(self.rv)})
         raise ApiFailure(404, "NotFound", "unknown test control")
+
+
+_BODY_TYPES = frozenset(
+    {"application/json", "application/yaml", "application/vnd.kubernetes.protobuf"}
+)
 
 
 def _group_json(group: str, versions: list[str]) -> dict[str, Any]:

@@ -286,12 +286,18 @@ class KubeApi:
             query.append(("continue", continue_))
         return await self.request_json("GET", path, query)
 
+    # A body must carry its media type: the real API server answers 415 to aiohttp's
+    # default for bytes (application/octet-stream).
     async def create(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        return await self.request_json("POST", path, body=dict(body))
+        return await self.request_json(
+            "POST", path, body=dict(body), content_type="application/json"
+        )
 
     async def replace(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
         """PUT the whole object; its `metadata.resourceVersion` makes it conditional."""
-        return await self.request_json("PUT", path, body=dict(body))
+        return await self.request_json(
+            "PUT", path, body=dict(body), content_type="application/json"
+        )
 
     async def merge_patch_status(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
         return await self.request_json(
