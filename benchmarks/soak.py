@@ -36,8 +36,9 @@ or a metric grows over the last `--window` seconds (default two thirds of the ru
 last 40 minutes of an hour) "beyond noise": the 95 % confidence interval of its slope
 excludes 0 AND the growth over the window exceeds both 5 % of its mean and an absolute
 floor per metric (see FLOORS). The slope is one OLS slope common to every lifetime of
-the process (a restarted worker is a new segment with its own intercept; the first
-`--warmup` seconds of each lifetime are left out), its standard error widened for the
+the process (a restarted worker is a new segment with its own intercept; the `--warmup`
+seconds after each kill are left out for every process: the new worker fills up and the
+survivor holds the reconnected sessions for a while), its standard error widened for the
 lag-1 autocorrelation of the residuals (n_eff = n (1 - r) / (1 + r)), so that slow
 oscillations are not mistaken for independent evidence.
 
@@ -874,7 +875,16 @@ def sample(admin: int, control_pid: int, t: float) -> dict[str, Any]:
         if name in ("sniffer_refused_connections_total", "sniffer_limited_connections_total"):
             tag = labels.get("reason") or labels.get("limit", "")
             counters[f"{name}:{tag}"] = counters.get(f"{name}:{tag}", 0) + v
-        elif name in ("sniffer_accepted_connections_total", "sniffer_worker_restarts_total"):
+        elif name in ("sniffer_status_writes_total", "sniffer_watch_relists_total"):
+            tag = labels.get("result") or labels.get("reason", "")
+            counters[f"{name}:{tag}"] = counters.get(f"{name}:{tag}", 0) + v
+        elif name in (
+            "sniffer_accepted_connections_total",
+            "sniffer_worker_restarts_total",
+            "sniffer_watch_errors_total",
+            "sniffer_route_table_rebuilds_total",
+            "sniffer_leader",
+        ):
             counters[name] = counters.get(name, 0) + v
         if p is None or worker is None:
             continue
@@ -958,9 +968,18 @@ def trend(segments: list[list[tuple[float, float]]], floor: float) -> dict[str, 
 
 
 def analyse(
-    samples: list[dict[str, Any]], start: float, end: float, window: float, warmup: float
+    samples: list[dict[str, Any]],
+    kills: list[float],
+    end: float,
+    window: float,
+    warmup: float,
 ) -> dict[str, dict[str, Any]]:
-    """Trend of every metric of every process over [end - window, end], by pid."""
+    """Trend of every metric of every process over [end - window, end], by pid.
+
+    The `warmup` seconds after each kill are left out for every process: the restarted
+    worker fills up, and the surviving one holds the sessions that reconnected until
+    they spread again (a step, not a trend). So are a restarted worker's first
+    `warmup` seconds when no kill of ours explains the restart."""
     first_seen: dict[int, float] = {}
     for row in samples:
         for p in row["procs"].values():
@@ -974,6 +993,8 @@ def analyse(
             for row in samples:
                 p = row["procs"].get(key)
                 if p is None or metric not in p or row["t"] < lo:
+                    continue
+                if any(k <= row["t"] < k + warmup for k in kills):
                     continue
                 born = first_seen[p["pid"]]
                 if p["pid"] != samples[0]["procs"].get(key, {}).get("pid") and (
@@ -1327,8 +1348,8 @@ def verdict(
 ) -> dict[str, Any]:
     t = soak.tally
     window = args.window or args.duration * 2 / 3
-    warmup = args.warmup if args.warmup is not None else min(120.0, args.duration / 20)
-    trends = analyse(soak.samples, 0.0, end, window, warmup)
+    warmup = args.warmup if args.warmup is not None else 120.0
+    trends = analyse(soak.samples, t.kills, end, window, warmup)
     growing = [
         f"{proc}.{metric}"
         for proc, metrics in trends.items()
@@ -1353,6 +1374,12 @@ def verdict(
         failures.append(f"{missed} route changes not seen within 20 s (or churn errors)")
     if soak.restarts_missed:
         failures.append(f"{soak.restarts_missed} killed workers not restarted within 30 s")
+    if args.kubernetes and last["counters"].get("sniffer_leader") != 1:
+        failures.append("sniffer did not hold the status Lease at the end")
+    if sniffer_counts.get("sniffer_status_writes_total:error"):
+        failures.append(
+            f"{sniffer_counts['sniffer_status_writes_total:error']:.0f} status writes failed"
+        )
     if growing:
         failures.append("growth beyond noise: " + ", ".join(growing))
     lag = sorted(t.route_lag)
@@ -1398,7 +1425,7 @@ def markdown(res: dict[str, Any]) -> str:
         f"{cfg['workers']} workers, a sample every {cfg['sample_every_s']:.0f} s, worker "
         f"SIGKILLs at {', '.join(f'{k:.0f}' for k in res['kills_at_s'])} s, route changes "
         f"every {cfg['churn_every_s']:.0f} s. Trends over the last {cfg['window_s']:.0f} s "
-        f"(restarted workers' first {cfg['warmup_s']:.0f} s left out). Machine load at the "
+        f"(the first {cfg['warmup_s']:.0f} s after each kill left out). Machine load at the "
         f"end: {res['loadavg']}.",
         "",
     ]
@@ -1453,7 +1480,9 @@ def main() -> int:
     ap.add_argument("--churn-every", type=float, default=3.0)
     ap.add_argument("--sample-every", type=float, default=10.0)
     ap.add_argument("--window", type=float, default=None, help="default: 2/3 of the duration")
-    ap.add_argument("--warmup", type=float, default=None, help="default: min(120, duration/20)")
+    ap.add_argument(
+        "--warmup", type=float, default=None, help="s left out after a kill; default: 120"
+    )
     ap.add_argument("--rate", type=float, default=1.0, help="scale every traffic rate")
     ap.add_argument("--concurrency", type=int, default=200, help="connections in flight")
     ap.add_argument("--kube-dir", default=os.environ.get("KUBE_TEST_DIR", "/tmp/kube-soak"))
