@@ -19,6 +19,7 @@ from sniffer.observe import metrics
 from sniffer.observe.accesslog import MAX_BUFFER, AccessLog
 from sniffer.observe.admin import AdminServer
 from sniffer.observe.metrics import DataPlaneCollector
+from sniffer.observe.stats import Snapshot, add_runtime
 from sniffer.proxy.server import DataPlane
 from sniffer.proxy.settings import ProxySettings, WorkerSettings
 from sniffer.proxy.supervisor import Supervisor
@@ -203,7 +204,14 @@ class _Workers:
                 log_level=opts.log_level,
             ),
         )
-        self.collector = DataPlaneCollector(self.supervisor.snapshots)
+        supervisor = self.supervisor
+
+        def snapshots() -> list[Snapshot]:
+            control = Snapshot()
+            add_runtime(control, "control", supervisor.table.version)
+            return [*supervisor.snapshots(), control]
+
+        self.collector = DataPlaneCollector(snapshots)
 
     async def start(self, controller: RouteController) -> None:
         await self.supervisor.start()

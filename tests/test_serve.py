@@ -279,6 +279,22 @@ async def test_workers_aggregate_metrics_and_survive_a_worker_crash(
     await s.wait_for(
         lambda: s.get("/readyz")[0] == 200 and json.loads(s.get("/routes")[1])["version"] > v
     )
+    # Every process reports its runtime (what benchmarks/soak.py samples): both workers
+    # hold the table the control process built last.
+    newest = json.loads(s.get("/routes")[1])["version"]
+
+    def versions() -> list[float | None]:
+        m = s.metrics()
+        return [m.get(f'sniffer_route_table_version{{worker="{w}"}}') for w in ("control", 0, 1)]
+
+    await s.wait_for(lambda: versions() == [newest] * 3)
+    m = s.metrics()
+    for w in ("control", "0", "1"):
+        assert m[f'sniffer_process_asyncio_tasks{{worker="{w}"}}'] >= 1
+        assert m[f'sniffer_process_allocated_blocks{{worker="{w}"}}'] > 10_000
+        assert f'sniffer_process_gc_objects{{generation="permanent",worker="{w}"}}' in m
+        assert m[f'sniffer_process_gc_collections_total{{generation="0",worker="{w}"}}'] >= 0
+    assert m['sniffer_open_connections{worker="0"}'] >= 0
     for _ in range(6):  # SO_REUSEPORT spreads these over both workers
         assert await refused_by_name(port, "app.b.example")
         assert await tls_request(pki, port, "app.a.example") == b"a\n"

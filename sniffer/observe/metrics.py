@@ -213,6 +213,38 @@ _FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "From accept to a routing decision",
         ("listener",),
     ),
+    "sniffer_open_connections": (
+        "gauge",
+        "Client connections open in a data-plane process, routed or not",
+        ("worker",),
+    ),
+    "sniffer_route_table_version": (
+        "gauge",
+        "Version of the route table a process holds (control: the newest built)",
+        ("worker",),
+    ),
+    "sniffer_process_asyncio_tasks": (
+        "gauge",
+        "asyncio tasks alive in the process",
+        ("worker",),
+    ),
+    "sniffer_process_allocated_blocks": (
+        "gauge",
+        "Python memory blocks in use (sys.getallocatedblocks): objects and buffers",
+        ("worker",),
+    ),
+    "sniffer_process_gc_objects": (
+        "gauge",
+        "gc.get_count() by generation: allocations (generation 0) or younger collections "
+        "since the generation was last collected; generation permanent: objects frozen "
+        "out of the collector's reach (gc.get_freeze_count())",
+        ("worker", "generation"),
+    ),
+    "sniffer_process_gc_collections": (
+        "counter",
+        "Garbage collections by generation",
+        ("worker", "generation"),
+    ),
 }
 
 

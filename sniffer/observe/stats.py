@@ -9,8 +9,12 @@ addition, which is how worker processes' figures reach the control process's
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import gc
+import sys
 from bisect import bisect_left
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -197,11 +201,13 @@ class DataPlaneStats:
         self.backends: dict[tuple[str, str], BackendTally] = {}
         self.kernel: KernelTally | None = None
         """The kernel relay engine, when the process runs one."""
-        self.open: Iterable[OpenConnection] = ()
+        self.open: Collection[OpenConnection] = ()
         """The data plane's own set of connections (those not relaying have no tally);
         read only when a snapshot folds in the bytes of connections still open."""
         self.open_flows: Iterable[OpenFlow] = ()
         """The QUIC flows of the data plane, read the same way."""
+        self.table_version = -1
+        """Version of the route table this data plane has installed."""
 
     def listener(self, name: str) -> ListenerTally:
         t = self.listeners.get(name)
@@ -274,6 +280,8 @@ class DataPlaneStats:
                 sums[1] += flow.dgrams_down
         snap = Snapshot()
         c, g, h = snap.counters, snap.gauges, snap.hists
+        add_runtime(snap, self.worker, self.table_version)
+        g[("sniffer_open_connections", (self.worker,))] = len(self.open)
         if self.access_log is not None:
             c[("sniffer_access_log_dropped", ())] = self.access_log.dropped
         kernel = self.kernel
@@ -323,6 +331,27 @@ class DataPlaneStats:
             h[("sniffer_connection_duration_seconds", key)] = _hist_copy(bt.durations)
             h[("sniffer_backend_connect_duration_seconds", key)] = _hist_copy(bt.connect_times)
         return snap
+
+
+def add_runtime(snap: Snapshot, worker: str, table_version: int) -> None:
+    """This process's runtime figures into `snap`, labelled `worker` ("control" for the
+    control process): what a leak or a stuck rollout shows in first. A few C calls, no
+    walk of the heap (gc.get_objects would cost milliseconds per snapshot), so that the
+    once-a-second worker snapshot stays cheap."""
+    g, c = snap.gauges, snap.counters
+    with contextlib.suppress(RuntimeError):  # no running loop: a snapshot taken outside one
+        g[("sniffer_process_asyncio_tasks", (worker,))] = len(asyncio.all_tasks())
+    # pymalloc blocks in use: every Python object and buffer, tracked by the GC or not.
+    g[("sniffer_process_allocated_blocks", (worker,))] = sys.getallocatedblocks()
+    for gen, (pending, st) in enumerate(zip(gc.get_count(), gc.get_stats(), strict=True)):
+        labels = (worker, str(gen))
+        g[("sniffer_process_gc_objects", labels)] = pending
+        c[("sniffer_process_gc_collections", labels)] = st["collections"]
+    # Objects moved out of the collector's reach by gc.freeze() (the data plane freezes
+    # after each table install): cyclic garbage among them is never freed, so this must
+    # not grow with installs. Counting walks that list once (~1 ms per 300k objects).
+    g[("sniffer_process_gc_objects", (worker, "permanent"))] = gc.get_freeze_count()
+    g[("sniffer_route_table_version", (worker,))] = table_version
 
 
 def _hist_copy(h: _Hist) -> tuple[tuple[float, ...], list[int], float]:

@@ -230,7 +230,7 @@ class DataPlane:
         if self._quic and self._flow_sweeper is None:  # only with QUIC listeners
             self._flow_sweeper = self.loop.create_task(self._sweep_flows())
             self._sweepers.append(self._flow_sweeper)
-        self.installed_version = table.version
+        self.installed_version = self.stats.table_version = table.version
 
     def _mark(self, lis: Listener, *, bound: bool) -> None:
         """What the listener gauges (and /healthz) say of `lis` in this process."""

@@ -56,6 +56,12 @@ METRICS: dict[str, tuple[str, frozenset[str]]] = {
         ("sniffer_kernel_relay_connections_total", COUNTER, ()),
         ("sniffer_kernel_relay_bytes_total", COUNTER, ()),
         ("sniffer_kernel_relay_fallbacks_total", COUNTER, ("reason",)),
+        ("sniffer_open_connections", GAUGE, ("worker",)),
+        ("sniffer_route_table_version", GAUGE, ("worker",)),
+        ("sniffer_process_asyncio_tasks", GAUGE, ("worker",)),
+        ("sniffer_process_allocated_blocks", GAUGE, ("worker",)),
+        ("sniffer_process_gc_objects", GAUGE, ("worker", "generation")),
+        ("sniffer_process_gc_collections_total", COUNTER, ("worker", "generation")),
     )
 }
 

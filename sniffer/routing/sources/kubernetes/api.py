@@ -309,8 +309,9 @@ class KubeApi:
             query.append(("continue", continue_))
         return await self.request_json("GET", path, query)
 
+    # A body must carry its media type: the real API server answers 415 to aiohttp's
+    # default for bytes (application/octet-stream).
     async def create(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        # A real API server answers 415 to a body without a content type it knows.
         return await self.request_json("POST", path, body=dict(body), content_type=JSON)
 
     async def replace(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
