@@ -433,6 +433,56 @@ LAYOUT: tuple[Row | Panel, ...] = (
     ),
     Row("Processes"),
     Panel(
+        "Open connections and route table version per process",
+        "TCP connections each data-plane process holds (sniffing, dialling or relaying), "
+        "and the route table version each process has installed: workers of one pod at "
+        "different versions for long means a table did not reach one of them.",
+        "short",
+        (
+            q(
+                "sum by (instance, worker) (sniffer_open_connections)",
+                "{{instance}} {{worker}} open",
+            ),
+            q(
+                "max by (instance, worker) (sniffer_route_table_version)",
+                "{{instance}} {{worker}} table",
+            ),
+        ),
+    ),
+    Panel(
+        "asyncio tasks and allocated blocks per process",
+        "Runtime figures of the control process and each worker: asyncio tasks alive and "
+        "pymalloc blocks in use (every Python object). Either growing without traffic "
+        "growing is a leak (benchmarks/soak.py fails on such a trend).",
+        "short",
+        (
+            q(
+                "max by (instance, worker) (sniffer_process_asyncio_tasks)",
+                "{{instance}} {{worker}} tasks",
+            ),
+            q(
+                "max by (instance, worker) (sniffer_process_allocated_blocks)",
+                "{{instance}} {{worker}} blocks",
+            ),
+        ),
+    ),
+    Panel(
+        "Garbage collector per process",
+        'Objects waiting per GC generation ("permanent": frozen after each table install, '
+        "which must not grow with installs) and collections/s per generation.",
+        "short",
+        (
+            q(
+                "max by (worker, generation) (sniffer_process_gc_objects)",
+                "{{worker}} gen {{generation}} objects",
+            ),
+            q(
+                f"sum by (worker, generation) (rate(sniffer_process_gc_collections_total[{RI}]))",
+                "{{worker}} gen {{generation}} collections/s",
+            ),
+        ),
+    ),
+    Panel(
         "Workers alive",
         "Data-plane worker processes alive per pod (--workers).",
         "short",

@@ -659,6 +659,14 @@ def expectations(start: float, end: float) -> dict[str, Check]:
         """The stack runs the default --kernel-relay off: no worker in the kernel."""
         assert list(by(r[0], "instance").values()) == [0.0], r[0]
 
+    def runtime(r: list[list[dict[str, Any]]]) -> None:
+        """Every query has series for the worker, all finite; the control process shows
+        up too (it holds no connections, so not in the open-connections query)."""
+        for result in r:
+            assert "0" in {x["metric"]["worker"] for x in result}, result
+            assert finite([float(x["value"][1]) for x in result]), result
+        assert "control" in {x["metric"]["worker"] for result in r for x in result}, r
+
     def workers(r: list[list[dict[str, Any]]]) -> None:
         assert list(by(r[0], "instance").values()) == [1]
 
@@ -706,6 +714,9 @@ def expectations(start: float, end: float) -> dict[str, Check]:
         "Objects cached by kind": valid_only,  # Kubernetes source only
         "Status leader": not_leading,
         "Status writes/s": valid_only,  # Kubernetes source only
+        "Open connections and route table version per process": runtime,
+        "asyncio tasks and allocated blocks per process": runtime,
+        "Garbage collector per process": runtime,
         "Workers alive": workers,
         "Worker restarts": restarts,
         "Event-loop lag p50 / p99 per worker": loop_lag,
