@@ -191,9 +191,9 @@ class Informer(Generic[R]):
                 bucket = new.get(ns)
                 if bucket is None:
                     bucket = new[ns] = self._new_bucket()
-                if name not in bucket:
-                    count += 1
+                before = len(bucket)
                 bucket[name] = rec
+                count += len(bucket) - before
             rv = str(meta.get("resourceVersion") or rv)
             continue_ = meta.get("continue") or None
             del page
