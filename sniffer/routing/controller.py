@@ -153,11 +153,14 @@ _T = TypeVar("_T")
 def _same_objects(new: tuple[_T, ...], old: tuple[_T, ...]) -> tuple[_T, ...]:
     """`new` with each item equal to an item of `old` replaced by that item of `old`."""
     held = {id(x) for x in old}
-    fresh = [x for x in new if id(x) not in held]
+    fresh = [i for i, x in enumerate(new) if id(x) not in held]
     if not fresh:
         return new
     kept = {id(x) for x in new}
     by_value = {x: x for x in old if id(x) not in kept}
     if not by_value:
         return new
-    return tuple(x if id(x) in held else by_value.get(x, x) for x in new)
+    out = list(new)
+    for i in fresh:
+        out[i] = by_value.get(out[i], out[i])
+    return tuple(out)
