@@ -4,9 +4,10 @@ EndpointSlices are the most numerous objects of a cluster (one or more per Servi
 routing reads few of them, yet each must be held: a route may name any Service next.
 As a dict of records, a slice cost its name, its record and its address string, three
 objects (~200 bytes) for ~30 characters of content; at 2,000 tenants that was a third
-of the control process. `SliceBucket` keeps one string per Service instead, one line per
-slice (`name<TAB>ports<TAB>addresses`), and decodes records when they are read; a
-name -> Service index (text too, or a dict in a big namespace) finds a slice's line.
+of the control process. `SliceBucket` keeps the namespace's slices as one string
+instead, one line per slice (`name<TAB>service<TAB>ports<TAB>addresses`, ~40
+characters), and decodes records when they are read; a big namespace's text is split
+by Service and its names indexed (`INDEX_AT`).
 
 This module owns that encoding; it must never read raw JSON (see `parsers`, which
 refuses the characters the encoding reserves) or be used for another kind.
@@ -20,34 +21,30 @@ from sniffer.routing.sources.kubernetes.fields import shared
 from sniffer.routing.sources.kubernetes.records import EndpointSliceRec, SliceTarget
 
 INDEX_AT = 128
-"""Slices in a namespace past which the name -> Service index is a dict: below, it is
-text too (`\nname<TAB>service` lines, one `find` per lookup); above, updating that text
-would copy it on every event and a list of 10,000 slices in one namespace would be
-quadratic."""
-
-RESERVED = ("\t", "\n")
-"""Characters a slice's name, port names and addresses must not hold (they frame the
-text); `,` is reserved in port names and addresses too (see `parsers`)."""
+"""Slices in a namespace past which its text is split by Service, with a name -> Service
+dict: below, one `find` over the namespace's text locates a slice; above, every event
+would copy a long text, and a list of 10,000 slices in one namespace would be quadratic."""
 
 
-def _encode(name: str, rec: EndpointSliceRec) -> str:
+def _encode(name: str, service: str, rec: EndpointSliceRec) -> str:
     ports = ",".join(f"{p}:{n}" for p, n in rec.target.ports)
-    return f"\n{name}\t{ports}\t{rec.addresses}"
+    return f"\n{name}\t{service}\t{ports}\t{rec.addresses}"
 
 
-def _decode(service: str, line: str) -> tuple[str, EndpointSliceRec]:
-    name, ports, addresses = line.split("\t")
+def _decode(line: str) -> tuple[str, str, EndpointSliceRec]:
+    """(name, service, record) of one line (without its leading newline)."""
+    name, service, ports, addresses = line.split("\t")
     pairs = []
     if ports:
         for p in ports.split(","):
             pname, _, number = p.rpartition(":")
             pairs.append((pname, int(number)))
     target = shared(SliceTarget(service or None, tuple(pairs)))
-    return name, EndpointSliceRec(target, addresses)
+    return name, service, EndpointSliceRec(target, addresses)
 
 
 def _span(text: str, name: str) -> tuple[int, int]:
-    """Start (its `\n`) and end of `name`'s line in `text`, or (-1, -1)."""
+    """Start (its newline) and end of `name`'s line in `text`, or (-1, -1)."""
     at = text.find("\n" + name + "\t")
     if at == -1:
         return -1, -1
@@ -55,95 +52,117 @@ def _span(text: str, name: str) -> tuple[int, int]:
     return at, len(text) if end == -1 else end
 
 
-class SliceBucket(MutableMapping[str, EndpointSliceRec]):
-    """name -> `EndpointSliceRec` of one namespace, stored as one string per Service."""
+def _lines(text: str) -> list[str]:
+    return text[1:].split("\n") if text else []
 
-    __slots__ = ("_index", "_len", "_text")
+
+class SliceBucket(MutableMapping[str, EndpointSliceRec]):
+    """name -> `EndpointSliceRec` of one namespace, stored as text."""
+
+    __slots__ = ("_len", "_text", "_where")
 
     def __init__(self) -> None:
         self._text: dict[str, str] = {}
-        """Service name ("" for a slice without the service-name label) -> its lines."""
-        self._index: str | dict[str, str] = ""
-        """name -> Service: `\nname<TAB>service` lines, a dict past `INDEX_AT` slices."""
+        """Lines `\nname<TAB>service<TAB>ports<TAB>addresses`: all under "" while the
+        namespace is small, then one text per Service ("" for unlabelled slices)."""
+        self._where: dict[str, str] | None = None
+        """name -> Service (the key of its text), once past `INDEX_AT` slices."""
         self._len = 0
 
-    def _service_of(self, name: str) -> str | None:
-        index = self._index
-        if isinstance(index, dict):
-            return index.get(name)
-        at, end = _span(index, name)
-        return None if at == -1 else index[at + len(name) + 2 : end]
+    def _shard(self, name: str) -> tuple[str, int, int] | None:
+        """(text key, start, end) of `name`'s line, or None."""
+        if self._where is None:
+            key = ""
+        else:
+            found = self._where.get(name)
+            if found is None:
+                return None
+            key = found
+        at, end = _span(self._text.get(key, ""), name)
+        return None if at == -1 else (key, at, end)
 
     def __getitem__(self, name: str) -> EndpointSliceRec:
-        service = self._service_of(name)
-        if service is None:
+        found = self._shard(name)
+        if found is None:
             raise KeyError(name)
-        text = self._text[service]
-        at, end = _span(text, name)
-        return _decode(service, text[at + 1 : end])[1]
+        key, at, end = found
+        return _decode(self._text[key][at + 1 : end])[2]
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and self._service_of(name) is not None
+        return isinstance(name, str) and self._shard(name) is not None
 
     def __setitem__(self, name: str, rec: EndpointSliceRec) -> None:
-        old = self._service_of(name)
-        if old is not None:
-            self._drop(name, old)
+        found = self._shard(name)
+        if found is not None:
+            self._drop(*found)
+            if self._where is not None:
+                del self._where[name]
         service = rec.target.service or ""
-        self._text[service] = self._text.get(service, "") + _encode(name, rec)
+        line = _encode(name, service, rec)
         self._len += 1
-        if isinstance(self._index, dict):
-            self._index[name] = service
-        elif self._len > INDEX_AT:
-            self._index = {n: svc for svc, n in self._names()}
+        if self._where is None and self._len > INDEX_AT:
+            # Past the size one text serves well: split it by Service, indexed by name.
+            lines = _lines(self._text.pop("", ""))
+            self._where = {}
+            for old in lines:
+                old_name, old_service, _ = _decode(old)
+                self._add(old_service, old_name, "\n" + old)
+        if self._where is None:
+            self._text[""] = self._text.get("", "") + line
         else:
-            self._index += f"\n{name}\t{service}"
+            self._add(service, name, line)
+
+    def _add(self, service: str, name: str, line: str) -> None:
+        assert self._where is not None
+        self._text[service] = self._text.get(service, "") + line
+        self._where[name] = service
 
     def __delitem__(self, name: str) -> None:
-        service = self._service_of(name)
-        if service is None:
+        found = self._shard(name)
+        if found is None:
             raise KeyError(name)
-        self._drop(name, service)
+        self._drop(*found)
+        if self._where is not None:
+            del self._where[name]
 
-    def _drop(self, name: str, service: str) -> None:
-        text = self._text[service]
-        at, end = _span(text, name)
+    def _drop(self, key: str, at: int, end: int) -> None:
+        text = self._text[key]
         rest = text[:at] + text[end:]
         if rest:
-            self._text[service] = rest
+            self._text[key] = rest
         else:
-            del self._text[service]
+            del self._text[key]
         self._len -= 1
-        if isinstance(self._index, dict):
-            del self._index[name]
-        else:
-            at, end = _span(self._index, name)
-            self._index = self._index[:at] + self._index[end:]
 
-    def _names(self) -> Iterator[tuple[str, str]]:
-        """(service, name) of every slice."""
-        for service, text in self._text.items():
-            for line in text[1:].split("\n"):
-                yield service, line.partition("\t")[0]
+    def records(self) -> Iterator[tuple[str, EndpointSliceRec]]:
+        """(name, record) of every slice: one pass over the text."""
+        for text in self._text.values():
+            for line in _lines(text):
+                name, _, rec = _decode(line)
+                yield name, rec
 
     def __iter__(self) -> Iterator[str]:
-        return (name for _, name in self._names())
+        for text in self._text.values():
+            for line in _lines(text):
+                yield line.partition("\t")[0]
 
     def __len__(self) -> int:
         return self._len
 
-    def records(self) -> Iterator[tuple[str, EndpointSliceRec]]:
-        """(name, record) of every slice: one pass over the text."""
-        for service, text in self._text.items():
-            for line in text[1:].split("\n"):
-                yield _decode(service, line)
-
     def of_service(self, service: str) -> list[EndpointSliceRec]:
         """The slices labelled for `service` (what a route's backend reads)."""
-        text = self._text.get(service)
-        if not service or text is None:
+        if not service:
             return []
-        return [_decode(service, line)[1] for line in text[1:].split("\n")]
+        if self._where is not None:
+            return [_decode(line)[2] for line in _lines(self._text.get(service, ""))]
+        tag = "\t" + service + "\t"
+        return [
+            rec
+            for line in _lines(self._text.get("", ""))
+            if tag in line
+            for _, svc, rec in (_decode(line),)
+            if svc == service
+        ]
 
     def values(self) -> list[EndpointSliceRec]:  # type: ignore[override]
         return [rec for _, rec in self.records()]
