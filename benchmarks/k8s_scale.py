@@ -211,7 +211,7 @@ class Router:
             stderr=subprocess.STDOUT,
         )
 
-    def wait_ready(self, timeout: float = 180.0) -> float:
+    def wait_ready(self, timeout: float = 900.0) -> float:
         """Seconds from exec to `/readyz` saying ready (every source synced, table live)."""
         deadline = self.started + timeout
         while time.monotonic() < deadline:

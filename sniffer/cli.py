@@ -206,7 +206,8 @@ def serve(
 ) -> None:
     """Run the router."""
     from sniffer.app import ServeOptions
-    from sniffer.app import serve as run_serve
+    from sniffer.launch import ServePlan, exec_plan
+    from sniffer.launch import run as run_plan
 
     logging.basicConfig(
         level=log_level.upper(),
@@ -242,7 +243,7 @@ def serve(
         client_max_connections,
     )
     listeners = parse_listen(listen or [])
-    sources: list[Any] = []
+    kube: KubernetesSettings | None = None
     if kubernetes:
         listeners = listeners or parse_listen(["tls:0.0.0.0:443", "http:0.0.0.0:80"])
         listeners = deny_ja4_on(listeners, deny_ja4 or [])
@@ -258,13 +259,13 @@ def serve(
             renew_deadline=lease_renew_deadline,
             retry_period=lease_retry_period,
         )
-        sources.append(_kubernetes_source(kube, listeners))
     elif deny_ja4:
         if not listeners:
             raise typer.BadParameter("--deny-ja4 needs --listen (or deny_ja4 in the routes file)")
         listeners = deny_ja4_on(listeners, deny_ja4)
+    routes_file = None
     if routes is not None or not kubernetes:
-        sources.append(_file_source(routes if routes is not None else EXAMPLE, listeners))
+        routes_file = _checked_routes_file(routes if routes is not None else EXAMPLE)
     opts = ServeOptions(
         proxy=proxy,
         admin=split_host_port(admin) if admin else None,
@@ -274,9 +275,10 @@ def serve(
         log_level=log_level,
         limits=flag_limits,
     )
-    import uvloop
-
-    code = uvloop.run(run_serve(sources, opts))
+    plan = ServePlan(opts, listeners, kube, routes_file)
+    # The command (`main`) serves from a fresh interpreter without typer's ~10 MiB (see
+    # sniffer/launch.py); called in-process (tests' CliRunner), it serves right here.
+    code = exec_plan(plan) if _EXEC_SERVE else run_plan(plan)
     raise typer.Exit(code)
 
 
@@ -311,23 +313,15 @@ def _checked_settings(cls: Callable[..., _S], **values: Any) -> _S:
         raise typer.BadParameter(str(exc)) from None
 
 
-def _kubernetes_source(settings: KubernetesSettings, listeners: tuple[Listener, ...]) -> Any:
-    from sniffer.routing.sources.kubernetes import KubernetesSource
-
-    return KubernetesSource(settings, listeners)
-
-
-def _file_source(path: Path, listeners: tuple[Listener, ...]) -> Any:
-    """The routes file as a source, read once now: a bad file fails at start-up (exit 2);
-    later bad edits keep the old table."""
-    from sniffer.routing.sources.file import FileSource
-
+def _checked_routes_file(path: Path) -> Path:
+    """The routes file, read once now: a bad file fails at start-up (exit 2); later bad
+    edits keep the old table."""
     try:
         load_routes(path)
     except RoutesFileError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None
-    return FileSource(path, listeners or None)
+    return path
 
 
 def _flag_limits(
@@ -604,5 +598,11 @@ def _render_limits(table: RouteTable) -> list[str]:
     return out
 
 
+_EXEC_SERVE = False
+"""Set by `main`: `serve` then runs in a fresh interpreter (see sniffer/launch.py)."""
+
+
 def main() -> None:
+    global _EXEC_SERVE
+    _EXEC_SERVE = True
     app()

@@ -10,6 +10,7 @@ tables. This module must never do I/O.
 
 from __future__ import annotations
 
+import operator
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -70,6 +71,7 @@ __all__ = [
 
 
 _NO_MATCH = Match(MatchKind.NONE, None, ())
+_PRECEDENCE = operator.attrgetter("precedence")
 
 
 @dataclass(slots=True)
@@ -143,23 +145,31 @@ class RouteTable:
         listener_names = [lis.name for lis in spec.listeners]
         index = {lis.name: _ListenerIndex(deny_ja4=lis.deny_ja4) for lis in spec.listeners}
         conflicts: list[Conflict] = []
-        for route in sorted(spec.routes, key=lambda r: r.precedence):
+        # The loop of every rebuild (10,000 routes at 2,000 tenants): one Match per
+        # route, shared by the listeners it serves, and no per-listener re-derivation.
+        for route in sorted(spec.routes, key=_PRECEDENCE):
             targets = listener_names if route.listeners is None else route.listeners
+            if route.alpn:
+                for name in targets:
+                    idx = index.get(name)
+                    if idx is not None:
+                        _index_alpn(idx, route, name, conflicts)
+                continue
+            host = route.host
+            wildcard = host.startswith("*.")
+            key = host[2:] if wildcard else host
+            match: Match | None = None
             for name in targets:
                 idx = index.get(name)
                 if idx is None:
                     continue
-                if route.alpn:
-                    _index_alpn(idx, route, name, conflicts)
-                    continue
-                if route.is_wildcard:
-                    bucket, key = idx.wildcard, route.host[2:]
-                else:
-                    bucket, key = idx.exact, route.host
+                bucket = idx.wildcard if wildcard else idx.exact
                 held = bucket.get(key)
                 if held is None:
-                    kind = MatchKind.WILDCARD if route.is_wildcard else MatchKind.EXACT
-                    bucket[key] = Match(kind, route, route.backends)
+                    if match is None:
+                        kind = MatchKind.WILDCARD if wildcard else MatchKind.EXACT
+                        match = Match(kind, route, route.backends)
+                    bucket[key] = match
                     continue
                 won = held.route
                 assert won is not None

@@ -1,4 +1,4 @@
-"""A thin JSON client of the Kubernetes API, straight on aiohttp.
+"""A thin JSON client of the Kubernetes API, on the small HTTP client of `http1.py`.
 
 kubernetes-asyncio interprets kubeconfigs (in a child process, see `credentials.py`);
 this module sends the few calls the source makes and reads the bodies itself, because
@@ -21,13 +21,12 @@ import ssl
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-import aiohttp
-
 from sniffer.routing.sources.kubernetes.credentials import (
     Credentials,
     CredentialsError,
     CredentialStore,
 )
+from sniffer.routing.sources.kubernetes.http1 import Client, HttpError, Response
 from sniffer.routing.sources.kubernetes.settings import KubernetesSettings
 
 # Watch lines are single JSON objects; etcd caps one object at 1.5 MiB, so a line that
@@ -113,7 +112,7 @@ class KubeApi:
     def __init__(self, store: CredentialStore, settings: KubernetesSettings) -> None:
         self._store = store
         self._settings = settings
-        self._session: aiohttp.ClientSession | None = None
+        self._session: Client | None = None
         self._ssl: ssl.SSLContext | None = None
         self._session_generation = -1
         self._tls_of: Credentials = store.current
@@ -139,10 +138,10 @@ class KubeApi:
         if self._probe is not None:
             self._probe.cancel()
         if self._session is not None:
-            await self._session.close()
+            self._session.close()
             self._session = None
 
-    def _client(self) -> aiohttp.ClientSession:
+    def _client(self) -> Client:
         """The session for the current credentials (rebuilt when their TLS part changed)."""
         store = self._store
         if self._session is not None and self._session_generation == store.generation:
@@ -153,12 +152,9 @@ class KubeApi:
             self._ssl = creds.ssl_context()
             # One connection per watch stream plus a few for lists and status writes;
             # no pool-wide cap, since a queued watch would silently never start.
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, ssl=self._ssl),
-                auto_decompress=True,
-            )
+            self._session = Client(self._ssl, self._settings.connect_timeout)
             if old is not None:
-                asyncio.get_running_loop().create_task(old.close())
+                old.close()
         self._tls_of = creds
         self._session_generation = store.generation
         assert self._session is not None
@@ -171,12 +167,12 @@ class KubeApi:
         query: list[tuple[str, str]] | None = None,
         body: Any = None,
         content_type: str | None = None,
-        timeout: aiohttp.ClientTimeout | None = None,
-    ) -> aiohttp.ClientResponse:
-        if timeout is None:
-            timeout = aiohttp.ClientTimeout(
-                total=self._settings.request_timeout, sock_connect=self._settings.connect_timeout
-            )
+        timeout: float | None = -1.0,
+    ) -> Response:
+        """Send a request and read the response's head (within `timeout` s: the request
+        timeout by default, None for a watch); an error status raises its `ApiError`."""
+        if timeout is not None and timeout < 0:
+            timeout = self._settings.request_timeout
         data = None if body is None else json.dumps(body, separators=(",", ":")).encode()
         store = self._store
         if store.expiring():
@@ -192,17 +188,17 @@ class KubeApi:
             if auth:
                 headers["Authorization"] = auth
             try:
-                resp = await session.request(
-                    method,
-                    creds.host + path,
-                    params=query or None,
-                    data=data,
-                    headers=headers,
-                    timeout=timeout,
-                    proxy=creds.proxy,
-                    server_hostname=creds.server_name,
-                )
-            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                async with asyncio.timeout(timeout):
+                    resp = await session.request(
+                        method,
+                        creds.host + path,
+                        params=query or None,
+                        data=data,
+                        headers=headers,
+                        proxy=creds.proxy,
+                        server_hostname=creds.server_name,
+                    )
+            except (HttpError, OSError, TimeoutError) as exc:
                 self._mark_down()
                 raise ApiUnavailable(0, type(exc).__name__, str(exc) or repr(exc)) from exc
             if resp.status < 400:
@@ -211,9 +207,10 @@ class KubeApi:
             if resp.status >= 500 or resp.status == 429:
                 self._mark_down()
             try:
-                raw = await resp.read()
+                async with asyncio.timeout(self._settings.request_timeout):
+                    raw = await resp.read()
                 payload: Any = json.loads(raw) if raw else None
-            except (ValueError, aiohttp.ClientError, OSError, TimeoutError):
+            except (ValueError, HttpError, OSError, TimeoutError, asyncio.IncompleteReadError):
                 payload = None
             finally:
                 resp.release()
@@ -260,9 +257,7 @@ class KubeApi:
         """One cheap discovery call per interval while the server is away and callers
         wait: a fixed small load, whatever the callers' backoffs have grown to."""
         interval = self._settings.probe_interval
-        timeout = aiohttp.ClientTimeout(
-            total=max(1.0, 2 * interval), sock_connect=self._settings.connect_timeout
-        )
+        timeout = max(1.0, 2 * interval)
         while self._down and self._pausing:
             await asyncio.sleep(interval)
             if not (self._down and self._pausing):
@@ -287,8 +282,9 @@ class KubeApi:
     ) -> dict[str, Any]:
         resp = await self._call(method, path, query, body, content_type)
         try:
-            raw = await resp.read()
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            async with asyncio.timeout(self._settings.request_timeout):
+                raw = await resp.read()
+        except (HttpError, OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
             raise ApiUnavailable(0, type(exc).__name__, str(exc) or repr(exc)) from exc
         finally:
             resp.release()
@@ -323,7 +319,7 @@ class KubeApi:
             "PATCH", path + "/status", body=dict(body), content_type=MERGE_PATCH
         )
 
-    async def open_watch(self, path: str, resource_version: str) -> aiohttp.ClientResponse:
+    async def open_watch(self, path: str, resource_version: str) -> Response:
         """Start a watch; returns once the server accepted it (status 200)."""
         query = [
             ("watch", "true"),
@@ -331,16 +327,11 @@ class KubeApi:
             ("allowWatchBookmarks", "true"),
             ("timeoutSeconds", str(self._settings.watch_timeout)),
         ]
-        timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=self._settings.connect_timeout, sock_read=None
-        )
         async with asyncio.timeout(self._settings.request_timeout):
-            return await self._call("GET", path, query, timeout=timeout)
+            return await self._call("GET", path, query, timeout=None)
 
     @staticmethod
-    async def events(
-        resp: aiohttp.ClientResponse, inactivity: float
-    ) -> AsyncIterator[dict[str, Any]]:
+    async def events(resp: Response, inactivity: float) -> AsyncIterator[dict[str, Any]]:
         """Yield a watch's events; raise `TimeoutError` after `inactivity` s of silence.
 
         The stream ends normally when the server closes it (`timeoutSeconds`, restarts).
@@ -350,10 +341,10 @@ class KubeApi:
             while True:
                 try:
                     async with asyncio.timeout(inactivity):
-                        chunk = await resp.content.readany()
+                        chunk = await resp.readany()
                 except TimeoutError:
                     raise  # inactivity: the caller reopens the stream (TimeoutError is an OSError)
-                except (aiohttp.ClientError, OSError) as exc:
+                except (HttpError, OSError, asyncio.IncompleteReadError) as exc:
                     raise ApiUnavailable(0, type(exc).__name__, str(exc) or repr(exc)) from exc
                 if not chunk:
                     return

@@ -16,7 +16,7 @@ import asyncio
 import logging
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any, Generic, TypeVar
 
 from sniffer.observe import metrics
@@ -34,7 +34,7 @@ OnChange = Callable[[Kind, str, float], None]
 R = TypeVar("R")
 """The record type of one kind (see `records`)."""
 
-Store = dict[str, dict[str, R]]
+Store = dict[str, MutableMapping[str, R]]
 
 
 class Informer(Generic[R]):
@@ -50,6 +50,7 @@ class Informer(Generic[R]):
         on_change: OnChange,
         namespace: str | None = None,
         on_state: Callable[[], None] | None = None,
+        bucket: Callable[[], MutableMapping[str, R]] = dict,
     ) -> None:
         # what to watch
         self.api = api
@@ -61,6 +62,8 @@ class Informer(Generic[R]):
         self._settings = settings
         self._on_change = on_change
         self._on_state = on_state
+        self._new_bucket = bucket
+        """Makes one namespace's name -> record mapping (a dict, or `SliceBucket`)."""
         # the cache and where the stream stands
         self.store: Store[R] = {}
         self.count = 0
@@ -187,10 +190,10 @@ class Informer(Generic[R]):
                 ns, name, rec = keyed
                 bucket = new.get(ns)
                 if bucket is None:
-                    bucket = new[ns] = {}
-                if name not in bucket:
-                    count += 1
+                    bucket = new[ns] = self._new_bucket()
+                before = len(bucket)
                 bucket[name] = rec
+                count += len(bucket) - before
             rv = str(meta.get("resourceVersion") or rv)
             continue_ = meta.get("continue") or None
             del page
@@ -276,7 +279,7 @@ class Informer(Generic[R]):
     def _put(self, ns: str, name: str, rec: R, now: float) -> None:
         bucket = self.store.get(ns)
         if bucket is None:
-            bucket = self.store[ns] = {}
+            bucket = self.store[ns] = self._new_bucket()
         old = bucket.get(name)
         bucket[name] = rec
         if old is None:

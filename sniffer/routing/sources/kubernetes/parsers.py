@@ -235,15 +235,25 @@ def parse_service(obj: JSON, http_port_annotation: str, keep_cluster_ip: bool = 
     return shared(rec) if rec.cluster_ip is None and rec.external_name is None else rec
 
 
+def _framing_free(value: str, what: str, reserved: str = "\t\n") -> str:
+    """`value` if it holds none of the characters the slice cache's text reserves (see
+    `slices.py`; the API server's own validation allows none of them either)."""
+    if any(c in value for c in reserved):
+        raise MalformedObject(f"{what} holds a tab, newline or comma")
+    return value
+
+
 def parse_endpoint_slice(obj: JSON) -> EndpointSliceRec:
-    _, _, meta = _meta(obj)
+    _, name, meta = _meta(obj)
+    _framing_free(name, "metadata.name")
     labels = json_map(meta.get("labels"), "metadata.labels")
     svc = labels.get(SERVICE_NAME_LABEL)
     ports = []
     for p in json_list(obj.get("ports"), "ports"):
         p = json_map(p, "ports[]")
         if isinstance(p.get("port"), int):
-            ports.append((interned(p.get("name") or ""), int(p["port"])))
+            pname = interned(p.get("name") or "")
+            ports.append((_framing_free(pname, "ports[].name", "\t\n,"), int(p["port"])))
     addresses: list[str] = []
     for ep in json_list(obj.get("endpoints"), "endpoints"):
         ep = json_map(ep, "endpoints[]")
@@ -251,7 +261,7 @@ def parse_endpoint_slice(obj: JSON) -> EndpointSliceRec:
             continue
         addrs = json_list(ep.get("addresses"), "endpoints[].addresses")
         # All addresses of one endpoint are the same pod (the API calls them fungible).
-        if addrs and isinstance(addrs[0], str) and "," not in addrs[0]:
+        if addrs and isinstance(addrs[0], str) and not any(c in addrs[0] for c in ",\t\n"):
             addresses.append(addrs[0])
     target = SliceTarget(interned(svc) if isinstance(svc, str) else None, tuple(sorted(ports)))
     return EndpointSliceRec(shared(target), ",".join(sorted(addresses)))

@@ -60,16 +60,9 @@ class Backends:
         self.settings = settings
         self.problems = problems
         self.out: dict[str, Backend] = {}
-        self._slices: dict[str, dict[str, list[EndpointSliceRec]]] = {}
 
     def _slices_of(self, ns: str, service: str) -> list[EndpointSliceRec]:
-        index = self._slices.get(ns)
-        if index is None:
-            index = self._slices[ns] = {}
-            for s in self.view.slices(ns).values():
-                if s.service is not None:
-                    index.setdefault(s.service, []).append(s)
-        return index.get(service, [])
+        return self.view.slices_of(ns, service)
 
     def empty(self, name: str, tenant: str, source: str) -> str:
         if name not in self.out:

@@ -22,6 +22,7 @@ from sniffer.routing.sources.kubernetes.records import (
     ServiceRec,
     TLSRouteRec,
 )
+from sniffer.routing.sources.kubernetes.slices import SliceBucket
 
 R = TypeVar("R")
 
@@ -87,6 +88,13 @@ class ClusterView:
 
     def slices(self, ns: str) -> Mapping[str, EndpointSliceRec]:
         return _bucket(self._slices, ns)
+
+    def slices_of(self, ns: str, service: str) -> list[EndpointSliceRec]:
+        """The slices of Service `ns/service` (labelled `kubernetes.io/service-name`)."""
+        bucket = _bucket(self._slices, ns)
+        if isinstance(bucket, SliceBucket):
+            return bucket.of_service(service)
+        return [s for s in bucket.values() if s.service == service]
 
     def gateway_classes(self) -> Mapping[str, GatewayClassRec]:
         return _bucket(self._gateway_classes, "")

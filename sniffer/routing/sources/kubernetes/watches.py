@@ -9,7 +9,7 @@ the informers' tasks (the source does) or decide when to rebuild.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from typing import Any, TypeVar
 
 from sniffer.routing.sources.kubernetes.api import KubeApi, NotFound
@@ -41,6 +41,7 @@ from sniffer.routing.sources.kubernetes.parsers import (
     parse_tls_route,
 )
 from sniffer.routing.sources.kubernetes.settings import KubernetesSettings
+from sniffer.routing.sources.kubernetes.slices import SliceBucket
 from sniffer.routing.sources.kubernetes.view import ClusterView
 
 R = TypeVar("R")
@@ -119,7 +120,11 @@ class Watches:
         self.by_kind: dict[str, list[Informer[Any]]] = {}
         """Kind name -> its informers, for the kinds the cluster serves."""
 
-        def watch(kind: Kind, parse: Callable[[JSON], R]) -> list[Informer[R]]:
+        def watch(
+            kind: Kind,
+            parse: Callable[[JSON], R],
+            bucket: Callable[[], MutableMapping[str, R]] = dict,
+        ) -> list[Informer[R]]:
             version = versions.get(kind.name)
             if version is None:
                 return []
@@ -129,7 +134,7 @@ class Watches:
                 else (None,)
             )
             infs = [
-                Informer(api, kind, version, parse, settings, on_change, ns, on_state)
+                Informer(api, kind, version, parse, settings, on_change, ns, on_state, bucket)
                 for ns in scopes
             ]
             self.by_kind[kind.name] = list(infs)
@@ -143,7 +148,7 @@ class Watches:
             ingress_classes=KindStore(watch(INGRESS_CLASS, parse_ingress_class)),
             ingresses=KindStore(watch(INGRESS, parse_ingress)),
             services=KindStore(watch(SERVICE, lambda o: parse_service(o, annotation, clusterip))),
-            slices=KindStore(watch(ENDPOINT_SLICE, parse_endpoint_slice)),
+            slices=KindStore(watch(ENDPOINT_SLICE, parse_endpoint_slice, SliceBucket)),
             gateway_classes=KindStore(watch(GATEWAY_CLASS, parse_gateway_class)),
             gateways=KindStore(watch(GATEWAY, parse_gateway)),
             tls_routes=KindStore(watch(TLS_ROUTE, lambda o: parse_tls_route(o, controller))),
