@@ -588,7 +588,8 @@ async def test_serve_with_workers_keeps_rebound_flows(
                     "bound": 1,
                     "open": 1,
                 }
-                assert healthz()["web"]["bound"] == 2
+                # Each worker's figures reach /healthz with its next snapshot.
+                await s.wait_for(lambda: healthz()["web"]["bound"] == 2)
     await s.wait_for(lambda: s.metrics().get('sniffer_quic_rebinds_total{listener="h3"}') == 12.0)
     m = s.metrics()
     assert m['sniffer_connections_total{backend="a",listener="h3",tenant="a"}'] == 3.0
