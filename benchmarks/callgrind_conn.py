@@ -133,7 +133,14 @@ def main() -> None:
     server_task = loop.create_task(backend(upstream, ready))
     loop.run_until_complete(ready.wait())
     proc = subprocess.Popen(
-        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, *target],
+        [
+            "valgrind",
+            "--tool=callgrind",
+            "--trace-children=yes",  # `sniffer serve` execs its serving interpreter
+            f"--callgrind-out-file={out}",
+            sys.executable,
+            *target,
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         cwd=REPO,
