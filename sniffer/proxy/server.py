@@ -17,6 +17,7 @@ import resource
 import secrets
 import socket
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
@@ -99,6 +100,38 @@ def _defer_accept(sock: socket.socket) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, option, DEFER_ACCEPT_SECONDS)
 
 
+class _NoTransportRegistry(weakref.WeakValueDictionary[int, object]):
+    """uvloop's registry of live transports by descriptor, made to keep nothing."""
+
+    def __setitem__(self, key: int, value: object) -> None:
+        pass
+
+
+def drop_transport_registry(loop: asyncio.AbstractEventLoop) -> bool:
+    """Stop uvloop from registering every transport it makes; True if it was found.
+
+    uvloop keeps each transport in a `WeakValueDictionary` by descriptor for one check
+    only: `add_reader` and the `sock_*` calls refuse a descriptor a live transport owns.
+    Each entry costs a `KeyedRef` built in Python and a Python callback when the
+    transport dies: ~5.6k instructions per transport, two transports per connection,
+    the largest single item of a connection's work outside sniffer's own code
+    (`benchmarks/callgrind_conn.py`). sniffer never passes a transport's own descriptor
+    to those calls (the kernel relay watches duplicates it owns), so the check guards
+    nothing here; the registry is switched to a subclass that stores nothing. The loop
+    holds it in a C field, found through the collector's view of the loop.
+    """
+    if not type(loop).__module__.startswith("uvloop"):
+        return False
+    for obj in gc.get_referents(loop):
+        if type(obj) is weakref.WeakValueDictionary:
+            obj.clear()  # (what it held was a weak view: nothing else refers to it)
+            obj.__class__ = _NoTransportRegistry
+            return True
+        if type(obj) is _NoTransportRegistry:  # a second plane on the same loop
+            return True
+    return False
+
+
 class ListenerKey(NamedTuple):
     """What makes a listening socket: a table changing any of it reopens the listener."""
 
@@ -130,6 +163,7 @@ class DataPlane:
         """At this many open client connections new ones are closed at accept."""
         # shared server state
         self.loop = asyncio.get_running_loop()
+        drop_transport_registry(self.loop)
         self.table = RouteTable.empty()
         self.stats = stats if stats is not None else DataPlaneStats()
         if isinstance(access_log, BufferedAccessLog):
