@@ -18,7 +18,7 @@ import time
 from typing import TYPE_CHECKING, Protocol
 
 from sniffer.observe.counting import count
-from sniffer.proxy.dial import dial, proxy_header
+from sniffer.proxy.dial import Dial, proxy_header
 from sniffer.proxy.phases import CLOSED, CLOSING, DIALING, RELAYING, SNIFFING, Phase
 from sniffer.proxy.record import record
 from sniffer.proxy.refusals import (
@@ -108,8 +108,7 @@ class ClientConnection(asyncio.Protocol):
         "client_key",
         "dial_began",
         "dial_held",
-        "dial_task",
-        "dial_timed_out",
+        "dialer",
         "endpoint",
         "hello",
         "host",
@@ -169,9 +168,9 @@ class ClientConnection(asyncio.Protocol):
         self.backend: Backend | None = None
         self.endpoint: Endpoint | None = None
         self.tally: BackendTally | None = None
-        self.dial_task: asyncio.Task[None] | None = None
+        self.dialer: Dial | None = None
+        """The dial, from routing until it connects or fails."""
         self.dial_began = 0.0
-        self.dial_timed_out = False
         self.bytes_up = 0
         """Bytes relayed client -> backend (the replay included), set when it closes; the
         relay counts them while open."""
@@ -307,22 +306,18 @@ class ClientConnection(asyncio.Protocol):
             return
         self.tally = tally
         self.state = DIALING
-        self.dial_task = shared.loop.create_task(dial(self, backend, tally))
+        Dial(self, backend, tally)  # (it sets `self.dialer` before its first attempt)
 
     # -- the dial's reports (sniffer.proxy.dial) ----------------------------------------
 
     def dial_timed_out_now(self) -> None:
-        """The plane's sweep found this dial attempt past the connect timeout.
-
-        The flag tells our cancellation from anyone else's.
-        """
-        task = self.dial_task
-        if task is not None and not task.done():
-            self.dial_timed_out = True
-            task.cancel()
+        """The plane's sweep found this dial attempt past the connect timeout."""
+        if self.dialer is not None:
+            self.dialer.time_out()
 
     def dial_failed(self) -> None:
         """Every endpoint failed: answer (which releases the ticket)."""
+        self.dialer = None
         self.tally = None
         self._refuse(BACKEND_UNAVAILABLE)
 
@@ -334,7 +329,7 @@ class ClientConnection(asyncio.Protocol):
         assert backend is not None
         self.endpoint = endpoint
         self.state = RELAYING
-        self.dial_task = None
+        self.dialer = None
         if self.dial_held:  # connected: free the dial slot `Admission.admit` took
             self.dial_held = False
             self.ticket.backend.pending -= 1  # type: ignore[union-attr]
@@ -403,9 +398,9 @@ class ClientConnection(asyncio.Protocol):
         # A relay closes its pair itself before it reports the end (or was aborted).
         if self.relay is None and self.transport is not None and not self.transport.is_closing():
             self.transport.close()
-        if self.dial_task is not None:  # the client left mid-dial: stop dialing
-            self.dial_task.cancel()
-            self.dial_task = None
+        if self.dialer is not None:  # the client left mid-dial: stop dialing
+            self.dialer.cancel()
+            self.dialer = None
         if self.ticket is not None:
             shared.admission.release(self)
         now = time.monotonic()

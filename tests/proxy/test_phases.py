@@ -101,6 +101,9 @@ class FakeLoop:
         self, factory: Callable[[], asyncio.Protocol], host: str, port: int
     ) -> tuple[FakeTransport, asyncio.Protocol]:
         self.dialed.append((host, port))
+        done = self._loop.create_future()  # a real connect takes a turn of the loop at least
+        self._loop.call_soon(done.set_result, None)
+        await done
         if self.failure is not None:
             raise self.failure
         protocol = factory()
@@ -283,7 +286,7 @@ async def test_client_leaving_while_sniffing_or_dialing(rig: Rig) -> None:
     conn2, _ = rig.accept()
     conn2.data_received(HELLO)
     conn2.connection_lost(ConnectionResetError())  # gone mid-dial: the dial stops
-    assert conn2.state is CLOSED and conn2.dial_task is None
+    assert conn2.state is CLOSED and conn2.dialer is None
     assert_walk(conn2, [SNIFFING, DIALING, CLOSED])
 
 
