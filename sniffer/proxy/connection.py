@@ -35,7 +35,7 @@ from sniffer.proxy.refusals import (
 )
 from sniffer.routing.table import MatchKind
 from sniffer.wire.ja4 import ja4
-from sniffer.wire.sniff import NEED_DATA, Refused, Sniffed, Sniffer, SniffLimits
+from sniffer.wire.sniff import NEED_DATA, Refused, Sniffed, Sniffer, SniffLimits, sniff_whole
 
 if TYPE_CHECKING:
     import itertools
@@ -113,6 +113,7 @@ class ClientConnection(asyncio.Protocol):
         "hello",
         "host",
         "idle_mark",
+        "limits",
         "lingering",
         "listener",
         "local_addr",
@@ -150,7 +151,9 @@ class ClientConnection(asyncio.Protocol):
         """The pair's relay, from the hand-off on (it then owns both transports)."""
         self.state: Phase = SNIFFING
         """Where this connection is; the moves are `sniffer.proxy.phases.TRANSITIONS`."""
-        self.sniffer = Sniffer(limits or sniff_limits(listener, state.settings))
+        self.limits = limits or sniff_limits(listener, state.settings)
+        self.sniffer: Sniffer | None = None
+        """Made only when the first read is not a whole hello (see `sniff_whole`)."""
         self.pending: bytes | bytearray = b""
         """What the client sent after its PROXY header, to replay: the sniffed bytes,
         then what arrived while dialing."""
@@ -248,7 +251,14 @@ class ClientConnection(asyncio.Protocol):
     # -- sniffing and routing ------------------------------------------------------------
 
     def _sniff(self, data: bytes) -> None:
-        event = self.sniffer.feed(data)
+        sniffer = self.sniffer
+        if sniffer is not None:
+            event = sniffer.feed(data)
+        else:  # the first read: nearly always the whole hello, decided without a Sniffer
+            event = sniff_whole(data, self.limits)  # type: ignore[assignment]
+            if event is None:
+                sniffer = self.sniffer = Sniffer(self.limits, whole_tried=True)
+                event = sniffer.feed(data)
         if event is NEED_DATA:
             return
         if type(event) is Refused:

@@ -27,7 +27,7 @@ from sniffer.wire.proxy_protocol import ProxyHeader, ProxyHeaderReader
 from sniffer.wire.sentinels import NEED_DATA, NOT_HTTP, NOT_TLS, NeedData
 from sniffer.wire.tls import ClientHello, ClientHelloReader, parse_whole_hello
 
-__all__ = ["NEED_DATA", "Refused", "SniffLimits", "Sniffed", "Sniffer"]
+__all__ = ["NEED_DATA", "Refused", "SniffLimits", "Sniffed", "Sniffer", "sniff_whole"]
 
 
 class Sniffed(NamedTuple):
@@ -75,20 +75,40 @@ _NOT_HTTP = Refused("not_http", None, None)
 _new_tuple = tuple.__new__
 
 
+def sniff_whole(data: bytes, limits: SniffLimits) -> Sniffed | Refused | None:
+    """The common case alone: a connection's first read holding its whole TLS hello.
+
+    The event that read decides, or None when it is anything else (a split hello, HTTP,
+    a PROXY header first, not TLS at all): then a `Sniffer(limits, whole_tried=True)`
+    takes the read. A connection whose hello comes whole (nearly all) makes no
+    `Sniffer` at all.
+    """
+    if limits[0] and not limits[1]:
+        try:
+            whole = parse_whole_hello(data, limits[2])
+        except WireError as exc:
+            return _refused(exc)
+        if whole is not None:
+            return _new_tuple(Sniffed, (whole[0], whole, None, data))
+    return None
+
+
 class Sniffer:
     """Feed a connection's first reads; get ``NEED_DATA`` until one event decides it.
 
     After a ``Sniffed`` or ``Refused``, the same event is returned on every later feed.
     The common case, a TLS hello whole in the first read, touches nothing but this
-    object; anything else is handed to an incremental reader made on first need.
+    object (see `sniff_whole`); anything else is handed to an incremental reader made on
+    first need.
     """
 
     __slots__ = ("_event", "_limits", "_reader")
 
-    def __init__(self, limits: SniffLimits) -> None:
+    def __init__(self, limits: SniffLimits, whole_tried: bool = False) -> None:
+        """`whole_tried`: `sniff_whole` already found the first read not a whole hello."""
         self._limits = limits
         self._event: Sniffed | Refused | None = None
-        self._reader: _Incremental | None = None
+        self._reader: _Incremental | None = _Incremental(limits) if whole_tried else None
 
     @property
     def pending(self) -> bytes | bytearray:
@@ -101,18 +121,12 @@ class Sniffer:
             return event
         reader = self._reader
         if reader is None:
-            limits = self._limits
-            if limits[0] and not limits[1]:
-                # The fast path: one read, one record, the whole hello, nothing held.
-                try:
-                    whole = parse_whole_hello(data, limits[2])
-                except WireError as exc:
-                    event = self._event = _refused(exc)
-                    return event
-                if whole is not None:
-                    event = self._event = _new_tuple(Sniffed, (whole[0], whole, None, data))
-                    return event
-            reader = self._reader = _Incremental(limits)
+            # The fast path: one read, one record, the whole hello, nothing held.
+            event = sniff_whole(data, self._limits)
+            if event is not None:
+                self._event = event
+                return event
+            reader = self._reader = _Incremental(self._limits)
         result = reader.feed(data)
         if result is not NEED_DATA:
             self._event = result

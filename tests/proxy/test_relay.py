@@ -174,7 +174,8 @@ async def test_hello_bytes_replayed_exactly_even_one_byte_at_a_time(
         (conn,) = plane.connections
         for i in range(len(hello) - 1):
             sock.sendall(hello[i : i + 1])
-            while len(conn.sniffer.pending) < i + 1:  # each byte is its own read on the proxy side
+            # each byte is its own read on the proxy side (the first makes the Sniffer)
+            while conn.sniffer is None or len(conn.sniffer.pending) < i + 1:
                 await asyncio.sleep(0.0005)
     sock.sendall(hello[-1:] + trailer)
     reader, writer = await asyncio.wait_for(raw.accepted.get(), 10)

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from sniffer.proxy.settings import ProxySettings
 from sniffer.wire.errors import ALERT_DECODE_ERROR, ALERT_UNRECOGNIZED_NAME
 from sniffer.wire.proxy_protocol import encode_v1, encode_v2
-from sniffer.wire.sniff import NEED_DATA, Refused, Sniffed, Sniffer, SniffLimits
+from sniffer.wire.sniff import NEED_DATA, Refused, Sniffed, Sniffer, SniffLimits, sniff_whole
 from tests.wire.hellos import handshake, modern_hello, records
 
 HELLO = records(modern_hello(sni=b"App.Example.", alpn=(b"h2", b"acme-tls/1")))
@@ -174,3 +174,33 @@ def test_three_outcomes_whatever_the_bytes_or_reads(
         assert len(event.replay) > 0
     if event is not NEED_DATA:
         assert sn.feed(b"x") is event
+
+
+def _limits(tls: bool = True, proxy_in: bool = False) -> SniffLimits:
+    s = ProxySettings()
+    return SniffLimits(tls, proxy_in, s.max_hello_bytes, s.max_http_head_bytes)
+
+
+def test_sniff_whole_decides_a_whole_hello_as_a_sniffer_would() -> None:
+    # What a connection does with its first read: no Sniffer when the hello is whole.
+    event = sniff_whole(HELLO, _limits())
+    assert event == sniffer().feed(HELLO)
+    assert type(event) is Sniffed and event.host == "app.example" and event.replay is HELLO
+    bad = records(modern_hello(sni=b"two..dots.example"))
+    assert sniff_whole(bad, _limits()) == sniffer().feed(bad)
+    assert type(sniffer().feed(bad)) is Refused
+
+
+@pytest.mark.parametrize(
+    ("first", "limits"),
+    [
+        (HELLO[:100], _limits()),  # a split hello
+        (b"\x15\x03\x03\x00\x02\x02\x28", _limits()),  # not a handshake record
+        (HEAD, _limits(tls=False)),  # an HTTP listener
+        (encode_v1(SRC, DST) + HELLO, _limits(proxy_in=True)),  # a PROXY header first
+    ],
+)
+def test_sniff_whole_leaves_anything_else_to_a_sniffer(first: bytes, limits: SniffLimits) -> None:
+    assert sniff_whole(first, limits) is None
+    # ...which, told the whole-hello path was tried, gives what a fresh one gives.
+    assert Sniffer(limits, whole_tried=True).feed(first) == Sniffer(limits).feed(first)
