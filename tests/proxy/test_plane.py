@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import logging
+import socket
+import weakref
 
 import pytest
+import uvloop
 
+from sniffer.proxy.server import DataPlane, drop_transport_registry
+from sniffer.proxy.settings import ProxySettings
 from sniffer.routing.table import Backend, Endpoint, Listener, RouteTable, TableSpec
 from tests.conftest import PlaneFactory
+from tests.proxy.test_relay import client_hello, tls_spec
+from tests.support.servers import RawBackend
 
 
 async def test_closing_a_listener_logs_its_name_and_host_port(
@@ -23,3 +32,54 @@ async def test_closing_a_listener_logs_its_name_and_host_port(
     await plane.install(RouteTable.build(TableSpec(listeners=(), backends=(backend,), routes=())))
     assert plane.bound_ports() == {}
     assert "closed listener tls-443 on 127.0.0.1:0" in caplog.messages
+
+
+def _registry(loop: asyncio.AbstractEventLoop) -> object:
+    (found,) = [o for o in gc.get_referents(loop) if isinstance(o, weakref.WeakValueDictionary)]
+    return found
+
+
+def test_uvloop_keeps_no_registry_of_transports_and_still_relays() -> None:
+    """`drop_transport_registry`: a connection on uvloop costs no weak reference per
+    transport, and everything a connection and the kernel relay use still works."""
+    hello = client_hello("app.r.example")
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        registry = _registry(loop)
+        raw = await RawBackend().start()
+        plane = DataPlane(ProxySettings(kernel_relay="off"))
+        assert type(registry) is not weakref.WeakValueDictionary  # the plane switched it
+        assert drop_transport_registry(loop)  # a second plane on the loop: already done
+        await plane.install(RouteTable.build(tls_spec({"r": [raw.port]}, {"app.r.example": "r"})))
+        port = plane.bound_ports()["main"]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(hello + b"up")
+        b_reader, b_writer = await asyncio.wait_for(raw.accepted.get(), 10)
+        assert await b_reader.readexactly(len(hello) + 2) == hello + b"up"
+        b_writer.write(b"down")
+        assert await reader.readexactly(4) == b"down"
+        assert len(plane.connections) == 1 and len(registry) == 0  # type: ignore[arg-type]
+        # The one check the registry served: a descriptor no transport owns is accepted.
+        a, b = socket.socketpair()
+        seen = loop.create_future()
+        loop.add_reader(a.fileno(), seen.set_result, True)
+        b.send(b"x")
+        assert await asyncio.wait_for(seen, 10)
+        loop.remove_reader(a.fileno())
+        a.close()
+        b.close()
+        writer.close()
+        b_writer.close()
+        await plane.drain(1)
+        await raw.close()
+
+    uvloop.run(main())
+
+
+async def test_an_asyncio_loop_is_left_as_it_is() -> None:
+    loop = asyncio.get_running_loop()
+    before = loop._transports  # type: ignore[attr-defined]
+    assert not drop_transport_registry(loop)
+    assert type(loop._transports) is weakref.WeakValueDictionary  # type: ignore[attr-defined]
+    assert loop._transports is before  # type: ignore[attr-defined]
