@@ -64,9 +64,11 @@ def render(
     columns: int = 3,
     note: str = "",
     empty: list[str] | None = None,
+    empty_queries: list[str] | None = None,
 ) -> int:
     """Write the preview PNG; return how many series were drawn. The titles of panels
-    that drew nothing are appended to `empty` when given."""
+    that drew nothing are appended to `empty` when given, and `TITLE: LEGEND` of every
+    query that drew nothing (in a panel that may have drawn others) to `empty_queries`."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -81,6 +83,7 @@ def render(
         unit = panel["fieldConfig"]["defaults"].get("unit", "")
         for target in panel["targets"]:
             expr = substitute(target["expr"], tenant, rate_interval)
+            before = drawn
             for series in query_range(prometheus, expr, start, end, step):
                 xs = [float(t) - start for t, _ in series["values"]]
                 ys = [float(v) for _, v in series["values"]]
@@ -89,6 +92,8 @@ def render(
                 name = legend(target.get("legendFormat", ""), series["metric"]) or expr[:40]
                 ax.plot(xs, ys, label=name, linewidth=1.4)
                 drawn += 1
+            if drawn == before and empty_queries is not None:
+                empty_queries.append(f"{panel['title']}: {target.get('legendFormat') or expr}")
         ax.set_title(panel["title"], fontsize=11, loc="left")
         ax.set_ylabel(UNITS.get(unit, unit), fontsize=9)
         ax.set_xlabel("seconds", fontsize=8)

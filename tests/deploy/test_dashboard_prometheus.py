@@ -274,8 +274,8 @@ def quic_config(pki: Pki, host: str) -> QuicConfiguration:
     return config
 
 
-async def _quic_exchange(pki: Pki, port: int, rebind: bool) -> bytes:
-    async with connect("127.0.0.1", port, configuration=quic_config(pki, H3_HOST)) as c:
+async def _quic_exchange(pki: Pki, port: int, rebind: bool, host: str) -> bytes:
+    async with connect("127.0.0.1", port, configuration=quic_config(pki, host)) as c:
         got = await _stream(c, b"first")
         if rebind:  # the client's NAT mapping changes: same connection, new socket
             sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
@@ -295,8 +295,8 @@ async def _stream(c: QuicConnectionProtocol, data: bytes) -> bytes:
     return await asyncio.wait_for(reader.read(), 20)
 
 
-def quic_exchange(pki: Pki, port: int, rebind: bool = False) -> bytes:
-    return asyncio.run(_quic_exchange(pki, port, rebind))
+def quic_exchange(pki: Pki, port: int, rebind: bool = False, host: str = H3_HOST) -> bytes:
+    return asyncio.run(_quic_exchange(pki, port, rebind, host))
 
 
 def quic_refusal(pki: Pki, port: int) -> None:
