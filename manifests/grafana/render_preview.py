@@ -45,6 +45,8 @@ def query_range(
     return result
 
 
+LEGEND_MAX = 16
+"""Legend entries per panel: two columns of eight fit a panel's height."""
 UNITS = {"short": "", "cps": "connections/s", "Bps": "bytes/s", "s": "seconds", "ops": "per second"}
 
 
@@ -73,6 +75,7 @@ def render(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
     dash = json.loads(DASHBOARD.read_text(encoding="utf-8"))
     panels = [p for p in dash["panels"] if p["type"] != "row"]
@@ -99,9 +102,14 @@ def render(
         ax.set_xlabel("seconds", fontsize=8)
         ax.tick_params(labelsize=8)
         ax.grid(alpha=0.3)
-        handles, _ = ax.get_legend_handles_labels()
+        handles, labels = ax.get_legend_handles_labels()
         if handles:
-            ax.legend(fontsize=7, loc="upper left", ncol=2, framealpha=0.6)
+            if len(handles) > LEGEND_MAX:  # a legend taller than its plot hides the next
+                more = len(handles) - LEGEND_MAX + 1
+                handles, labels = handles[: LEGEND_MAX - 1], labels[: LEGEND_MAX - 1]
+                handles.append(Line2D([], [], linestyle="none"))
+                labels.append(f"... {more} more series")
+            ax.legend(handles, labels, fontsize=7, loc="upper left", ncol=2, framealpha=0.6)
         else:
             ax.text(
                 0.5,
