@@ -33,6 +33,7 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import ssl
@@ -511,7 +512,11 @@ def main() -> int:
         log(f"{drawn} series; panels without data: {empty or 'none'}")
         for q in empty_queries:
             log(f"query without data: {q}")
-        return 1 if empty or empty_queries else 0
+        if empty or empty_queries:
+            log(f"sniffer's log and Prometheus' data are kept in {tmp}")
+            return 1
+        shutil.rmtree(tmp, ignore_errors=True)
+        return 0
     finally:
         for s in held:
             s.close()
