@@ -373,6 +373,7 @@ def main() -> int:
     closing = ClosingBackend()
     routes_file(routes, dead, closing.port, h3, extra=False)
     sniffer: Sniffer | None = None
+    fed = False  # every query had data: the temporary directory goes at the end
     prom: subprocess.Popen[bytes] | None = None
     held: list[ssl.SSLSocket] = []
     try:
@@ -515,7 +516,7 @@ def main() -> int:
         if empty or empty_queries:
             log(f"sniffer's log and Prometheus' data are kept in {tmp}")
             return 1
-        shutil.rmtree(tmp, ignore_errors=True)
+        fed = True
         return 0
     finally:
         for s in held:
@@ -530,6 +531,8 @@ def main() -> int:
         quic_backend.close()
         closing.close()
         cluster.down()
+        if fed:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
