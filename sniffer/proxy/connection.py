@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from sniffer.proxy.relay.userspace import Pump
     from sniffer.proxy.settings import ProxySettings
     from sniffer.routing.table import Backend, Endpoint, Listener, RouteTable, WeightedBackend
+    from sniffer.wire.sentinels import NeedData
     from sniffer.wire.tls import ClientHello
 
 
@@ -252,10 +253,11 @@ class ClientConnection(asyncio.Protocol):
 
     def _sniff(self, data: bytes) -> None:
         sniffer = self.sniffer
+        event: NeedData | Sniffed | Refused | None
         if sniffer is not None:
             event = sniffer.feed(data)
         else:  # the first read: nearly always the whole hello, decided without a Sniffer
-            event = sniff_whole(data, self.limits)  # type: ignore[assignment]
+            event = sniff_whole(data, self.limits)
             if event is None:
                 sniffer = self.sniffer = Sniffer(self.limits, whole_tried=True)
                 event = sniffer.feed(data)
