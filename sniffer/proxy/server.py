@@ -122,14 +122,15 @@ def drop_transport_registry(loop: asyncio.AbstractEventLoop) -> bool:
     """
     if not type(loop).__module__.startswith("uvloop"):
         return False
-    for obj in gc.get_referents(loop):
-        if type(obj) is weakref.WeakValueDictionary:
-            obj.clear()  # (what it held was a weak view: nothing else refers to it)
-            obj.__class__ = _NoTransportRegistry
-            return True
-        if type(obj) is _NoTransportRegistry:  # a second plane on the same loop
-            return True
-    return False
+    held = gc.get_referents(loop)
+    if any(type(obj) is _NoTransportRegistry for obj in held):
+        return True  # a second plane on the same loop
+    found = [obj for obj in held if type(obj) is weakref.WeakValueDictionary]
+    if len(found) != 1:  # not the uvloop this was written for (0.19-0.23): leave it be
+        return False
+    found[0].clear()  # (what it held was a weak view: nothing else refers to it)
+    found[0].__class__ = _NoTransportRegistry
+    return True
 
 
 class ListenerKey(NamedTuple):
