@@ -8,6 +8,7 @@ no libbpf: a program is a list of 8-byte instructions (`sniffer.proxy.kernel.asm
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import platform
@@ -22,6 +23,7 @@ __all__ = [
     "SK_SKB_STREAM_VERDICT",
     "SOCKHASH",
     "BpfError",
+    "PairInsert",
     "ProgramRefused",
     "map_create",
     "map_delete",
@@ -163,6 +165,57 @@ def _prog_load(prog_type: int, insns: bytes, name: str, log_level: int, log_size
         if log_level:
             raise ProgramRefused(exc.errno or 0, text) from None
         raise
+
+
+_PAIR = struct.Struct("=QQIIQQ")
+"""A pair's keys and values, laid out once (`PairInsert`): the two socket cookies (the
+slot map's batch keys, and each SOCKHASH update's key), the two slots (the batch's
+values), the two descriptors (the SOCKHASH values)."""
+_AT_KEYS, _AT_SLOTS, _AT_FDS = 0, 16, 24
+
+
+class PairInsert:
+    """The three bpf(2) calls that put one pair into the maps, with their argument memory
+    made once: per pair, one `pack_into` and three system calls, no ctypes object (making
+    one costs more than the system call). Not thread-safe: one per event loop."""
+
+    __slots__ = ("_batch", "_buf", "_c", "_socks_a", "_socks_b")
+
+    def __init__(self, socks_fd: int, slots_fd: int) -> None:
+        self._buf = bytearray(3 * _ATTR_SIZE + _PAIR.size)
+        self._c = (ctypes.c_char * len(self._buf)).from_buffer(self._buf)
+        base = ctypes.addressof(self._c)
+        data = base + 3 * _ATTR_SIZE
+        keys, slots, fds = data + _AT_KEYS, data + _AT_SLOTS, data + _AT_FDS
+        # The attributes never change, only the data they point at.
+        self._batch = base
+        struct.pack_into("QQQQIIQQ", self._buf, 0, 0, 0, keys, slots, 2, slots_fd, 0, 0)
+        self._socks_a = base + _ATTR_SIZE
+        struct.pack_into("IIQQQ", self._buf, _ATTR_SIZE, socks_fd, 0, keys, fds, _ANY)
+        self._socks_b = base + 2 * _ATTR_SIZE
+        struct.pack_into("IIQQQ", self._buf, 2 * _ATTR_SIZE, socks_fd, 0, keys + 8, fds + 8, _ANY)
+
+    def insert(self, cookie_a: int, cookie_b: int, slot: int, fd_a: int, fd_b: int) -> None:
+        """cookie_a -> slot, cookie_b -> slot + 1 in the slot map; then each socket into the
+        SOCKHASH under its cookie. Raises `BpfError`; on a failure of the second socket the
+        first is taken out again (the slot map's entries are harmless: LRU)."""
+        _PAIR.pack_into(self._buf, 3 * _ATTR_SIZE, cookie_a, cookie_b, slot, slot + 1, fd_a, fd_b)
+        for attr, cmd in (
+            (self._batch, _MAP_UPDATE_BATCH),
+            (self._socks_a, _MAP_UPDATE_ELEM),
+            (self._socks_b, _MAP_UPDATE_ELEM),
+        ):
+            if _syscall(_SYS_BPF, cmd, attr, _ATTR_SIZE) < 0:
+                err = ctypes.get_errno()
+                if attr == self._socks_b:
+                    with contextlib.suppress(OSError):
+                        # (the slow path: a failure here is rare)
+                        map_delete(self._socks_fd(), struct.pack("Q", cookie_a))
+                raise BpfError(err, os.strerror(err))
+
+    def _socks_fd(self) -> int:
+        fd: int = struct.unpack_from("I", self._buf, _ATTR_SIZE)[0]
+        return fd
 
 
 def prog_attach(prog_fd: int, target_fd: int, attach_type: int) -> None:

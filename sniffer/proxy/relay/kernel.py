@@ -16,20 +16,12 @@ import os
 import socket
 from typing import TYPE_CHECKING, Final
 
-from sniffer.proxy.kernel.relay import unread
-
 if TYPE_CHECKING:
     from sniffer.proxy.kernel.relay import KernelPair, KernelRelay
     from sniffer.proxy.relay import Relay, RelayOwner
     from sniffer.proxy.relay.userspace import Pump
 
 __all__ = ["KernelEngine"]
-
-
-def _unread(transport: asyncio.Transport) -> int:
-    """Bytes waiting in the transport's socket (they would miss the verdict)."""
-    sock = transport.get_extra_info("socket")
-    return 0 if sock is None else unread(sock)
 
 
 class _Detached(asyncio.Protocol):
@@ -95,12 +87,9 @@ class KernelEngine:
                     continue
                 side = pump.side
                 up = side.bytes_up if side is not None else 0
-                if (
-                    pump.client.get_write_buffer_size()
-                    or pump.backend.get_write_buffer_size()
-                    or _unread(pump.client)
-                    or _unread(pump.backend)
-                ):
+                # (Bytes queued in either socket need no wait: the pair enters the
+                # maps passing everything, see `sniffer.proxy.kernel.relay`.)
+                if pump.client.get_write_buffer_size() or pump.backend.get_write_buffer_size():
                     self.due[deferred] = now + self.after  # bytes in flight: later
                     continue
                 del self.due[deferred]
@@ -133,19 +122,20 @@ class KernelEngine:
             return pump if deferred is not None else pump.start(replayed, client_eof)
         assert ct is not None and bt is not None
         # Our own descriptors of the two sockets: the transports close theirs below.
+        # (Family and type given: no getsockopt to find them. The descriptions are
+        # already non-blocking: uvloop's and asyncio's transports made them so.)
+        cs, bs = ct.get_extra_info("socket"), bt.get_extra_info("socket")
         try:
-            client = socket.socket(fileno=os.dup(ct.get_extra_info("socket").fileno()))
+            client = socket.socket(cs.family, socket.SOCK_STREAM, 0, os.dup(cs.fileno()))
         except OSError:
             relay.fallback("dup")
             return pump if deferred is not None else pump.start(replayed, client_eof)
         try:
-            backend = socket.socket(fileno=os.dup(bt.get_extra_info("socket").fileno()))
+            backend = socket.socket(bs.family, socket.SOCK_STREAM, 0, os.dup(bs.fileno()))
         except OSError:
             client.close()
             relay.fallback("dup")
             return pump if deferred is not None else pump.start(replayed, client_eof)
-        client.setblocking(False)
-        backend.setblocking(False)
         owner = pump.owner if deferred is None else deferred.owner
         assert owner is not None
         handed = KernelRelayed(owner, replayed, pump.bytes_down)
