@@ -8,7 +8,6 @@ no libbpf: a program is a list of 8-byte instructions (`sniffer.proxy.kernel.asm
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import os
 import platform
@@ -195,27 +194,24 @@ class PairInsert:
         self._socks_b = base + 2 * _ATTR_SIZE
         struct.pack_into("IIQQQ", self._buf, 2 * _ATTR_SIZE, socks_fd, 0, keys + 8, fds + 8, _ANY)
 
-    def insert(self, cookie_a: int, cookie_b: int, slot: int, fd_a: int, fd_b: int) -> None:
+    def insert(self, cookie_a: int, cookie_b: int, slot: int, fd_a: int, fd_b: int) -> int:
         """cookie_a -> slot, cookie_b -> slot + 1 in the slot map; then each socket into the
-        SOCKHASH under its cookie. Raises `BpfError`; on a failure of the second socket the
-        first is taken out again (the slot map's entries are harmless: LRU)."""
+        SOCKHASH under its cookie. Returns how many sockets went in: 2, or 1 when the
+        second was refused (e.g. EOPNOTSUPP: it is no longer ESTABLISHED, its peer's FIN
+        came). Raises `BpfError` when the first was refused (nothing changed that
+        matters: the slot map is LRU). A socket that went in is left in: taking it out
+        would drop what the verdict passed to it meanwhile."""
         _PAIR.pack_into(self._buf, 3 * _ATTR_SIZE, cookie_a, cookie_b, slot, slot + 1, fd_a, fd_b)
         for attr, cmd in (
             (self._batch, _MAP_UPDATE_BATCH),
             (self._socks_a, _MAP_UPDATE_ELEM),
-            (self._socks_b, _MAP_UPDATE_ELEM),
         ):
             if _syscall(_SYS_BPF, cmd, attr, _ATTR_SIZE) < 0:
                 err = ctypes.get_errno()
-                if attr == self._socks_b:
-                    with contextlib.suppress(OSError):
-                        # (the slow path: a failure here is rare)
-                        map_delete(self._socks_fd(), struct.pack("Q", cookie_a))
                 raise BpfError(err, os.strerror(err))
-
-    def _socks_fd(self) -> int:
-        fd: int = struct.unpack_from("I", self._buf, _ATTR_SIZE)[0]
-        return fd
+        if _syscall(_SYS_BPF, _MAP_UPDATE_ELEM, self._socks_b, _ATTR_SIZE) < 0:
+            return 1
+        return 2
 
 
 def prog_attach(prog_fd: int, target_fd: int, attach_type: int) -> None:

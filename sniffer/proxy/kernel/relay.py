@@ -62,7 +62,8 @@ CHUNK: Final = 256 * 1024
 _SO_COOKIE: Final = 57
 _ACKED_AT: Final = 120
 _BYTES_ACKED: Final = struct.Struct("=Q")  # tcp_info.tcpi_bytes_acked at offset 120
-_TCP_INFO_LEN: Final = _ACKED_AT + 8  # (the kernel copies no more than asked for)
+_RECEIVED_AT: Final = 128  # tcp_info.tcpi_bytes_received
+_TCP_INFO_LEN: Final = _RECEIVED_AT + 8  # (the kernel copies no more than asked for)
 _INT: Final = struct.Struct("i")
 _FOUR: Final = b"\0\0\0\0"
 _LINGER_ZERO: Final = struct.pack("ii", 1, 0)
@@ -94,6 +95,12 @@ def tcp_counts(sock: socket.socket) -> tuple[int, int]:
     acked: int = _BYTES_ACKED.unpack_from(info, _ACKED_AT)[0]
     outq: int = _INT.unpack(fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, _FOUR))[0]
     return acked, outq
+
+
+def received_total(sock: socket.socket) -> int:
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_LEN)
+    value: int = _BYTES_ACKED.unpack_from(info, _RECEIVED_AT)[0]
+    return value
 
 
 def written_total(sock: socket.socket) -> int:
@@ -185,6 +192,11 @@ class KernelRelay:
             pair = KernelPair(self, loop, slot, client, backend, first, done)
         except OSError as exc:
             self.free.append(slot)
+            if exc.errno == errno.EOPNOTSUPP:
+                # The client's socket is no longer ESTABLISHED (its FIN came as we moved):
+                # a race a pair may lose, not an error; it goes on in user space.
+                self.fallback("half_closed")
+                return None
             reason = (
                 "map_full"
                 if exc.errno in (errno.E2BIG, errno.ENOMEM, errno.ENOSPC)
@@ -230,12 +242,14 @@ class _Direction:
 
     __slots__ = (
         "base",
+        "clean",
         "confirmed",
         "dst",
         "eof",
         "eof_waited",
         "out",
         "read",
+        "received0",
         "shut",
         "slot",
         "src",
@@ -251,6 +265,14 @@ class _Direction:
         """Bytes user space read from src (every one of them passed by the verdict)."""
         self.user = 0
         """Bytes user space wrote into dst since the hand-off (a replay given to it too)."""
+        self.received0 = received_total(src)
+        """Bytes src had received just before it entered the SOCKHASH."""
+        self.clean = unread(src) == 0
+        """No byte of src's stream was queued in it when it entered the SOCKHASH (none
+        then, and every byte received since met the verdict: `KernelPair` checks).
+        Only a clean direction is ever granted a budget: with bytes queued at the
+        insert, redirecting later segments was seen to duplicate data (kernel 6.18,
+        tests/proxy/relay/test_kernel_move.py), however user space read them."""
         self.base = -1
         """dst's written total before the kernel redirected anything into it, less what
         user space wrote: measured at the first grant (nothing is redirected before it),
@@ -287,6 +309,8 @@ class KernelPair:
         self.done = done
         self.closed = False
         self.outcome = ""
+        self.pass_only = False
+        """A socket of the pair is not in the SOCKHASH: never grant a budget."""
         self.up = _Direction(client, backend, slot)
         self.down = _Direction(backend, client, slot + 1)
         q = relay.q
@@ -297,7 +321,20 @@ class KernelPair:
         # Both ways enter the maps passing everything (LIMIT 0, as `release` left it):
         # whatever is queued in either socket, or arrives before the grant, reaches user
         # space in order; the kernel redirects only once `_grant` opens the budget.
-        relay.insert.insert(cc, bc, slot, client.fileno(), backend.fileno())
+        inserted = relay.insert.insert(cc, bc, slot, client.fileno(), backend.fileno())
+        for d in (self.up, self.down):
+            if d.clean:  # bytes that came between the check and the insert: unclean
+                passed = int(q[d.slot * 8 + PASSED // _Q])  # (first: a byte passed
+                # after it makes the totals differ, which only costs this pair the kernel)
+                if received_total(d.src) - d.received0 != passed:
+                    d.clean = False
+            if not d.clean:
+                relay.fallback("queued")
+        if inserted < 2:
+            # The client's socket is in, the backend's was refused: the pair stays with
+            # user space for good (never granted), the verdict passing the client's bytes.
+            self.pass_only = True
+            relay.fallback("pass_only")
         loop.add_reader(client.fileno(), self._readable, self.up)
         loop.add_reader(backend.fileno(), self._readable, self.down)
         if first:
@@ -431,8 +468,12 @@ class KernelPair:
         segment the verdict passes meanwhile raises `PASSED` past `MOVED`, which keeps
         it passing whatever the limit, until user space has relayed that one too.
         """
+        if self.pass_only:
+            return
         q = self.relay.q
         base = d.slot * 8
+        if not d.clean:
+            return
         redirected = int(q[base + REDIRECTED // _Q])
         try:
             acked, outq = tcp_counts(d.dst)

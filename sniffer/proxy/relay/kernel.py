@@ -16,6 +16,8 @@ import os
 import socket
 from typing import TYPE_CHECKING, Final
 
+from sniffer.proxy.kernel.relay import unread
+
 if TYPE_CHECKING:
     from sniffer.proxy.kernel.relay import KernelPair, KernelRelay
     from sniffer.proxy.relay import Relay, RelayOwner
@@ -78,27 +80,39 @@ class KernelEngine:
         self.timer = None
         now = self.loop.time()
         for deferred, at in list(self.due.items()):
-            pump = deferred.pump
-            if pump is None or pump.owner is None or pump.client is None or pump.backend is None:
-                del self.due[deferred]  # ended (or ending): nothing to move
-            elif at <= now:
-                if pump.client_eof or pump.backend_eof:
-                    del self.due[deferred]  # half-closed: it finishes where it is
-                    continue
-                side = pump.side
-                up = side.bytes_up if side is not None else 0
-                # (Bytes queued in either socket need no wait: the pair enters the
-                # maps passing everything, see `sniffer.proxy.kernel.relay`.)
-                if pump.client.get_write_buffer_size() or pump.backend.get_write_buffer_size():
-                    self.due[deferred] = now + self.after  # bytes in flight: later
-                    continue
-                del self.due[deferred]
-                moved = self.take(pump, up, False, deferred=deferred)
-                if moved is not pump:
-                    deferred.inner = moved
-                    deferred.pump = None
+            if at <= now and self.move(deferred) == "later":
+                self.due[deferred] = now + self.after  # bytes in flight: later
         if self.due:
             self.timer = self.loop.call_later(self.after, self._move)
+
+    def move(self, deferred: Deferred) -> str:
+        """Move a pair relaying in user space to the kernel now, if it can go:
+        `moved` (or fell back, counted: it stays in user space for good), `later` (bytes
+        wait in a transport's write buffer: they would be lost with it), `never` (ended,
+        or half-closed: it finishes where it is). Called by the sweep (and tests)."""
+        pump = deferred.pump
+        if pump is None or pump.owner is None or pump.client is None or pump.backend is None:
+            self.due.pop(deferred, None)
+            return "never"
+        if pump.client_eof or pump.backend_eof:
+            self.due.pop(deferred, None)
+            return "never"
+        # Bytes queued in a socket would keep that way in user space for good (see
+        # `sniffer.proxy.kernel.relay`): wait for a moment without them.
+        if (
+            pump.client.get_write_buffer_size()
+            or pump.backend.get_write_buffer_size()
+            or unread(pump.client.get_extra_info("socket"))
+            or unread(pump.backend.get_extra_info("socket"))
+        ):
+            return "later"
+        self.due.pop(deferred, None)
+        side = pump.side
+        moved = self.take(pump, side.bytes_up if side is not None else 0, False, deferred)
+        if moved is not pump:
+            deferred.inner = moved
+            deferred.pump = None
+        return "moved"
 
     def take(
         self, pump: Pump, replayed: int, client_eof: bool, deferred: Deferred | None = None
