@@ -23,7 +23,9 @@ if TYPE_CHECKING:
     from sniffer.proxy.relay import Relay, RelayOwner
     from sniffer.proxy.relay.userspace import Pump
 
-__all__ = ["KernelEngine"]
+__all__ = ["Deferred", "KernelEngine", "KernelRelayed"]
+
+_new = object.__new__
 
 
 class _Detached(asyncio.Protocol):
@@ -44,7 +46,7 @@ class KernelEngine:
     the maps, their descriptors taken over), a long one relays in the kernel.
     """
 
-    __slots__ = ("after", "due", "loop", "relay", "timer")
+    __slots__ = ("after", "loop", "old", "relay", "timer", "young")
     name: Final = "kernel"
 
     def __init__(
@@ -53,17 +55,25 @@ class KernelEngine:
         self.relay = relay
         self.loop = loop
         self.after = after
-        self.due: dict[Deferred, float] = {}
-        """Pairs relaying in user space, and when they may move to the kernel."""
+        # Two generations and one timer, so that starting a pair costs an append: a pair
+        # started since the last sweep is young; at a sweep the old ones move (they have
+        # lived `after` at least, at most twice that) and the young become old. A pair
+        # that ended stays listed until its sweep, holding nothing but its counts.
+        self.young: list[Deferred] = []
+        self.old: list[Deferred] = []
         self.timer: asyncio.TimerHandle | None = None
 
     def start(self, pump: Pump, replayed: int, client_eof: bool) -> Relay:
         if self.after <= 0:
             return self.take(pump, replayed, client_eof)
-        deferred = Deferred(self, pump)
+        # A Deferred built without an __init__ frame: this runs for every pair.
+        deferred = _new(Deferred)
+        deferred.engine_ = self
+        deferred.owner = pump.owner
+        deferred.pump = pump
+        pump.owner = deferred
         deferred.inner = pump.start(replayed, client_eof)
-        if deferred.owner is not None:  # (a pump may end inside start)
-            self.due[deferred] = self.loop.time() + self.after
+        self.young.append(deferred)
         if self.timer is None:
             self.timer = self.loop.call_later(self.after, self._move)
         return deferred
@@ -73,29 +83,30 @@ class KernelEngine:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        self.due.clear()
+        self.young.clear()
+        self.old.clear()
 
     def _move(self) -> None:
         """Hand over the pairs that have lived long enough (one timer for all)."""
         self.timer = None
-        now = self.loop.time()
-        for deferred, at in list(self.due.items()):
-            if at <= now and self.move(deferred) == "later":
-                self.due[deferred] = now + self.after  # bytes in flight: later
-        if self.due:
+        due, self.old, self.young = self.old, self.young, []
+        for deferred in due:
+            if deferred.pump is not None and self.move(deferred) == "later":
+                self.old.append(deferred)  # bytes in flight: at the next sweep
+        if self.old:
             self.timer = self.loop.call_later(self.after, self._move)
 
     def move(self, deferred: Deferred) -> str:
         """Move a pair relaying in user space to the kernel now, if it can go:
         `moved` (or fell back, counted: it stays in user space for good), `later` (bytes
-        wait in a transport's write buffer: they would be lost with it), `never` (ended,
-        or half-closed: it finishes where it is). Called by the sweep (and tests)."""
+        wait in a transport's write buffer, or in a socket), `never` (ended, or
+        half-closed: it finishes where it is). Called by the sweep (and tests)."""
         pump = deferred.pump
         if pump is None or pump.owner is None or pump.client is None or pump.backend is None:
-            self.due.pop(deferred, None)
+            deferred.pump = None
             return "never"
         if pump.client_eof or pump.backend_eof:
-            self.due.pop(deferred, None)
+            deferred.pump = None
             return "never"
         # Bytes queued in a socket would keep that way in user space for good (see
         # `sniffer.proxy.kernel.relay`): wait for a moment without them.
@@ -106,12 +117,11 @@ class KernelEngine:
             or unread(pump.backend.get_extra_info("socket"))
         ):
             return "later"
-        self.due.pop(deferred, None)
+        deferred.pump = None
         side = pump.side
         moved = self.take(pump, side.bytes_up if side is not None else 0, False, deferred)
         if moved is not pump:
             deferred.inner = moved
-            deferred.pump = None
         return "moved"
 
     def take(
@@ -176,19 +186,18 @@ class Deferred:
 
     __slots__ = ("engine_", "inner", "owner", "pump")
     engine: Final = "kernel"
+    engine_: KernelEngine
+    owner: RelayOwner | None
+    """The connection."""
+    pump: Pump | None
+    """The pump while it may still move; None once moved, ended, or never to move."""
+    inner: Relay
+    """The pump while in user space, then the kernel's relay."""
 
-    def __init__(self, engine: KernelEngine, pump: Pump) -> None:
-        self.engine_ = engine
-        self.owner: RelayOwner | None = pump.owner
-        """The connection."""
-        self.pump: Pump | None = pump
-        pump.owner = self
-        self.inner: Relay = pump
-        """The pump while in user space, then the kernel's relay."""
+    # (Made by `KernelEngine.start` only, without an __init__: it runs for every pair.)
 
     def relay_closed(self, outcome: str) -> None:
-        """The pump's report (in user space): off the engine's list, then on."""
-        self.engine_.due.pop(self, None)
+        """The pump's report (in user space): passed on, once."""
         self.pump = None
         owner = self.owner
         if owner is not None:
@@ -207,7 +216,6 @@ class Deferred:
         self.inner.close()
 
     def abort(self) -> None:
-        self.engine_.due.pop(self, None)
         self.owner = None
         self.pump = None
         self.inner.abort()
