@@ -74,7 +74,7 @@ class Backend:
 @pytest.fixture
 def data_plane(data_plane: PlaneFactory) -> PlaneFactory:
     """The shared factory, with the kernel relay asked for (`auto`: the tests that need it
-    assert it is there; the default is `off`)."""
+    assert it is there; pairs move after `kernel_relay_after`)."""
 
     async def make(spec: TableSpec, **settings: object) -> DataPlane:
         settings.setdefault("kernel_relay", "auto")

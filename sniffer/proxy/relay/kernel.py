@@ -197,8 +197,14 @@ class Deferred:
     # (Made by `KernelEngine.start` only, without an __init__: it runs for every pair.)
 
     def relay_closed(self, outcome: str) -> None:
-        """The pump's report (in user space): passed on, once."""
+        """The pump's report (in user space): passed on, once. The engine's list holds
+        this until its sweep, so it keeps the counts and lets the pump go now."""
         self.pump = None
+        inner = self.inner
+        ended = _new(_Ended)
+        ended.bytes_up = inner.bytes_up
+        ended.bytes_down = inner.bytes_down
+        self.inner = ended
         owner = self.owner
         if owner is not None:
             self.owner = None
@@ -219,6 +225,21 @@ class Deferred:
         self.owner = None
         self.pump = None
         self.inner.abort()
+
+
+class _Ended:
+    """What a `Deferred` keeps of a pump that ended in user space: its counts."""
+
+    __slots__ = ("bytes_down", "bytes_up")
+    engine: Final = "userspace"
+    bytes_up: int
+    bytes_down: int
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
 
 
 class KernelRelayed:
