@@ -57,6 +57,12 @@ _syscall.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_void_p, ctypes.c_uint
 
 _ATTR_SIZE = 144  # large enough for every command used here; the kernel checks the rest is 0
 
+# The same call for the per-pair path, with its arguments made once as ctypes objects:
+# without `argtypes` nothing is converted per call (the conversion costs more than the
+# rest of the call). Every argument a `c_long`, as syscall(2)'s variadic ones are read.
+_raw_syscall = _libc["syscall"]  # (a function object of its own: no argtypes)
+_raw_syscall.restype = ctypes.c_long
+
 
 class BpfError(OSError):
     """A bpf(2) call failed; `errno` says why (EPERM: no CAP_BPF, E2BIG: map full...)."""
@@ -187,12 +193,14 @@ class PairInsert:
         data = base + 3 * _ATTR_SIZE
         keys, slots, fds = data + _AT_KEYS, data + _AT_SLOTS, data + _AT_FDS
         # The attributes never change, only the data they point at.
-        self._batch = base
         struct.pack_into("QQQQIIQQ", self._buf, 0, 0, 0, keys, slots, 2, slots_fd, 0, 0)
-        self._socks_a = base + _ATTR_SIZE
         struct.pack_into("IIQQQ", self._buf, _ATTR_SIZE, socks_fd, 0, keys, fds, _ANY)
-        self._socks_b = base + 2 * _ATTR_SIZE
         struct.pack_into("IIQQQ", self._buf, 2 * _ATTR_SIZE, socks_fd, 0, keys + 8, fds + 8, _ANY)
+        nr, size = ctypes.c_long(_SYS_BPF), ctypes.c_long(_ATTR_SIZE)
+        self._batch = (nr, ctypes.c_long(_MAP_UPDATE_BATCH), ctypes.c_void_p(base), size)
+        update = ctypes.c_long(_MAP_UPDATE_ELEM)
+        self._socks_a = (nr, update, ctypes.c_void_p(base + _ATTR_SIZE), size)
+        self._socks_b = (nr, update, ctypes.c_void_p(base + 2 * _ATTR_SIZE), size)
 
     def insert(self, cookie_a: int, cookie_b: int, slot: int, fd_a: int, fd_b: int) -> int:
         """cookie_a -> slot, cookie_b -> slot + 1 in the slot map; then each socket into the
@@ -202,14 +210,10 @@ class PairInsert:
         matters: the slot map is LRU). A socket that went in is left in: taking it out
         would drop what the verdict passed to it meanwhile."""
         _PAIR.pack_into(self._buf, 3 * _ATTR_SIZE, cookie_a, cookie_b, slot, slot + 1, fd_a, fd_b)
-        for attr, cmd in (
-            (self._batch, _MAP_UPDATE_BATCH),
-            (self._socks_a, _MAP_UPDATE_ELEM),
-        ):
-            if _syscall(_SYS_BPF, cmd, attr, _ATTR_SIZE) < 0:
-                err = ctypes.get_errno()
-                raise BpfError(err, os.strerror(err))
-        if _syscall(_SYS_BPF, _MAP_UPDATE_ELEM, self._socks_b, _ATTR_SIZE) < 0:
+        if _raw_syscall(*self._batch) < 0 or _raw_syscall(*self._socks_a) < 0:
+            err = ctypes.get_errno()
+            raise BpfError(err, os.strerror(err))
+        if _raw_syscall(*self._socks_b) < 0:
             return 1
         return 2
 

@@ -65,7 +65,10 @@ _BYTES_ACKED: Final = struct.Struct("=Q")  # tcp_info.tcpi_bytes_acked at offset
 _RECEIVED_AT: Final = 128  # tcp_info.tcpi_bytes_received
 _TCP_INFO_LEN: Final = _RECEIVED_AT + 8  # (the kernel copies no more than asked for)
 _INT: Final = struct.Struct("i")
-_FOUR: Final = b"\0\0\0\0"
+_IOCTL_OUT: Final = bytearray(4)
+"""Where ioctl(2) writes its int (a writable buffer: given bytes, `fcntl.ioctl` first
+fails to parse them as one, formatting an error message per call, then copies them).
+One per process: the loop thread is its only user."""
 _LINGER_ZERO: Final = struct.pack("ii", 1, 0)
 _Q: Final = 8  # bytes per record field
 _U64: Final = struct.Struct("Q")
@@ -93,7 +96,8 @@ def tcp_counts(sock: socket.socket) -> tuple[int, int]:
     """(bytes of `sock` its peer acknowledged, bytes still queued in it, sent or not)."""
     info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_LEN)
     acked: int = _BYTES_ACKED.unpack_from(info, _ACKED_AT)[0]
-    outq: int = _INT.unpack(fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, _FOUR))[0]
+    fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, _IOCTL_OUT)
+    outq: int = _INT.unpack_from(_IOCTL_OUT)[0]
     return acked, outq
 
 
@@ -111,7 +115,9 @@ def written_total(sock: socket.socket) -> int:
 
 
 def unread(sock: socket.socket) -> int:
-    return int(_INT.unpack(fcntl.ioctl(sock.fileno(), termios.FIONREAD, _FOUR))[0])
+    fcntl.ioctl(sock.fileno(), termios.FIONREAD, _IOCTL_OUT)
+    value: int = _INT.unpack_from(_IOCTL_OUT)[0]
+    return value
 
 
 class KernelRelay:

@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 __all__ = ["Deferred", "KernelEngine", "KernelRelayed"]
 
 _new = object.__new__
+_socket, _dup = socket.socket, os.dup
+_INET, _STREAM = socket.AF_INET, socket.SOCK_STREAM
 
 
 class _Detached(asyncio.Protocol):
@@ -146,16 +148,17 @@ class KernelEngine:
             return pump if deferred is not None else pump.start(replayed, client_eof)
         assert ct is not None and bt is not None
         # Our own descriptors of the two sockets: the transports close theirs below.
-        # (Family and type given: no getsockopt to find them. The descriptions are
-        # already non-blocking: uvloop's and asyncio's transports made them so.)
-        cs, bs = ct.get_extra_info("socket"), bt.get_extra_info("socket")
+        # The objects only read, write, shut down and ask for options, none of which
+        # depends on the address family, so none is asked for: AF_INET stands for both
+        # (uvloop's `family` costs ~4.5k instructions, probing it three syscalls). The
+        # descriptions are already non-blocking (the transports made them so).
         try:
-            client = socket.socket(cs.family, socket.SOCK_STREAM, 0, os.dup(cs.fileno()))
+            client = _socket(_INET, _STREAM, 0, _dup(ct.get_extra_info("socket").fileno()))
         except OSError:
             relay.fallback("dup")
             return pump if deferred is not None else pump.start(replayed, client_eof)
         try:
-            backend = socket.socket(bs.family, socket.SOCK_STREAM, 0, os.dup(bs.fileno()))
+            backend = _socket(_INET, _STREAM, 0, _dup(bt.get_extra_info("socket").fileno()))
         except OSError:
             client.close()
             relay.fallback("dup")
