@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from sniffer.proxy.kernel.relay import KernelRelay, Unavailable
+from sniffer.proxy.kernel.relay import KernelRelay, Unavailable, unread
 from sniffer.proxy.relay import BACKEND_RESET, CLIENT_RESET, CLOSED
 from sniffer.proxy.relay.kernel import Deferred, KernelEngine
 from tests.proxy.relay.engines import Pair, open_pair, recv_all
@@ -155,3 +155,38 @@ async def test_a_reset_after_a_move_is_passed_on(engine: KernelEngine, who: str,
             with pytest.raises(ConnectionResetError):
                 while await loop.sock_recv(other, 1 << 18):
                     pass
+
+
+async def test_bytes_queued_at_the_move_keep_that_way_in_user_space(
+    engine: KernelEngine,
+) -> None:
+    """Forced past the sweep's wait: the client's socket holds queued bytes when it enters
+    the SOCKHASH. That direction is never granted a budget (counted `queued`), its bytes
+    arrive exact through user space; the other way goes by the kernel."""
+    rnd = random.Random(5)
+    up, down = rnd.randbytes(3 * MiB), rnd.randbytes(3 * MiB)
+    async with open_pair(engine, b"hello") as pair:
+        pump, deferred = pair.pump, pair.relay
+        assert isinstance(deferred, Deferred) and pump.client is not None
+        client_socket = pump.client.get_extra_info("socket")
+        pump.client.pause_reading()  # the client's bytes queue in its socket
+        async with asyncio.timeout(60):
+            sending = asyncio.create_task(_stream(pair.client, up, rnd, True))
+            while unread(client_socket) < 64 * 1024:
+                await asyncio.sleep(0.005)
+            deferred.inner = engine.take(pump, len(b"hello"), False, deferred)
+            deferred.pump = None
+            assert engine.relay.fallbacks.get("queued") == 1
+            _, got_up, _, got_down = await asyncio.gather(
+                sending,
+                recv_all(pair.backend),
+                _stream(pair.backend, down, random.Random(6), True),
+                recv_all(pair.client),
+            )
+            await pair.owner.ended.wait()
+        assert got_up == b"hello" + up, _where(got_up, b"hello" + up)
+        assert got_down == down, _where(got_down, down)
+        assert pair.owner.outcomes == [CLOSED]
+        assert (deferred.bytes_up, deferred.bytes_down) == (len(up) + 5, len(down))
+    assert engine.relay.handed == 1
+    assert engine.relay.carried_closed > 0  # the backend's way went by the kernel
