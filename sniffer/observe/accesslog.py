@@ -127,6 +127,18 @@ def _where(key: tuple[str, str, str | None, str]) -> str:
     return out
 
 
+def forget_names() -> None:
+    """Drop the memos of table names: a new table may have retired them.
+
+    Called when a route table is installed, so that names of routes, backends and
+    endpoints gone with the table are not kept for the life of the process (tenants
+    come and go for months); what is still in use is formatted again on its next line.
+    """
+    _LISTENER.clear()
+    _WHERE.clear()
+    _JS.clear()
+
+
 _LINE = (
     '{"id":"%s%x","client":%s,"listener":%s,"%s":%s,"route":%s,"backend":%s,"tenant":%s,'
     '"endpoint":%s,"bytes_in":%d,"bytes_out":%d,"duration":%.6f,"outcome":%s'

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 from sniffer.observe.accesslog import AccessLog as BufferedAccessLog
-from sniffer.observe.accesslog import AccessRecord
+from sniffer.observe.accesslog import AccessRecord, forget_names
 from sniffer.observe.stats import DataPlaneStats
 from sniffer.proxy.admission import Admission
 from sniffer.proxy.connection import ClientConnection, sniff_limits
@@ -184,6 +184,9 @@ class DataPlane:
         self.table = table
         self.admission.install(table)
         self.stats.prune(table.backend_keys())
+        forget_names()
+        if len(self._rr) > len(table.backends):  # round-robin places of gone backends
+            self._rr = {name: i for name, i in self._rr.items() if name in table.backends}
         if self.draining:
             return
         wanted = {ListenerKey.of(lis): lis for lis in table.listeners}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 
 from sniffer.wire.errors import InvalidHostname
+from sniffer.wire.memo import remember
 
 __all__ = [
     "MAX_LABEL_LENGTH",
@@ -91,8 +92,10 @@ def is_ip_literal(name: str | bytes) -> bool:
 
 # Names already accepted, by their raw bytes: the same few SNIs arrive on most
 # connections, and a dict hit is several times cheaper than the checks. Bounded in
-# entries (cleared when full) so a stream of distinct names cannot grow it.
+# entries (cleared when full), and a name is kept only once it repeats
+# (`sniffer.wire.memo`), so a stream of distinct names cannot grow it.
 _ACCEPTED_MAX = 4096
+_ACCEPTED_MAX_KEY = MAX_NAME_LENGTH + 1  # a valid name, with its trailing dot
 _accepted: dict[bytes, str] = {}
 
 
@@ -101,11 +104,7 @@ def normalize_hostname_bytes(raw: bytes) -> str:
     known = _accepted.get(raw)
     if known is not None:
         return known
-    result = _check(raw)
-    if len(_accepted) >= _ACCEPTED_MAX:
-        _accepted.clear()
-    _accepted[raw] = result
-    return result
+    return remember(_accepted, raw, _check(raw), _ACCEPTED_MAX, _ACCEPTED_MAX_KEY)
 
 
 def _check(raw: bytes) -> str:

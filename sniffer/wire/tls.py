@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import struct
 from itertools import filterfalse
-from typing import NamedTuple, TypeVar
+from typing import NamedTuple
 
 from sniffer.wire.errors import (
     ALERT_DECODE_ERROR,
@@ -26,6 +26,7 @@ from sniffer.wire.errors import (
     InvalidHostname,
 )
 from sniffer.wire.hostname import normalize_hostname_bytes
+from sniffer.wire.memo import remember
 from sniffer.wire.reader import StickyReader
 from sniffer.wire.sentinels import NEED_DATA, NOT_TLS, NeedData, NotTLS
 
@@ -106,37 +107,24 @@ def _decode_error(what: str) -> HelloRejected:
 # list precisely so that parsers like this one learn to ignore them.
 _GREASE = frozenset(0x0A0A + 0x1010 * i for i in range(16))
 
-_T = TypeVar("_T")
 _unpack_u16_pair = struct.Struct(">HH").unpack_from
 
 
 # Decoded ALPN and supported_versions lists by their exact encoding: real clients send
 # a handful of distinct ones, so nearly every connection costs one dict hit instead of a
-# parse. Bounded in entries and key size so hostile hellos cannot grow it.
+# parse. Bounded in entries and key size, and a key is kept only once it repeats
+# (`sniffer.wire.memo`), so hostile hellos cannot grow it.
 _MEMO_MAX_ENTRIES = 512
 _MEMO_MAX_KEY = 64
 _alpn_memo: dict[bytes, tuple[str, ...]] = {}
 # Server names by their server_name extension body: a name repeats on every connection
 # to it. More entries than the others (an edge serves thousands of names), and keys up to
-# the longest name, but still a bound: a flood of made-up names only clears it.
+# the longest name, but still a bound; a flood of made-up names (each sent once) never
+# enters it.
 _SNI_MEMO_MAX_ENTRIES = 8192
 _SNI_MEMO_MAX_KEY = 5 + 253
 _sni_memo: dict[bytes, str] = {}
 _versions_memo: dict[bytes, tuple[int, ...]] = {}
-
-
-def _remember(
-    memo: dict[bytes, _T],
-    key: bytes,
-    value: _T,
-    max_entries: int = _MEMO_MAX_ENTRIES,
-    max_key: int = _MEMO_MAX_KEY,
-) -> _T:
-    if len(key) <= max_key:
-        if len(memo) >= max_entries:
-            memo.clear()
-        memo[key] = value
-    return value
 
 
 def _parse_server_name(buf: bytes | bytearray, pos: int, end: int) -> str | None:
@@ -165,7 +153,7 @@ def _parse_server_name(buf: bytes | bytearray, pos: int, end: int) -> str | None
             reason=f"sni_{exc.problem}",
             alert=ALERT_UNRECOGNIZED_NAME,
         ) from None
-    return _remember(_sni_memo, bytes(buf[pos:end]), name, _SNI_MEMO_MAX_ENTRIES, _SNI_MEMO_MAX_KEY)
+    return remember(_sni_memo, bytes(buf[pos:end]), name, _SNI_MEMO_MAX_ENTRIES, _SNI_MEMO_MAX_KEY)
 
 
 def _parse_server_name_list(buf: bytes | bytearray, pos: int, end: int) -> bytes | None:
@@ -216,7 +204,7 @@ def _parse_alpn(buf: bytes | bytearray, pos: int, end: int) -> tuple[str, ...]:
             raise _decode_error("ALPN protocol name length")
         names.append(str(buf[pos + 1 : name_end], "latin-1"))
         pos = name_end
-    return _remember(_alpn_memo, raw, tuple(names))
+    return remember(_alpn_memo, raw, tuple(names), _MEMO_MAX_ENTRIES, _MEMO_MAX_KEY)
 
 
 def _parse_supported_versions(buf: bytes | bytearray, pos: int, end: int) -> tuple[int, ...]:
@@ -229,7 +217,13 @@ def _parse_supported_versions(buf: bytes | bytearray, pos: int, end: int) -> tup
     if length < 2 or length & 1 or buf[pos] != length:
         raise _decode_error("supported_versions length")
     versions = struct.unpack_from(f">{length >> 1}H", buf, pos + 1)
-    return _remember(_versions_memo, raw, tuple(filterfalse(_GREASE.__contains__, versions)))
+    return remember(
+        _versions_memo,
+        raw,
+        tuple(filterfalse(_GREASE.__contains__, versions)),
+        _MEMO_MAX_ENTRIES,
+        _MEMO_MAX_KEY,
+    )
 
 
 def parse_client_hello_body(buf: bytes | bytearray, pos: int, end: int) -> ClientHello:

@@ -1,7 +1,8 @@
 """Every dashboard query, run by a real Prometheus scraping a real sniffer under real traffic.
 
 The chain a user relies on, end to end on loopback:
-  TLS clients -> sniffer (file routes, one worker) -> two TLS tenant backends
+  TLS clients -> sniffer (file routes, one worker; the kernel relays each routed pair
+  where BPF sockmap is allowed, as root in CI) -> two TLS tenant backends
   Prometheus (scrape_interval 1s) -> sniffer's admin /metrics
   dashboard queries -> Prometheus HTTP API.
 
@@ -22,10 +23,12 @@ of the tenants and `$__rate_interval` as 15s, and checked against what the traff
 produce. Panels fed only by the Kubernetes source (watch health, watch events, objects
 cached) and by route changes (update lag, rebuild rates) are only checked to be valid
 PromQL here, because the file source emits no such samples (or a single one at start).
+benchmarks/dashboard_preview.py feeds every query of every panel, from a --kubernetes run.
 
 Also: the live /metrics page matches the metric contract (names, types, labels), and the
-dashboard preview PNG is drawn from the range data (to docs/dashboard.png when
-SNIFFER_DASHBOARD_PNG=docs/dashboard.png, else to a temporary file).
+dashboard preview PNG is drawn from the range data (to the path SNIFFER_DASHBOARD_PNG
+names, else to a temporary file; docs/dashboard.png is drawn by
+benchmarks/dashboard_preview.py, from a --kubernetes run).
 """
 
 from __future__ import annotations
@@ -274,8 +277,8 @@ def quic_config(pki: Pki, host: str) -> QuicConfiguration:
     return config
 
 
-async def _quic_exchange(pki: Pki, port: int, rebind: bool) -> bytes:
-    async with connect("127.0.0.1", port, configuration=quic_config(pki, H3_HOST)) as c:
+async def _quic_exchange(pki: Pki, port: int, rebind: bool, host: str) -> bytes:
+    async with connect("127.0.0.1", port, configuration=quic_config(pki, host)) as c:
         got = await _stream(c, b"first")
         if rebind:  # the client's NAT mapping changes: same connection, new socket
             sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
@@ -295,8 +298,8 @@ async def _stream(c: QuicConnectionProtocol, data: bytes) -> bytes:
     return await asyncio.wait_for(reader.read(), 20)
 
 
-def quic_exchange(pki: Pki, port: int, rebind: bool = False) -> bytes:
-    return asyncio.run(_quic_exchange(pki, port, rebind))
+def quic_exchange(pki: Pki, port: int, rebind: bool = False, host: str = H3_HOST) -> bytes:
+    return asyncio.run(_quic_exchange(pki, port, rebind, host))
 
 
 def quic_refusal(pki: Pki, port: int) -> None:
@@ -364,6 +367,19 @@ class Stack:
     prometheus: str
     tmp: Path
     pki: Pki
+    kernel: bool
+    """The worker relays in the kernel (--kernel-relay on where BPF sockmap is allowed)."""
+
+
+def kernel_relay_here() -> bool:
+    """BPF sockmap and the capabilities for it (root; CI runs as root)."""
+    from sniffer.proxy.kernel.relay import KernelRelay, Unavailable
+
+    try:
+        KernelRelay(capacity=1).close()
+    except Unavailable:
+        return False
+    return True
 
 
 @contextlib.contextmanager
@@ -401,6 +417,7 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
     assert sniffer is not None
 
     pki = make_pki(tmp_path)
+    kernel = kernel_relay_here()
     backends = {t: TlsBackend(*pki.certs[t]) for t in ("tenant-a", "tenant-b")}
     quic_backend = QuicBackend(*pki.certs["tenant-a"], backends["tenant-a"].port)
     dead_port = free_port()  # nothing listens there: tenant-c's dials are refused
@@ -484,7 +501,7 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
                 "--quic-idle-timeout",
                 "1",  # flows end soon after their last datagram: active settles
                 "--kernel-relay",
-                "off",  # (the default, auto, would depend on the machine's privileges)
+                "on" if kernel else "off",
             ],
             sniffer_log,
         ) as sp:
@@ -506,7 +523,7 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
                     "prometheus ready",
                     lambda: alive(pp, prom_log) or http_get(f"{prom}/-/ready")[0] == 200,
                 )
-                yield Stack(tls_port, quic_port, admin, prom, tmp_path, pki)
+                yield Stack(tls_port, quic_port, admin, prom, tmp_path, pki, kernel)
                 alive(sp, sniffer_log)
     finally:
         for b in backends.values():
@@ -546,8 +563,9 @@ def finite(values: list[float]) -> bool:
     return bool(values) and all(math.isfinite(v) for v in values)
 
 
-def expectations(start: float, end: float) -> dict[str, Check]:
-    """Per panel title: what its queries (A, B, ...) must return for the traffic sent."""
+def expectations(start: float, end: float, kernel: bool) -> dict[str, Check]:
+    """Per panel title: what its queries (A, B, ...) must return for the traffic sent;
+    `kernel`: the worker relays in the kernel."""
     a, b = ("tenant-a",), ("tenant-b",)
 
     def active(r: list[list[dict[str, Any]]]) -> None:
@@ -657,9 +675,21 @@ def expectations(start: float, end: float) -> dict[str, Check]:
         """Routes from a file: no Lease, so the pod does not lead (the gauge is there)."""
         assert list(by(r[0]).values()) == [0.0]
 
-    def kernel_off(r: list[list[dict[str, Any]]]) -> None:
-        """The stack runs with --kernel-relay off: no worker in the kernel."""
-        assert list(by(r[0], "instance").values()) == [0.0], r[0]
+    def kernel_workers(r: list[list[dict[str, Any]]]) -> None:
+        """The one worker relays in the kernel where it can (else --kernel-relay off)."""
+        assert list(by(r[0], "instance").values()) == [1.0 if kernel else 0.0], r[0]
+
+    def kernel_handoffs(r: list[list[dict[str, Any]]]) -> None:
+        """Every routed TLS pair went to the kernel (--kernel-relay-after 0). The fallback
+        query stays empty: no pair here needs one (benchmarks/dashboard_preview.py
+        draws one from a router that closes at once)."""
+        if kernel:
+            assert by(r[0])[()] > 0, r[0]
+
+    def kernel_bytes(r: list[list[dict[str, Any]]]) -> None:
+        """The tenants' responses (up to 16 KiB each) went through the kernel."""
+        if kernel:
+            assert by(r[0])[()] > 0, r[0]
 
     def runtime(r: list[list[dict[str, Any]]]) -> None:
         """Every query has series for the worker, all finite; the control process shows
@@ -697,11 +727,11 @@ def expectations(start: float, end: float) -> dict[str, Check]:
         # Python's ssl sends no ECH; tests/proxy/test_hello_facts.py checks the counter.
         "ECH connections/s per tenant": valid_only,
         "Open connections and QUIC flows per listener": listeners,
-        "Workers relaying in the kernel": kernel_off,
-        # Off in this stack: its counters appear once a worker relays in the kernel
-        # (tests/proxy/test_kernel_relay.py checks them).
-        "Kernel relay hand-offs and fallbacks/s": valid_only,
-        "Bytes/s carried by the kernel relay": valid_only,
+        # Without BPF sockmap (not root) the stack runs --kernel-relay off: the queries
+        # are then only checked to run (tests/proxy/test_kernel_relay.py needs it too).
+        "Workers relaying in the kernel": kernel_workers,
+        "Kernel relay hand-offs and fallbacks/s": kernel_handoffs,
+        "Bytes/s carried by the kernel relay": kernel_bytes,
         "QUIC datagrams/s per tenant": datagrams,
         "QUIC datagrams dropped/s by reason": dropped_datagrams,
         "QUIC refusals/s by reason": quic_refusals,
@@ -821,7 +851,7 @@ def test_every_dashboard_query_against_live_prometheus(stack: Stack) -> None:
     held: list[ssl.SSLSocket] = []
     try:
         first, last = drive_traffic(stack, held)
-        checks = expectations(first, last)
+        checks = expectations(first, last, stack.kernel)
         assert {p["title"] for p in panels} == set(checks), "a panel has no expectation"
         problems = []
         for panel in panels:

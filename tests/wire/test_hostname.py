@@ -26,7 +26,8 @@ from sniffer.wire.hostname import is_ip_literal, normalize_hostname, normalize_r
 )
 def test_accepted(name: str | bytes, expected: str) -> None:
     assert normalize_hostname(name) == expected
-    assert normalize_hostname(name) == expected  # second time from the memo
+    assert normalize_hostname(name) == expected  # second sighting: memoised
+    assert normalize_hostname(name) == expected  # from the memo
 
 
 @pytest.mark.parametrize(
