@@ -22,7 +22,8 @@ import pytest
 
 from sniffer.proxy.kernel.relay import KernelRelay, Unavailable, unread
 from sniffer.proxy.relay import BACKEND_RESET, CLIENT_RESET, CLOSED
-from sniffer.proxy.relay.kernel import Deferred, KernelEngine
+from sniffer.proxy.relay.kernel import KernelEngine
+from sniffer.proxy.relay.userspace import Pump
 from tests.proxy.relay.engines import Pair, open_pair, recv_all
 
 MiB = 1 << 20
@@ -37,6 +38,7 @@ async def engine() -> AsyncIterator[KernelEngine]:
     # Pairs start in user space and move only when the test says (the sweep's hour
     # never comes).
     engine = KernelEngine(relay, asyncio.get_running_loop(), after=3600)
+    assert engine.start is Pump.start
     yield engine
     engine.close()
     relay.close()
@@ -59,10 +61,8 @@ async def _stream(sock: socket.socket, data: bytes, rnd: random.Random, fin: boo
 async def _move_at_random(engine: KernelEngine, pair: Pair, rnd: random.Random) -> str:
     """Ask the engine to move the pair at a random moment, again while it says `later`."""
     await asyncio.sleep(rnd.random() * 0.05)
-    deferred = pair.relay
-    assert isinstance(deferred, Deferred)
     for _ in range(2000):  # bounded: ~2 s of retries
-        outcome = engine.move(deferred)
+        outcome = engine.move(pair.owner)
         if outcome != "later":
             return outcome
         await asyncio.sleep(0.001)
@@ -110,13 +110,15 @@ async def _one(engine: KernelEngine, seed: int) -> tuple[str, int, int]:
         )
         assert hashlib.sha256(got_down).hexdigest() == hashlib.sha256(down).hexdigest()
         assert pair.owner.outcomes == [CLOSED]
-        assert (pair.relay.bytes_up, pair.relay.bytes_down) == (len(replay) + len(up), len(down))
+        relay = pair.owner.relay  # (the kernel's, after a move)
+        assert relay is not None
+        assert (relay.bytes_up, relay.bytes_down) == (len(replay) + len(up), len(down))
         return moved, len(replay) + len(up), len(down)
 
 
 async def test_streams_moved_at_random_moments_arrive_exact(engine: KernelEngine) -> None:
     results = await asyncio.gather(*(_one(engine, seed) for seed in range(12)))
-    moved = [r for r in results if r[0] == "moved"]
+    moved = [r for r in results if r[0] == "moved"]  # (the rest: "no")
     # Most pairs are still streaming when the mover comes (the rest had ended or
     # half-closed: they finish in user space, as they must).
     assert len(moved) >= 4, [r[0] for r in results]
@@ -166,16 +168,15 @@ async def test_bytes_queued_at_the_move_keep_that_way_in_user_space(
     rnd = random.Random(5)
     up, down = rnd.randbytes(3 * MiB), rnd.randbytes(3 * MiB)
     async with open_pair(engine, b"hello") as pair:
-        pump, deferred = pair.pump, pair.relay
-        assert isinstance(deferred, Deferred) and pump.client is not None
+        pump = pair.pump
+        assert pump.client is not None
         client_socket = pump.client.get_extra_info("socket")
         pump.client.pause_reading()  # the client's bytes queue in its socket
         async with asyncio.timeout(60):
             sending = asyncio.create_task(_stream(pair.client, up, rnd, True))
             while unread(client_socket) < 64 * 1024:
                 await asyncio.sleep(0.005)
-            deferred.inner = engine.take(pump, len(b"hello"), False, deferred)
-            deferred.pump = None
+            pair.owner.relay = engine.take(pump, len(b"hello"), False, moving=True)
             assert engine.relay.fallbacks.get("queued") == 1
             _, got_up, _, got_down = await asyncio.gather(
                 sending,
@@ -187,6 +188,8 @@ async def test_bytes_queued_at_the_move_keep_that_way_in_user_space(
         assert got_up == b"hello" + up, _where(got_up, b"hello" + up)
         assert got_down == down, _where(got_down, down)
         assert pair.owner.outcomes == [CLOSED]
-        assert (deferred.bytes_up, deferred.bytes_down) == (len(up) + 5, len(down))
+        relay = pair.owner.relay
+        assert relay is not None and relay.engine == "kernel"
+        assert (relay.bytes_up, relay.bytes_down) == (len(up) + 5, len(down))
     assert engine.relay.handed == 1
     assert engine.relay.carried_closed > 0  # the backend's way went by the kernel
