@@ -82,7 +82,7 @@ class ProxySettings:
         1.0,
         "Seconds a pair relays in user space before it moves to the kernel relay (between"
         " this and twice this), so that a short connection never pays for the hand-off;"
-        " 0 = at once.",
+        " 0 = at once (a pair whose backend has already answered: once nothing is queued).",
         0,
     )
 

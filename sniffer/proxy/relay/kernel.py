@@ -31,6 +31,12 @@ _socket, _dup = socket.socket, os.dup
 _INET, _STREAM = socket.AF_INET, socket.SOCK_STREAM
 
 
+RETRY_EVERY: Final = 0.02
+"""Seconds between tries to move a pair that started in user space at `after` 0."""
+RETRY_TRIES: Final = 50
+"""Tries before such a pair stays in user space (about a second of a never-empty queue)."""
+
+
 class _Detached(asyncio.Protocol):
     """The transports' protocol once their sockets are the kernel's: hears nothing."""
 
@@ -52,7 +58,7 @@ class KernelEngine:
     least `after` ago, so a pair moves between `after` and twice that.
     """
 
-    __slots__ = ("after", "loop", "owners", "relay", "start", "timer")
+    __slots__ = ("after", "loop", "owners", "relay", "retry", "retry_timer", "start", "timer")
     name: Final = "kernel"
 
     def __init__(
@@ -67,18 +73,60 @@ class KernelEngine:
         self.loop = loop
         self.after = after
         self.owners = owners
-        self.start: Callable[[Pump, int, bool], Relay] = self.take
+        self.start: Callable[[Pump, int, bool], Relay] = self._start_now
         """Start a pair: at once in the kernel, or (`after` > 0) in user space."""
         self.timer: asyncio.TimerHandle | None = None
+        self.retry: dict[RelayOwner, int] = {}
+        """Pairs started in user space because a socket held queued bytes at the start
+        (`after` 0), and how many sweeps have found it so since."""
+        self.retry_timer: asyncio.TimerHandle | None = None
         if after > 0:
             self.start = Pump.start
             self.timer = loop.call_later(after, self._sweep)
 
     def close(self) -> None:
         """Stop moving pairs (the plane is shutting down)."""
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        for timer in (self.timer, self.retry_timer):
+            if timer is not None:
+                timer.cancel()
+        self.timer = self.retry_timer = None
+        self.retry.clear()
+
+    def _start_now(self, pump: Pump, replayed: int, client_eof: bool) -> Relay:
+        """`after` 0: the pair to the kernel now, unless a socket already holds queued
+        bytes (a backend that answered the replay already): such a direction would stay
+        in user space for good (see `sniffer.proxy.kernel.relay`), so the pair starts
+        there and moves at a retry sweep, once nothing is queued."""
+        ct, bt = pump.client, pump.backend
+        if (
+            client_eof
+            or ct is None
+            or bt is None
+            or pump.early_end is not None
+            or not (unread(ct.get_extra_info("socket")) or unread(bt.get_extra_info("socket")))
+        ):
+            return self.take(pump, replayed, client_eof)
+        owner = pump.owner
+        started = pump.start(replayed, client_eof)
+        if owner is not None and pump.owner is owner:  # (it may end inside start)
+            self.retry[owner] = 0
+            if self.retry_timer is None:
+                self.retry_timer = self.loop.call_later(RETRY_EVERY, self._retry)
+        return started
+
+    def _retry(self) -> None:
+        self.retry_timer = None
+        for owner, tries in list(self.retry.items()):
+            outcome = self.move(owner)
+            if outcome != "later":
+                del self.retry[owner]
+            elif tries + 1 >= RETRY_TRIES:  # never a quiet moment: it stays, counted
+                del self.retry[owner]
+                self.relay.fallback("busy")
+            else:
+                self.retry[owner] = tries + 1
+        if self.retry:
+            self.retry_timer = self.loop.call_later(RETRY_EVERY, self._retry)
 
     def _sweep(self) -> None:
         """Move the pairs that have lived long enough (one timer for all)."""
