@@ -10,6 +10,8 @@ drives N hello-then-close connections, dumps, and prints instructions per connec
     .venv/bin/python -m benchmarks.callgrind_conn --n 1000 -- --no-access-log
     .venv/bin/python -m benchmarks.callgrind_conn --n 1000 --alpn     # ALPN routes in play
     .venv/bin/python -m benchmarks.callgrind_conn --keep /tmp/cg.out   # then callgrind_annotate
+    .venv/bin/python -m benchmarks.callgrind_conn --reply-on-data -- --kernel-relay-after 0
+                                          # every pair handed to the kernel (the counts say)
 
 Needs Debian's `valgrind`. Loopback only; every step is bounded.
 """
@@ -36,12 +38,19 @@ from benchmarks.env import free_port
 REPO = Path(__file__).resolve().parents[1]
 
 
-async def backend(port: int, ready: asyncio.Event) -> None:
-    """Answers every connection at once with a few bytes, like a ServerHello would."""
+async def backend(port: int, ready: asyncio.Event, on_data: bool = False) -> None:
+    """Answers every connection at once with a few bytes, like a ServerHello would (with
+    `on_data`: once the hello has arrived, as a ServerHello does)."""
 
     class Answer(asyncio.Protocol):
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            transport.write(b"\x16\x03\x03\x00\x01x")  # type: ignore[attr-defined]
+            self.transport = transport
+            if not on_data:
+                transport.write(b"\x16\x03\x03\x00\x01x")  # type: ignore[attr-defined]
+
+        def data_received(self, data: bytes) -> None:
+            if on_data:  # (a hello may come in pieces: one answer per piece is fine)
+                self.transport.write(b"\x16\x03\x03\x00\x01x")  # type: ignore[attr-defined]
 
     server = await asyncio.get_running_loop().create_server(Answer, "127.0.0.1", port, backlog=4096)
     ready.set()
@@ -91,6 +100,12 @@ def main() -> None:
         help="clients offer h2,http/1.1 and the host also has an acme-tls/1 route (the ACME"
         " layout: every lookup takes the ALPN path and falls through to the plain route)",
     )
+    ap.add_argument(
+        "--reply-on-data",
+        action="store_true",
+        help="the backend answers once the hello arrives (not at connect): a pair handed to"
+        " the kernel at once is in the kernel before the backend speaks",
+    )
     ap.add_argument("serve_args", nargs="*", help="extra `sniffer serve` flags (after --)")
     args = ap.parse_args()
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
@@ -130,7 +145,7 @@ def main() -> None:
     out = work / "callgrind.out"
     loop = asyncio.new_event_loop()
     ready = asyncio.Event()
-    server_task = loop.create_task(backend(upstream, ready))
+    server_task = loop.create_task(backend(upstream, ready, args.reply_on_data))
     loop.run_until_complete(ready.wait())
     proc = subprocess.Popen(
         [
@@ -159,6 +174,12 @@ def main() -> None:
         subprocess.run(["callgrind_control", "-z", str(proc.pid)], check=True, capture_output=True)
         loop.run_until_complete(drive(listen, args.n, args.alpn))
         subprocess.run(["callgrind_control", "-d", str(proc.pid)], check=True, capture_output=True)
+        if not args.bare:  # what the kernel relay did (pairs handed over, fallbacks)
+            url = f"http://127.0.0.1:{admin}/metrics"
+            with urllib.request.urlopen(url, timeout=60) as r:
+                text = r.read().decode()
+            kernel = [x for x in text.splitlines() if x.startswith("sniffer_kernel_relay_")]
+            print("\n".join(kernel))
     finally:
         server_task.cancel()
         loop.run_until_complete(asyncio.gather(server_task, return_exceptions=True))

@@ -208,6 +208,7 @@ class Sniffer:
                 "--listen",
                 f"quic:127.0.0.1:{quic}@443",
                 "--kernel-relay=on",  # every routed TCP pair is handed to the kernel
+                "--kernel-relay-after=0",  # at once (the default waits 1 s)
                 "--quic-idle-timeout=5",  # flows end 5 s after their last datagram
                 "--admin",
                 f"127.0.0.1:{admin}",

@@ -18,7 +18,21 @@ from .env import Bench, Process, free_port
 
 VENV_BIN = Path(sys.executable).parent
 PEERS = ("haproxy", "nginx", "envoy", "sniproxy")
-ALL_ROWS = ("direct", "sniffer", "sniffer-w2", "kernel-relay", "bare-relay", *PEERS)
+ALL_ROWS = (
+    "direct",
+    "sniffer",
+    "sniffer-w2",
+    "kernel-relay",
+    "kernel-auto",
+    "bare-relay",
+    *PEERS,
+)
+KERNEL_FLAGS = {
+    "kernel-relay": ("--kernel-relay", "on", "--kernel-relay-after", "0"),
+    "kernel-auto": ("--kernel-relay", "auto"),
+}
+"""sniffer's kernel-relay rows: every pair handed to the kernel at once; and the default
+(`auto`: a pair moves once it has lived `--kernel-relay-after`, 1 s). The rest run `off`."""
 
 
 @dataclass
@@ -102,7 +116,7 @@ routes:
             row.version = "sniffer ?"
     admin = free_port()
     row.admin = f"http://127.0.0.1:{admin}"
-    kernel = "on" if row.name == "kernel-relay" else "off"
+    kernel = KERNEL_FLAGS.get(row.name, ("--kernel-relay", "off"))
     argv = [
         exe,
         "serve",
@@ -114,10 +128,9 @@ routes:
         f"127.0.0.1:{admin}",
         "--drain-grace",
         "1",
-        "--kernel-relay",
-        kernel,
+        *kernel,
     ]
-    row.notes = f"access log on (stdout to /dev/null), --kernel-relay {kernel}"
+    row.notes = f"access log on (stdout to /dev/null), {' '.join(kernel)}"
     return Process(row.name, argv)
 
 
@@ -314,6 +327,7 @@ table bench {{
 BUILDERS = {
     "sniffer": _sniffer,
     "kernel-relay": _sniffer,
+    "kernel-auto": _sniffer,
     "bare-relay": _bare,
     "haproxy": _haproxy,
     "nginx": _nginx,

@@ -259,7 +259,7 @@ LAYOUT: tuple[Row | Panel, ...] = (
     Panel(
         "Kernel relay hand-offs and fallbacks/s",
         "Routed pairs handed to the kernel, and pairs kept in (or moved back to) user "
-        "space by reason (map_full, early_data, ...).",
+        "space by reason (map_full, queued, half_closed, ...).",
         "ops",
         (
             q(f"sum(rate(sniffer_kernel_relay_connections_total[{RI}]))", "handed over"),

@@ -205,7 +205,7 @@ _FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     ),
     "sniffer_kernel_relay_fallbacks": (
         "counter",
-        "Pairs the kernel relay did not take (map_full, early_data, ...)",
+        "Pairs (or directions) the kernel relay did not take (map_full, queued, half_closed, ...)",
         ("reason",),
     ),
     "sniffer_sniff_duration_seconds": (

@@ -201,7 +201,9 @@ class DataPlane:
         self.kernel = open_kernel_relay(settings.kernel_relay, min(self.max_connections, 16384))
         """The kernel relay (None: every pair is relayed in user space)."""
         if self.kernel is not None:
-            self.relay_engine = KernelEngine(self.kernel, self.loop, settings.kernel_relay_after)
+            self.relay_engine = KernelEngine(
+                self.kernel, self.loop, settings.kernel_relay_after, self.connections
+            )
         self.stats.kernel = self.kernel
 
     # -- routing state -----------------------------------------------------------------

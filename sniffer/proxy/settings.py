@@ -72,18 +72,17 @@ class ProxySettings:
     )
 
     kernel_relay: str = setting(
-        "off",
+        "auto",
         "Relay routed pairs in the kernel (BPF sockmap): auto (where the kernel and the"
         " capabilities allow it, else user space, saying why), on (refuse to start"
-        " without it), off (the default while a hand-off costs more than it saves on a"
-        " short connection).",
+        " without it), off.",
     )
 
     kernel_relay_after: float = setting(
-        0.0,
-        "Seconds a pair relays in user space before it moves to the kernel relay, so that"
-        " a short connection never pays for the hand-off (0 = at once). Experimental: a"
-        " bulk download lost bytes once with a move mid-stream.",
+        1.0,
+        "Seconds a pair relays in user space before it moves to the kernel relay (between"
+        " this and twice this), so that a short connection never pays for the hand-off;"
+        " 0 = at once (a pair whose backend has already answered: once nothing is queued).",
         0,
     )
 

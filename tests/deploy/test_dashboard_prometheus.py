@@ -502,6 +502,8 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
                 "1",  # flows end soon after their last datagram: active settles
                 "--kernel-relay",
                 "on" if kernel else "off",
+                "--kernel-relay-after",
+                "0",  # every routed pair at once (the default waits 1 s)
             ],
             sniffer_log,
         ) as sp:

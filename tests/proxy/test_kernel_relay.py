@@ -74,7 +74,7 @@ class Backend:
 @pytest.fixture
 def data_plane(data_plane: PlaneFactory) -> PlaneFactory:
     """The shared factory, with the kernel relay asked for (`auto`: the tests that need it
-    assert it is there; the default is `off`)."""
+    assert it is there; pairs move after `kernel_relay_after`)."""
 
     async def make(spec: TableSpec, **settings: object) -> DataPlane:
         settings.setdefault("kernel_relay", "auto")
@@ -128,6 +128,7 @@ async def test_many_streams_of_random_sizes_exact_with_half_closes_both_orders(
     rnd = random.Random(1616)
     n = 16
     sizes = {}
+    pairing = asyncio.Lock()  # one connect at a time: the backend's next accept is ours
 
     async def one(i: int) -> None:
         up_n, down_n = rnd.randrange(0, 8 * MiB), rnd.randrange(0, 8 * MiB)
@@ -135,9 +136,10 @@ async def test_many_streams_of_random_sizes_exact_with_half_closes_both_orders(
             up_n = 0  # the client half-closes first, the backend goes on talking
         elif i % 4 == 1:
             down_n = 0  # and the other way round
-        client, hello = await connect(port, f"s{i}.k.example")
-        server = await asyncio.wait_for(backend.accepted.get(), 10)
-        assert await read_exactly(server, len(hello)) == hello
+        async with pairing:
+            client, hello = await connect(port, f"s{i}.k.example")
+            server = await asyncio.wait_for(backend.accepted.get(), 10)
+            assert await read_exactly(server, len(hello)) == hello
         sizes[f"s{i}.k.example"] = (len(hello) + up_n, down_n)
         results = await asyncio.gather(
             send(client, up_n, i),

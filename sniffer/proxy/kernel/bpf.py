@@ -22,6 +22,7 @@ __all__ = [
     "SK_SKB_STREAM_VERDICT",
     "SOCKHASH",
     "BpfError",
+    "PairInsert",
     "ProgramRefused",
     "map_create",
     "map_delete",
@@ -55,6 +56,12 @@ _syscall.restype = ctypes.c_long
 _syscall.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_void_p, ctypes.c_uint]
 
 _ATTR_SIZE = 144  # large enough for every command used here; the kernel checks the rest is 0
+
+# The same call for the per-pair path, with its arguments made once as ctypes objects:
+# without `argtypes` nothing is converted per call (the conversion costs more than the
+# rest of the call). Every argument a `c_long`, as syscall(2)'s variadic ones are read.
+_raw_syscall = _libc["syscall"]  # (a function object of its own: no argtypes)
+_raw_syscall.restype = ctypes.c_long
 
 
 class BpfError(OSError):
@@ -163,6 +170,52 @@ def _prog_load(prog_type: int, insns: bytes, name: str, log_level: int, log_size
         if log_level:
             raise ProgramRefused(exc.errno or 0, text) from None
         raise
+
+
+_PAIR = struct.Struct("=QQIIQQ")
+"""A pair's keys and values, laid out once (`PairInsert`): the two socket cookies (the
+slot map's batch keys, and each SOCKHASH update's key), the two slots (the batch's
+values), the two descriptors (the SOCKHASH values)."""
+_AT_KEYS, _AT_SLOTS, _AT_FDS = 0, 16, 24
+
+
+class PairInsert:
+    """The three bpf(2) calls that put one pair into the maps, with their argument memory
+    made once: per pair, one `pack_into` and three system calls, no ctypes object (making
+    one costs more than the system call). Not thread-safe: one per event loop."""
+
+    __slots__ = ("_batch", "_buf", "_c", "_socks_a", "_socks_b")
+
+    def __init__(self, socks_fd: int, slots_fd: int) -> None:
+        self._buf = bytearray(3 * _ATTR_SIZE + _PAIR.size)
+        self._c = (ctypes.c_char * len(self._buf)).from_buffer(self._buf)
+        base = ctypes.addressof(self._c)
+        data = base + 3 * _ATTR_SIZE
+        keys, slots, fds = data + _AT_KEYS, data + _AT_SLOTS, data + _AT_FDS
+        # The attributes never change, only the data they point at.
+        struct.pack_into("QQQQIIQQ", self._buf, 0, 0, 0, keys, slots, 2, slots_fd, 0, 0)
+        struct.pack_into("IIQQQ", self._buf, _ATTR_SIZE, socks_fd, 0, keys, fds, _ANY)
+        struct.pack_into("IIQQQ", self._buf, 2 * _ATTR_SIZE, socks_fd, 0, keys + 8, fds + 8, _ANY)
+        nr, size = ctypes.c_long(_SYS_BPF), ctypes.c_long(_ATTR_SIZE)
+        self._batch = (nr, ctypes.c_long(_MAP_UPDATE_BATCH), ctypes.c_void_p(base), size)
+        update = ctypes.c_long(_MAP_UPDATE_ELEM)
+        self._socks_a = (nr, update, ctypes.c_void_p(base + _ATTR_SIZE), size)
+        self._socks_b = (nr, update, ctypes.c_void_p(base + 2 * _ATTR_SIZE), size)
+
+    def insert(self, cookie_a: int, cookie_b: int, slot: int, fd_a: int, fd_b: int) -> int:
+        """cookie_a -> slot, cookie_b -> slot + 1 in the slot map; then each socket into the
+        SOCKHASH under its cookie. Returns how many sockets went in: 2, or 1 when the
+        second was refused (e.g. EOPNOTSUPP: it is no longer ESTABLISHED, its peer's FIN
+        came). Raises `BpfError` when the first was refused (nothing changed that
+        matters: the slot map is LRU). A socket that went in is left in: taking it out
+        would drop what the verdict passed to it meanwhile."""
+        _PAIR.pack_into(self._buf, 3 * _ATTR_SIZE, cookie_a, cookie_b, slot, slot + 1, fd_a, fd_b)
+        if _raw_syscall(*self._batch) < 0 or _raw_syscall(*self._socks_a) < 0:
+            err = ctypes.get_errno()
+            raise BpfError(err, os.strerror(err))
+        if _raw_syscall(*self._socks_b) < 0:
+            return 1
+        return 2
 
 
 def prog_attach(prog_fd: int, target_fd: int, attach_type: int) -> None:

@@ -60,9 +60,15 @@ default), a stalled receiver costs no more than with the user-space relay."""
 CHUNK: Final = 256 * 1024
 """Bytes user space reads at once from a source (the user-space relay's write buffer)."""
 _SO_COOKIE: Final = 57
-_TCP_INFO_LEN: Final = 232
-_BYTES_ACKED: Final = struct.Struct("=Q")  # tcp_info.tcpi_bytes_acked at offset 120
 _ACKED_AT: Final = 120
+_BYTES_ACKED: Final = struct.Struct("=Q")  # tcp_info.tcpi_bytes_acked at offset 120
+_RECEIVED_AT: Final = 128  # tcp_info.tcpi_bytes_received
+_TCP_INFO_LEN: Final = _RECEIVED_AT + 8  # (the kernel copies no more than asked for)
+_INT: Final = struct.Struct("i")
+_IOCTL_OUT: Final = bytearray(4)
+"""Where ioctl(2) writes its int (a writable buffer: given bytes, `fcntl.ioctl` first
+fails to parse them as one, formatting an error message per call, then copies them).
+One per process: the loop thread is its only user."""
 _LINGER_ZERO: Final = struct.pack("ii", 1, 0)
 _Q: Final = 8  # bytes per record field
 _U64: Final = struct.Struct("Q")
@@ -86,23 +92,32 @@ def cookie_of(sock: socket.socket) -> int:
     return value
 
 
-def written_total(sock: socket.socket) -> int:
-    """Bytes ever written into `sock` that the kernel holds or delivered: acknowledged
-    plus still queued (sent or not)."""
+def tcp_counts(sock: socket.socket) -> tuple[int, int]:
+    """(bytes of `sock` its peer acknowledged, bytes still queued in it, sent or not)."""
     info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_LEN)
     acked: int = _BYTES_ACKED.unpack_from(info, _ACKED_AT)[0]
-    outq = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
-    return acked + int(outq)
+    fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, _IOCTL_OUT)
+    outq: int = _INT.unpack_from(_IOCTL_OUT)[0]
+    return acked, outq
 
 
-def acked_total(sock: socket.socket) -> int:
+def received_total(sock: socket.socket) -> int:
     info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_LEN)
-    value: int = _BYTES_ACKED.unpack_from(info, _ACKED_AT)[0]
+    value: int = _BYTES_ACKED.unpack_from(info, _RECEIVED_AT)[0]
     return value
 
 
+def written_total(sock: socket.socket) -> int:
+    """Bytes ever written into `sock` that the kernel holds or delivered: acknowledged
+    plus still queued (sent or not)."""
+    acked, outq = tcp_counts(sock)
+    return acked + outq
+
+
 def unread(sock: socket.socket) -> int:
-    return int(struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0])
+    fcntl.ioctl(sock.fileno(), termios.FIONREAD, _IOCTL_OUT)
+    value: int = _INT.unpack_from(_IOCTL_OUT)[0]
+    return value
 
 
 class KernelRelay:
@@ -143,6 +158,8 @@ class KernelRelay:
                 why += "; it needs root, or CAP_BPF and CAP_NET_ADMIN"
             raise Unavailable(reason, why) from exc
         self.socks, self.slots, self.state = fds
+        self.insert = bpf.PairInsert(self.socks, self.slots)
+        """The per-pair map updates, their argument memory made once."""
         self._mm = mmap.mmap(self.state, 2 * capacity * RECORD)
         self.q = memoryview(self._mm).cast("Q")
         """The records, as u64 words: record `slot`'s field F is q[slot * 8 + F // 8]."""
@@ -181,6 +198,11 @@ class KernelRelay:
             pair = KernelPair(self, loop, slot, client, backend, first, done)
         except OSError as exc:
             self.free.append(slot)
+            if exc.errno == errno.EOPNOTSUPP:
+                # The client's socket is no longer ESTABLISHED (its FIN came as we moved):
+                # a race a pair may lose, not an error; it goes on in user space.
+                self.fallback("half_closed")
+                return None
             reason = (
                 "map_full"
                 if exc.errno in (errno.E2BIG, errno.ENOMEM, errno.ENOSPC)
@@ -226,12 +248,14 @@ class _Direction:
 
     __slots__ = (
         "base",
+        "clean",
         "confirmed",
         "dst",
         "eof",
         "eof_waited",
         "out",
         "read",
+        "received0",
         "shut",
         "slot",
         "src",
@@ -246,10 +270,19 @@ class _Direction:
         self.read = 0
         """Bytes user space read from src (every one of them passed by the verdict)."""
         self.user = 0
-        """Bytes user space wrote into dst (replay and PROXY header included)."""
-        self.base = written_total(dst)
-        """dst's written total at the hand-off (what the transports wrote before, e.g.
-        the replay; a socket's count starts at 1: its SYN)."""
+        """Bytes user space wrote into dst since the hand-off (a replay given to it too)."""
+        self.received0 = received_total(src)
+        """Bytes src had received just before it entered the SOCKHASH."""
+        self.clean = unread(src) == 0
+        """No byte of src's stream was queued in it when it entered the SOCKHASH (none
+        then, and every byte received since met the verdict: `KernelPair` checks).
+        Only a clean direction is ever granted a budget: with bytes queued at the
+        insert, redirecting later segments was seen to duplicate data (kernel 6.18,
+        tests/proxy/relay/test_kernel_move.py), however user space read them."""
+        self.base = -1
+        """dst's written total before the kernel redirected anything into it, less what
+        user space wrote: measured at the first grant (nothing is redirected before it),
+        -1 until then. (A socket's count starts at 1: its SYN.)"""
         self.confirmed = 0
         """The redirected total dst was last seen to hold."""
         self.out = b""
@@ -282,6 +315,8 @@ class KernelPair:
         self.done = done
         self.closed = False
         self.outcome = ""
+        self.pass_only = False
+        """A socket of the pair is not in the SOCKHASH: never grant a budget."""
         self.up = _Direction(client, backend, slot)
         self.down = _Direction(backend, client, slot + 1)
         q = relay.q
@@ -289,35 +324,31 @@ class KernelPair:
         base_up, base_down = slot * 8, (slot + 1) * 8
         q[base_up + PEER // _Q] = bc
         q[base_down + PEER // _Q] = cc
-        # The replay goes first: no redirect until it is in the backend socket.
-        q[base_up + LIMIT // _Q] = 0 if first else relay.budget
-        q[base_down + LIMIT // _Q] = relay.budget
-        ck, bk = _U64.pack(cc), _U64.pack(bc)
-        bpf.map_update_batch(relay.slots, ck + bk, _SLOTS.pack(slot, slot + 1), 2)
-        bpf.map_update(relay.socks, ck, _U64.pack(client.fileno()))
-        try:
-            bpf.map_update(relay.socks, bk, _U64.pack(backend.fileno()))
-        except OSError:
-            # Taken back before any segment met the verdict (nothing is written yet
-            # and the client's reading is paused), so nothing can be lost.
-            with contextlib.suppress(OSError):
-                bpf.map_delete(relay.socks, ck)
-            raise
-        # Bytes that arrived before the insert never meet the verdict: user space must
-        # read them first, so that direction stays with user space for good.
-        for d, base in ((self.up, base_up), (self.down, base_down)):
-            if unread(d.src):
-                q[base + LIMIT // _Q] = 0
-                d.confirmed = -1  # marks "user space only"
-                relay.fallback("early_data")
+        # Both ways enter the maps passing everything (LIMIT 0, as `release` left it):
+        # whatever is queued in either socket, or arrives before the grant, reaches user
+        # space in order; the kernel redirects only once `_grant` opens the budget.
+        inserted = relay.insert.insert(cc, bc, slot, client.fileno(), backend.fileno())
+        for d in (self.up, self.down):
+            if d.clean:  # bytes that came between the check and the insert: unclean
+                passed = int(q[d.slot * 8 + PASSED // _Q])  # (first: a byte passed
+                # after it makes the totals differ, which only costs this pair the kernel)
+                if received_total(d.src) - d.received0 != passed:
+                    d.clean = False
+            if not d.clean:
+                relay.fallback("queued")
+        if inserted < 2:
+            # The client's socket is in, the backend's was refused: the pair stays with
+            # user space for good (never granted), the verdict passing the client's bytes.
+            self.pass_only = True
+            relay.fallback("pass_only")
+        loop.add_reader(client.fileno(), self._readable, self.up)
+        loop.add_reader(backend.fileno(), self._readable, self.down)
         if first:
             self.up.out = first
-            self.up.user = 0
-        fd_c, fd_b = client.fileno(), backend.fileno()
-        loop.add_reader(fd_c, self._readable, self.up)
-        loop.add_reader(fd_b, self._readable, self.down)
-        if first:
             self._flush(self.up, replay=True)
+        else:
+            self._settle(self.up)
+        self._settle(self.down)
 
     # -- the two directions --------------------------------------------------------------
 
@@ -380,20 +411,19 @@ class KernelPair:
             return
         q = self.relay.q
         base = d.slot * 8
-        if d.confirmed >= 0:
-            redirected = int(q[base + REDIRECTED // _Q])  # re-read before every write
-            if redirected > d.confirmed:
-                try:
-                    held = written_total(d.dst)
-                except OSError as exc:
-                    self._reset(d, exc)
-                    return
-                if held < d.base + d.user + redirected:
-                    d.wait = min(_RETRY_MAX, d.wait * 2) if d.wait else _RETRY_FIRST
-                    self.loop.call_later(d.wait, self._flush, d)
-                    return
-                d.confirmed = redirected
-            d.wait = 0.0
+        redirected = int(q[base + REDIRECTED // _Q])  # re-read before every write
+        if redirected > d.confirmed:  # (only ever after a grant: `base` is known)
+            try:
+                held = written_total(d.dst)
+            except OSError as exc:
+                self._reset(d, exc)
+                return
+            if held < d.base + d.user + redirected:
+                d.wait = min(_RETRY_MAX, d.wait * 2) if d.wait else _RETRY_FIRST
+                self.loop.call_later(d.wait, self._flush, d)
+                return
+            d.confirmed = redirected
+        d.wait = 0.0
         out = d.out
         if out:
             try:
@@ -411,8 +441,7 @@ class KernelPair:
             d.out = b""
         if replay:
             # The replay is in: the client's bytes may go by the kernel now.
-            if d.confirmed >= 0:
-                self._grant(d)
+            self._settle(d)
             return
         if d.eof:
             if not d.shut:
@@ -424,7 +453,7 @@ class KernelPair:
                     self._close("closed")
             return
         q[base + MOVED // _Q] = d.read
-        if d.confirmed >= 0 and q[base + PASSED // _Q] == d.read:
+        if q[base + PASSED // _Q] == d.read:
             self._grant(d)
         self.loop.add_reader(d.src.fileno(), self._readable, d)
 
@@ -432,15 +461,33 @@ class KernelPair:
         self.loop.remove_writer(d.dst.fileno())
         self._flush(d)
 
+    def _settle(self, d: _Direction) -> None:
+        """After the hand-off (and its replay): grant at once unless the verdict has passed
+        bytes already, which user space relays first (its reader is on)."""
+        if self.relay.q[d.slot * 8 + PASSED // _Q] == d.read:
+            self._grant(d)
+
     def _grant(self, d: _Direction) -> None:
-        """Let the kernel redirect again, up to the budget less what dst still holds."""
+        """Let the kernel redirect again, up to the budget less what dst still holds.
+
+        Called only with every passed byte read and written into dst (`MOVED` set): a
+        segment the verdict passes meanwhile raises `PASSED` past `MOVED`, which keeps
+        it passing whatever the limit, until user space has relayed that one too.
+        """
+        if self.pass_only:
+            return
         q = self.relay.q
         base = d.slot * 8
+        if not d.clean:
+            return
         redirected = int(q[base + REDIRECTED // _Q])
         try:
-            unacked = d.base + d.user + redirected - acked_total(d.dst)
+            acked, outq = tcp_counts(d.dst)
         except OSError:
             return
+        if d.base < 0:  # the first grant: nothing redirected yet
+            d.base = acked + outq - d.user
+        unacked = d.base + d.user + redirected - acked
         room = self.relay.budget - unacked
         q[base + LIMIT // _Q] = redirected + room if room > 0 else 0
 

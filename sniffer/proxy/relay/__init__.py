@@ -9,9 +9,10 @@ closes both sides itself when the pair ends, then reports it once, through
 
 Two engines implement this one interface (as HAProxy's `mux`/`xprt` split, see STYLE.md
 "One interface, two engines"): `sniffer.proxy.relay.userspace` (one loop wake-up per
-chunk each way) and a kernel engine (BPF sockmap) that takes a started pump over and
-falls back to it. The choice is made once per process. This package never routes, dials,
-counts per tenant or writes a log line; it knows its owner only through `RelayOwner`.
+chunk each way) and a kernel engine (BPF sockmap) that takes a pump over, at once or
+once the pair has lived a while, and falls back to it. The choice is made once per
+process. This package never routes, dials, counts per tenant or writes a log line; it
+knows its owner only through `RelayOwner`.
 """
 
 from __future__ import annotations
@@ -40,7 +41,13 @@ BACKEND_RESET: Final = "backend_reset"
 
 
 class RelayOwner(Protocol):
-    """What an engine may call on the connection that handed it a pair."""
+    """What an engine may call on (and read of) the connection that handed it a pair."""
+
+    relay: Relay | None
+    """The pair's relay, as `RelayEngine.start` returned it; an engine that moves a pair
+    to another relay (user space -> kernel) puts the new one here."""
+    routed_at: float
+    """When the pair was dialled (`time.monotonic()`): its age, for a move."""
 
     def relay_closed(self, outcome: str) -> None:
         """The pair has ended (`CLOSED`, `CLIENT_RESET`, `BACKEND_RESET`) and the engine

@@ -14,22 +14,27 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import time
+from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Final
 
 from sniffer.proxy.kernel.relay import unread
+from sniffer.proxy.relay.userspace import Pump
 
 if TYPE_CHECKING:
     from sniffer.proxy.kernel.relay import KernelPair, KernelRelay
     from sniffer.proxy.relay import Relay, RelayOwner
-    from sniffer.proxy.relay.userspace import Pump
 
-__all__ = ["KernelEngine"]
+__all__ = ["KernelEngine", "KernelRelayed"]
+
+_socket, _dup = socket.socket, os.dup
+_INET, _STREAM = socket.AF_INET, socket.SOCK_STREAM
 
 
-def _unread(transport: asyncio.Transport) -> int:
-    """Bytes waiting in the transport's socket (they would miss the verdict)."""
-    sock = transport.get_extra_info("socket")
-    return 0 if sock is None else unread(sock)
+RETRY_EVERY: Final = 0.02
+"""Seconds between tries to move a pair that started in user space at `after` 0."""
+RETRY_TRIES: Final = 50
+"""Tries before such a pair stays in user space (about a second of a never-empty queue)."""
 
 
 class _Detached(asyncio.Protocol):
@@ -45,79 +50,129 @@ _DETACHED: Final = _Detached()
 class KernelEngine:
     """Starts every pair of its process in the kernel where it can.
 
-    With `after` > 0 a pair starts in user space and moves to the kernel once it has
+    With `after` > 0 a pair starts in user space (`start` is `Pump.start` itself: not one
+    instruction more than the user-space engine) and moves to the kernel once it has
     lived that long: a short connection never pays for the hand-off (two sockets into
-    the maps, their descriptors taken over), a long one relays in the kernel.
+    the maps, their descriptors taken over), a long one relays in the kernel. One timer
+    sweeps the plane's open connections every `after` seconds and moves those routed at
+    least `after` ago, so a pair moves between `after` and twice that.
     """
 
-    __slots__ = ("after", "due", "loop", "relay", "timer")
+    __slots__ = ("after", "loop", "owners", "relay", "retry", "retry_timer", "start", "timer")
     name: Final = "kernel"
 
     def __init__(
-        self, relay: KernelRelay, loop: asyncio.AbstractEventLoop, after: float = 0.0
+        self,
+        relay: KernelRelay,
+        loop: asyncio.AbstractEventLoop,
+        after: float = 0.0,
+        owners: Collection[RelayOwner] = (),
     ) -> None:
+        """`owners`: the plane's open connections (swept when `after` > 0)."""
         self.relay = relay
         self.loop = loop
         self.after = after
-        self.due: dict[Deferred, float] = {}
-        """Pairs relaying in user space, and when they may move to the kernel."""
+        self.owners = owners
+        self.start: Callable[[Pump, int, bool], Relay] = self._start_now
+        """Start a pair: at once in the kernel, or (`after` > 0) in user space."""
         self.timer: asyncio.TimerHandle | None = None
-
-    def start(self, pump: Pump, replayed: int, client_eof: bool) -> Relay:
-        if self.after <= 0:
-            return self.take(pump, replayed, client_eof)
-        deferred = Deferred(self, pump)
-        deferred.inner = pump.start(replayed, client_eof)
-        if deferred.owner is not None:  # (a pump may end inside start)
-            self.due[deferred] = self.loop.time() + self.after
-        if self.timer is None:
-            self.timer = self.loop.call_later(self.after, self._move)
-        return deferred
+        self.retry: dict[RelayOwner, int] = {}
+        """Pairs started in user space because a socket held queued bytes at the start
+        (`after` 0), and how many sweeps have found it so since."""
+        self.retry_timer: asyncio.TimerHandle | None = None
+        if after > 0:
+            self.start = Pump.start
+            self.timer = loop.call_later(after, self._sweep)
 
     def close(self) -> None:
         """Stop moving pairs (the plane is shutting down)."""
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        self.due.clear()
+        for timer in (self.timer, self.retry_timer):
+            if timer is not None:
+                timer.cancel()
+        self.timer = self.retry_timer = None
+        self.retry.clear()
 
-    def _move(self) -> None:
-        """Hand over the pairs that have lived long enough (one timer for all)."""
-        self.timer = None
-        now = self.loop.time()
-        for deferred, at in list(self.due.items()):
-            pump = deferred.pump
-            if pump is None or pump.owner is None or pump.client is None or pump.backend is None:
-                del self.due[deferred]  # ended (or ending): nothing to move
-            elif at <= now:
-                if pump.client_eof or pump.backend_eof:
-                    del self.due[deferred]  # half-closed: it finishes where it is
-                    continue
-                side = pump.side
-                up = side.bytes_up if side is not None else 0
-                if (
-                    pump.client.get_write_buffer_size()
-                    or pump.backend.get_write_buffer_size()
-                    or _unread(pump.client)
-                    or _unread(pump.backend)
-                ):
-                    self.due[deferred] = now + self.after  # bytes in flight: later
-                    continue
-                del self.due[deferred]
-                moved = self.take(pump, up, False, deferred=deferred)
-                if moved is not pump:
-                    deferred.inner = moved
-                    deferred.pump = None
-        if self.due:
-            self.timer = self.loop.call_later(self.after, self._move)
+    def _start_now(self, pump: Pump, replayed: int, client_eof: bool) -> Relay:
+        """`after` 0: the pair to the kernel now, unless a socket already holds queued
+        bytes (a backend that answered the replay already): such a direction would stay
+        in user space for good (see `sniffer.proxy.kernel.relay`), so the pair starts
+        there and moves at a retry sweep, once nothing is queued."""
+        ct, bt = pump.client, pump.backend
+        if (
+            client_eof
+            or ct is None
+            or bt is None
+            or pump.early_end is not None
+            or not (unread(ct.get_extra_info("socket")) or unread(bt.get_extra_info("socket")))
+        ):
+            return self.take(pump, replayed, client_eof)
+        owner = pump.owner
+        started = pump.start(replayed, client_eof)
+        if owner is not None and pump.owner is owner:  # (it may end inside start)
+            self.retry[owner] = 0
+            if self.retry_timer is None:
+                self.retry_timer = self.loop.call_later(RETRY_EVERY, self._retry)
+        return started
 
-    def take(
-        self, pump: Pump, replayed: int, client_eof: bool, deferred: Deferred | None = None
-    ) -> Relay:
+    def _retry(self) -> None:
+        self.retry_timer = None
+        for owner, tries in list(self.retry.items()):
+            outcome = self.move(owner)
+            if outcome != "later":
+                del self.retry[owner]
+            elif tries + 1 >= RETRY_TRIES:  # never a quiet moment: it stays, counted
+                del self.retry[owner]
+                self.relay.fallback("busy")
+            else:
+                self.retry[owner] = tries + 1
+        if self.retry:
+            self.retry_timer = self.loop.call_later(RETRY_EVERY, self._retry)
+
+    def _sweep(self) -> None:
+        """Move the pairs that have lived long enough (one timer for all)."""
+        self.timer = self.loop.call_later(self.after, self._sweep)
+        oldest = time.monotonic() - self.after
+        for owner in list(self.owners):
+            if owner.relay is not None and owner.routed_at <= oldest:
+                self.move(owner)
+
+    def move(self, owner: RelayOwner) -> str:
+        """Move `owner`'s pair, relaying in user space, to the kernel now if it can go:
+        `moved` (or fell back, counted: it stays in user space for good), `later` (bytes
+        wait in a transport's write buffer, or in a socket), `no` (not a pump relaying:
+        in the kernel already, ended, or half-closed, which finishes where it is).
+        Called by the sweep (and tests); on a move, `owner.relay` is the new relay."""
+        pump = owner.relay
+        if (
+            type(pump) is not Pump
+            or pump.owner is not owner
+            or pump.client is None
+            or pump.backend is None
+            or pump.client_eof
+            or pump.backend_eof
+            or not pump.started
+        ):
+            return "no"
+        # Bytes queued in a socket would keep that way in user space for good (see
+        # `sniffer.proxy.kernel.relay`): wait for a moment without them.
+        if (
+            pump.client.get_write_buffer_size()
+            or pump.backend.get_write_buffer_size()
+            or unread(pump.client.get_extra_info("socket"))
+            or unread(pump.backend.get_extra_info("socket"))
+        ):
+            return "later"
+        side = pump.side
+        moved = self.take(pump, side.bytes_up if side is not None else 0, False, moving=True)
+        if moved is not pump:
+            owner.relay = moved
+        return "moved"
+
+    def take(self, pump: Pump, replayed: int, client_eof: bool, moving: bool = False) -> Relay:
         """The pair to the kernel now, or (when it cannot) `pump` relaying it.
 
-        `replayed`: bytes the client side has delivered so far; with `deferred` the pump
-        is already relaying (its counts are the new relay's base).
+        `replayed`: bytes the client side has delivered so far; `moving`: the pump is
+        already relaying (its counts are the new relay's base).
         """
         relay = self.relay
         ct, bt = pump.client, pump.backend
@@ -130,30 +185,32 @@ class KernelEngine:
             reason = "map_full"
         if reason is not None:
             relay.fallback(reason)
-            return pump if deferred is not None else pump.start(replayed, client_eof)
+            return pump if moving else pump.start(replayed, client_eof)
         assert ct is not None and bt is not None
         # Our own descriptors of the two sockets: the transports close theirs below.
+        # The objects only read, write, shut down and ask for options, none of which
+        # depends on the address family, so none is asked for: AF_INET stands for both
+        # (uvloop's `family` costs ~4.5k instructions, probing it three syscalls). The
+        # descriptions are already non-blocking (the transports made them so).
         try:
-            client = socket.socket(fileno=os.dup(ct.get_extra_info("socket").fileno()))
+            client = _socket(_INET, _STREAM, 0, _dup(ct.get_extra_info("socket").fileno()))
         except OSError:
             relay.fallback("dup")
-            return pump if deferred is not None else pump.start(replayed, client_eof)
+            return pump if moving else pump.start(replayed, client_eof)
         try:
-            backend = socket.socket(fileno=os.dup(bt.get_extra_info("socket").fileno()))
+            backend = _socket(_INET, _STREAM, 0, _dup(bt.get_extra_info("socket").fileno()))
         except OSError:
             client.close()
             relay.fallback("dup")
-            return pump if deferred is not None else pump.start(replayed, client_eof)
-        client.setblocking(False)
-        backend.setblocking(False)
-        owner = pump.owner if deferred is None else deferred.owner
+            return pump if moving else pump.start(replayed, client_eof)
+        owner = pump.owner
         assert owner is not None
         handed = KernelRelayed(owner, replayed, pump.bytes_down)
         pair = relay.handoff(self.loop, client, backend, b"", handed.done)
         if pair is None:
             client.close()
             backend.close()
-            return pump if deferred is not None else pump.start(replayed, client_eof)
+            return pump if moving else pump.start(replayed, client_eof)
         handed.pair = pair
         pump.owner = None  # the pump is finished with: it must report nothing
         for t in (ct, bt):
@@ -161,52 +218,6 @@ class KernelEngine:
             t.abort()  # closes the transport's descriptor only: the socket is ours now
         pump.client = pump.backend = None
         return handed
-
-
-class Deferred:
-    """A pair that starts in user space and may move to the kernel (`KernelEngine`).
-
-    It stands between the pump and the connection as the pump's owner, so that a pair
-    ending in user space leaves the engine's list at once (nothing holds it after).
-    """
-
-    __slots__ = ("engine_", "inner", "owner", "pump")
-    engine: Final = "kernel"
-
-    def __init__(self, engine: KernelEngine, pump: Pump) -> None:
-        self.engine_ = engine
-        self.owner: RelayOwner | None = pump.owner
-        """The connection."""
-        self.pump: Pump | None = pump
-        pump.owner = self
-        self.inner: Relay = pump
-        """The pump while in user space, then the kernel's relay."""
-
-    def relay_closed(self, outcome: str) -> None:
-        """The pump's report (in user space): off the engine's list, then on."""
-        self.engine_.due.pop(self, None)
-        self.pump = None
-        owner = self.owner
-        if owner is not None:
-            self.owner = None
-            owner.relay_closed(outcome)
-
-    @property
-    def bytes_up(self) -> int:
-        return self.inner.bytes_up
-
-    @property
-    def bytes_down(self) -> int:
-        return self.inner.bytes_down
-
-    def close(self) -> None:
-        self.inner.close()
-
-    def abort(self) -> None:
-        self.engine_.due.pop(self, None)
-        self.owner = None
-        self.pump = None
-        self.inner.abort()
 
 
 class KernelRelayed:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
@@ -30,6 +31,9 @@ class Owner:
 
     outcomes: list[str] = field(default_factory=list)
     ended: asyncio.Event = field(default_factory=asyncio.Event)
+    relay: Relay | None = None
+    """What the engine started (or moved the pair to), as on a connection."""
+    routed_at: float = 0.0
 
     def relay_closed(self, outcome: str) -> None:
         self.outcomes.append(outcome)
@@ -88,7 +92,8 @@ async def open_pair(
         if client_eof:
             client.shutdown(socket.SHUT_WR)
         backend_transport.write(replay)
-        relay = engine.start(pump, len(replay), client_eof)
+        owner.routed_at = time.monotonic()
+        relay = owner.relay = engine.start(pump, len(replay), client_eof)
         yield Pair(client, backend, relay, pump, owner, (transports[0], transports[1]))
     finally:
         for t in transports:
