@@ -7,6 +7,8 @@ Read from the source (every `import`, at any depth, including those under
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -65,3 +67,18 @@ def test_the_checks_see_imports() -> None:
     """The walker finds a lazy import inside a function (the test can fail)."""
     names = imported(PACKAGE / "proxy" / "worker.py")
     assert "asyncio" in names and "sniffer.observe.accesslog" in names  # the latter in main
+
+
+def test_a_worker_without_quic_never_loads_cryptography() -> None:
+    """`cryptography` (AES for QUIC Initials) costs a process ~7 MiB: a data-plane worker
+    loads it only when it opens a QUIC listener (workers with TLS and HTTP only, and
+    workers 1..N-1 which never bind QUIC, stay without it)."""
+    probe = (
+        "import sys, sniffer.proxy.worker, sniffer.proxy.server;"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in"
+        " ('cryptography', 'prometheus_client', 'typer', 'kubernetes_asyncio')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == "[]"

@@ -53,6 +53,7 @@ from sniffer.wire.quic import (
     HANDSHAKE,
     InitialReader,
     QuicHello,
+    load_crypto,
     long_header_cids,
     packet_type,
     refusal_datagram,
@@ -302,6 +303,7 @@ class QuicListener(asyncio.DatagramProtocol):
     a flow again after NAT rebinding."""
 
     def __init__(self, plane: DataPlane, listener: Listener, tally: ListenerTally) -> None:
+        load_crypto()  # now, not on the first datagram (a process without QUIC never does)
         # shared server state
         self.plane = plane
         self.listener = listener

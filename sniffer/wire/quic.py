@@ -20,11 +20,8 @@ from __future__ import annotations
 import hashlib
 import re
 import struct
-from typing import NamedTuple
-
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sniffer.wire.errors import ALERT_DECODE_ERROR, HelloRejected, WireError
 from sniffer.wire.sentinels import NEED_DATA, NeedData
@@ -41,6 +38,7 @@ __all__ = [
     "QuicHello",
     "initial_keys",
     "is_long_header",
+    "load_crypto",
     "long_header_cids",
     "packet_type",
     "protect",
@@ -135,6 +133,32 @@ def _hkdf_expand_label(secret: bytes, label: bytes, length: int) -> bytes:
     return _hmac_sha256(secret, info + b"\x01")[:length]
 
 
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers import CipherContext
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+_crypto: Any = None
+
+
+def load_crypto() -> Any:
+    """`cryptography`'s AES-GCM, AES-ECB and InvalidTag, imported once, on first need.
+
+    Importing it costs a process ~7 MiB of RSS: a data-plane process that never opens a
+    QUIC listener must not pay that (a QUIC listener calls this when it opens, so no
+    datagram waits for the import).
+    """
+    global _crypto
+    if _crypto is None:
+        from cryptography.exceptions import InvalidTag
+        from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        _crypto = SimpleNamespace(
+            AESGCM=AESGCM, Cipher=Cipher, AES=algorithms.AES, ECB=modes.ECB, InvalidTag=InvalidTag
+        )
+    return _crypto
+
+
 class InitialKeys:
     """One direction's Initial packet protection: AEAD key, IV and header-protection key."""
 
@@ -144,10 +168,11 @@ class InitialKeys:
         self.key = key
         self.iv = iv
         self.hp = hp
-        self._aead = AESGCM(key)
+        crypto = _crypto or load_crypto()
+        self._aead: AESGCM = crypto.AESGCM(key)
         # ECB over whole blocks keeps no state between calls: one context serves every
         # mask (making one per packet cost more than the AES itself).
-        self._hp = Cipher(algorithms.AES(hp), modes.ECB()).encryptor()
+        self._hp: CipherContext = crypto.Cipher(crypto.AES(hp), crypto.ECB()).encryptor()
 
     def mask(self, sample: bytes | bytearray | memoryview) -> bytes:
         if len(sample) != 16:  # a partial block would stay buffered in the context
@@ -430,7 +455,7 @@ class InitialReader:
         pn = _decode_pn(truncated, pn_len * 8, largest + 1)
         try:
             payload = keys.open(pn, bytes(header), bytes(datagram[pn_at + pn_len : end]))
-        except InvalidTag:
+        except _crypto.InvalidTag:
             raise _dropped("Initial packet fails authentication", "undecryptable") from None
         return pn, payload
 
