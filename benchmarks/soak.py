@@ -1471,6 +1471,10 @@ def markdown(res: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--duration", type=float, default=3600)
@@ -1491,6 +1495,9 @@ def main() -> int:
     args = ap.parse_args()
     if args.kill_every is None:
         args.kill_every = args.duration / 6
+    # SIGTERM as Ctrl-C: the run is cancelled and its `finally`s stop the sniffer it
+    # started (and the kube-apiserver), instead of leaving them running.
+    signal.signal(signal.SIGTERM, _interrupt)
     out = args.out or REPO / "benchmarks" / "results" / f"soak-{time.strftime('%Y-%m-%d')}"
     variant = "kubernetes" if args.kubernetes else "file"
     with tempfile.TemporaryDirectory(prefix=f"soak-{variant}-") as d:
