@@ -208,6 +208,54 @@ def tcp_mem_pages() -> int:
     raise AssertionError("no TCP line in /proc/net/sockstat")
 
 
+class OfferedStream:
+    """`offered` pseudo-random bytes pushed into `sender`, hashed as they go: first
+    without blocking until TCP stalls the sender, then (once the reader reads) the rest."""
+
+    def __init__(self, sender: socket.socket, offered: int, seed: int) -> None:
+        self.sender = sender
+        self.offered = offered
+        self.rnd = random.Random(seed)
+        self.h = hashlib.sha256()
+        self.sent = 0
+        """Bytes the sender's socket took."""
+        self.pending = b""
+
+    async def push_until_stalled(self, within: float) -> None:
+        """Send until the socket has taken nothing for a second (TCP stalled the sender),
+        everything is sent, or `within` seconds have passed."""
+        deadline = time.monotonic() + within
+        quiet_since = time.monotonic()
+        while time.monotonic() < deadline and self.sent < self.offered:
+            if not self.pending:
+                self.pending = self.rnd.randbytes(min(self.offered - self.sent, 64 * 1024))
+                self.h.update(self.pending)
+            try:
+                n = self.sender.send(self.pending)
+            except BlockingIOError:
+                if time.monotonic() - quiet_since > 1.0:
+                    break
+                await asyncio.sleep(0.01)
+                continue
+            self.sent += n
+            self.pending = self.pending[n:]
+            quiet_since = time.monotonic()
+
+    async def finish(self) -> None:
+        """Send the rest, waiting for room as needed, then shut the write side."""
+        loop = asyncio.get_running_loop()
+        if self.pending:
+            await loop.sock_sendall(self.sender, self.pending)
+            self.sent += len(self.pending)
+            self.pending = b""
+        while self.sent < self.offered:
+            chunk = self.rnd.randbytes(min(self.offered - self.sent, 256 * 1024))
+            self.h.update(chunk)
+            await loop.sock_sendall(self.sender, chunk)
+            self.sent += len(chunk)
+        self.sender.shutdown(socket.SHUT_WR)
+
+
 @pytest.mark.parametrize("stalled", ["client", "backend"])
 async def test_a_never_reading_peer_is_bounded_then_served_exact(
     relay: KernelRelay, stalled: str
@@ -218,51 +266,19 @@ async def test_a_never_reading_peer_is_bounded_then_served_exact(
     p = Pair()
     p.handoff(relay)
     sender, reader = (p.backend, p.client) if stalled == "client" else (p.client, p.backend)
-    loop = asyncio.get_running_loop()
     before = tcp_mem_pages()
-    rnd = random.Random(7)
-    sent = 0
-    h = hashlib.sha256()
-    deadline = time.monotonic() + 20
-    pending = b""
-    # Push without blocking until the sender cannot write for a while: TCP stalled it.
-    quiet_since = time.monotonic()
-    while time.monotonic() < deadline and sent < offered:
-        if not pending:
-            pending = rnd.randbytes(min(offered - sent, 64 * 1024))
-            h.update(pending)
-        try:
-            n = sender.send(pending)
-        except BlockingIOError:
-            if time.monotonic() - quiet_since > 1.0:
-                break
-            await asyncio.sleep(0.01)
-            continue
-        sent += n
-        pending = pending[n:]
-        quiet_since = time.monotonic()
+    stream = OfferedStream(sender, offered, seed=7)
+    await stream.push_until_stalled(within=20)
+    sent = stream.sent
     held = (tcp_mem_pages() - before) * 4096
     assert sent < offered, "the sender was never slowed down"
     # Budget (2 MiB) + the sender's receive buffer + both send buffers, with room for
     # other tests on the machine; the user-space relay measured 12-18 MiB here.
     assert sent < 32 * MiB, sent
     assert held < 40 * MiB, held
-
-    async def finish_sending() -> None:
-        nonlocal sent, pending
-        if pending:
-            await loop.sock_sendall(sender, pending)
-            sent += len(pending)
-        while sent < offered:
-            chunk = rnd.randbytes(min(offered - sent, 256 * 1024))
-            h.update(chunk)
-            await loop.sock_sendall(sender, chunk)
-            sent += len(chunk)
-        sender.shutdown(socket.SHUT_WR)
-
     async with asyncio.timeout(60):
-        _, (n, got) = await asyncio.gather(finish_sending(), recv_all(reader))
-    assert n == offered and got == h.hexdigest()
+        _, (n, got) = await asyncio.gather(stream.finish(), recv_all(reader))
+    assert n == offered and got == stream.h.hexdigest()
     reader.shutdown(socket.SHUT_WR)
     async with asyncio.timeout(10):
         await p.done.wait()

@@ -27,7 +27,7 @@ from sniffer.proxy.kernel.relay import KernelRelay, Unavailable
 from sniffer.proxy.server import DataPlane, ProxySettings
 from sniffer.routing.model import TableSpec
 from tests.conftest import REPO, PlaneFactory
-from tests.proxy.test_kernel_engine import recv_all, send, tcp_mem_pages
+from tests.proxy.test_kernel_engine import OfferedStream, recv_all, send, tcp_mem_pages
 from tests.proxy.test_relay import client_hello, tls_spec
 from tests.support.servers import free_port
 
@@ -223,45 +223,14 @@ async def stall_then_resume(
     server = await asyncio.wait_for(backend.accepted.get(), 10)
     await read_exactly(server, len(hello))
     sender, reader = (server, client) if stalled == "client" else (client, server)
-    loop = asyncio.get_running_loop()
     before = tcp_mem_pages()
-    rnd = random.Random(5)
-    h = hashlib.sha256()
-    sent, pending = 0, b""
-    deadline = time.monotonic() + 30
-    quiet_since = time.monotonic()
-    while time.monotonic() < deadline and sent < offered:
-        if not pending:
-            pending = rnd.randbytes(min(offered - sent, 64 * 1024))
-            h.update(pending)
-        try:
-            n = sender.send(pending)
-        except BlockingIOError:
-            if time.monotonic() - quiet_since > 1.0:
-                break  # TCP has stalled the sender for a second
-            await asyncio.sleep(0.01)
-            continue
-        sent += n
-        pending = pending[n:]
-        quiet_since = time.monotonic()
-    stalled_at = sent
+    stream = OfferedStream(sender, offered, seed=5)
+    await stream.push_until_stalled(within=30)
+    stalled_at = stream.sent
     held = (tcp_mem_pages() - before) * 4096
-
-    async def rest() -> None:
-        nonlocal sent
-        if pending:
-            await loop.sock_sendall(sender, pending)
-        sent += len(pending)
-        while sent < offered:
-            chunk = rnd.randbytes(min(offered - sent, 256 * 1024))
-            h.update(chunk)
-            await loop.sock_sendall(sender, chunk)
-            sent += len(chunk)
-        sender.shutdown(socket.SHUT_WR)
-
     async with asyncio.timeout(120):
-        _, got = await asyncio.gather(rest(), recv_all(reader))
-    assert got == (offered, h.hexdigest())
+        _, got = await asyncio.gather(stream.finish(), recv_all(reader))
+    assert got == (offered, stream.h.hexdigest())
     reader.shutdown(socket.SHUT_WR)
     (record,) = await records_after(plane, 1)
     assert record["outcome"] == "closed"
