@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import socket
 import struct
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -23,7 +25,12 @@ async def test_the_client_transport_calls_the_relay_directly() -> None:
         assert pair.relay is pair.pump and pair.relay.engine == "userspace"
 
 
-async def test_bytes_a_backend_sends_before_the_hand_off_reach_the_client() -> None:
+@contextlib.asynccontextmanager
+async def _dialled_pump(
+    owner: _NoOwner,
+) -> AsyncIterator[tuple[socket.socket, asyncio.Transport, Pump, asyncio.Transport, socket.socket]]:
+    """A client on a transport and its `Pump` dialled to a raw backend socket, the relay
+    not started yet: (client socket, its transport, pump, backend transport, backend)."""
     loop = asyncio.get_running_loop()
     made: asyncio.Future[asyncio.Transport] = loop.create_future()
 
@@ -34,23 +41,19 @@ async def test_bytes_a_backend_sends_before_the_hand_off_reach_the_client() -> N
     server = await loop.create_server(Accepted, "127.0.0.1", 0)
     listener = socket.create_server(("127.0.0.1", 0))
     listener.setblocking(False)
-    with socket.socket() as client, listener:
-        client.setblocking(False)
-        await loop.sock_connect(client, server.sockets[0].getsockname())
-        ct = await made
-        pump = Pump(_NoOwner(), ct, 65536)
-        accepting = loop.create_task(loop.sock_accept(listener))
-        bt, _ = await loop.create_connection(lambda: pump, *listener.getsockname())
-        backend, _ = await accepting
-        with backend:
-            backend.sendall(b"banner")  # a backend that speaks first
-            await until(lambda: pump.bytes_down == 6)
-            assert await loop.sock_recv(client, 16) == b"banner"
-            USERSPACE.start(pump, 0, False)
-            assert pump.bytes_down == 6 and pump.bytes_up == 0
-        bt.abort()
-        ct.abort()
-    server.close()
+    try:
+        with socket.socket() as client, listener:
+            client.setblocking(False)
+            await loop.sock_connect(client, server.sockets[0].getsockname())
+            ct = await made
+            pump = Pump(owner, ct, 65536)
+            accepting = loop.create_task(loop.sock_accept(listener))
+            bt, _ = await loop.create_connection(lambda: pump, *listener.getsockname())
+            backend, _ = await accepting
+            with backend:
+                yield client, ct, pump, bt, backend
+    finally:
+        server.close()
 
 
 class _NoOwner:
@@ -61,26 +64,21 @@ class _NoOwner:
         self.outcomes.append(outcome)
 
 
-async def test_a_backend_gone_before_the_hand_off_ends_the_pair_at_once() -> None:
+async def test_bytes_a_backend_sends_before_the_hand_off_reach_the_client() -> None:
     loop = asyncio.get_running_loop()
-    made: asyncio.Future[asyncio.Transport] = loop.create_future()
+    async with _dialled_pump(_NoOwner()) as (client, ct, pump, bt, backend):
+        backend.sendall(b"banner")  # a backend that speaks first
+        await until(lambda: pump.bytes_down == 6)
+        assert await loop.sock_recv(client, 16) == b"banner"
+        USERSPACE.start(pump, 0, False)
+        assert pump.bytes_down == 6 and pump.bytes_up == 0
+        bt.abort()
+        ct.abort()
 
-    class Accepted(asyncio.Protocol):
-        def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            made.set_result(transport)  # type: ignore[arg-type]
 
-    server = await loop.create_server(Accepted, "127.0.0.1", 0)
-    listener = socket.create_server(("127.0.0.1", 0))
-    listener.setblocking(False)
+async def test_a_backend_gone_before_the_hand_off_ends_the_pair_at_once() -> None:
     owner = _NoOwner()
-    with socket.socket() as client, listener:
-        client.setblocking(False)
-        await loop.sock_connect(client, server.sockets[0].getsockname())
-        ct = await made
-        pump = Pump(owner, ct, 65536)
-        accepting = loop.create_task(loop.sock_accept(listener))
-        await loop.create_connection(lambda: pump, *listener.getsockname())
-        backend, _ = await accepting
+    async with _dialled_pump(owner) as (client, _, pump, _, backend):
         # The backend resets before the replay went out (a FIN would only half-close).
         backend.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         backend.close()
@@ -91,7 +89,6 @@ async def test_a_backend_gone_before_the_hand_off_ends_the_pair_at_once() -> Non
         async with asyncio.timeout(5):
             with pytest.raises(ConnectionResetError):  # passed on to the client
                 await recv_all(client)
-    server.close()
 
 
 def _live() -> int:
