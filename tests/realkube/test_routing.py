@@ -10,32 +10,37 @@ change made right after it answers again is routed within 2 s.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
+from collections.abc import Callable
 
 from tests.kubeapi import objects as o
 from tests.realkube.conftest import Backends, Tenants, routed, until, who
 from tests.realkube.world import endpoints, external_service, gateway, route, service
 from tests.support.pki import PKI
-from tests.support.realkube import RealKube
-from tests.support.servers import TLSBackend
+from tests.support.realkube import Pod, RealKube
 
 
-async def _ingress_world(t: Tenants, backends: Backends, host: str) -> tuple[str, TLSBackend]:
+async def _ingress_routed(
+    t: Tenants, pods: Callable[..., Pod], backends: Backends, pki: PKI
+) -> tuple[str, str, Pod, ssl.SSLContext]:
+    """An Ingress for web.<prefix> to backend alpha, routed by pod p0: (host, namespace,
+    pod, client TLS context)."""
+    host = f"web.{t.prefix}.example.com"
     app = t.namespace("app")
     alpha = await backends("alpha", host)
     t.create(external_service(app, "alpha", alpha.port))
     t.create(o.ingress(app, "web", [(host, "alpha", alpha.port)]))
-    return app, alpha
+    pod = pods("p0")
+    ctx = pki.client_context()
+    await routed(pod, host, "alpha", ctx, 60)
+    return host, app, pod, ctx
 
 
 async def test_ingress_routes_real_tls_and_follows_an_edit(
     kube: RealKube, tenants: Tenants, pods, backends: Backends, pki: PKI
 ) -> None:
-    host = f"web.{tenants.prefix}.example.com"
-    app, _ = await _ingress_world(tenants, backends, host)
-    pod = pods("p0")
-    ctx = pki.client_context()
-    await routed(pod, host, "alpha", ctx, 60)
+    host, app, pod, ctx = await _ingress_routed(tenants, pods, backends, pki)
     beta = await backends("beta", host)
     tenants.create(external_service(app, "beta", beta.port))
 
@@ -86,11 +91,7 @@ async def test_burst_of_100_tlsroutes_all_accepted(kube: RealKube, tenants: Tena
 async def test_a_change_right_after_an_api_server_restart_is_routed_within_2s(
     kube: RealKube, tenants: Tenants, pods, backends: Backends, pki: PKI
 ) -> None:
-    host = f"web.{tenants.prefix}.example.com"
-    app, _ = await _ingress_world(tenants, backends, host)
-    pod = pods("p0")
-    ctx = pki.client_context()
-    await routed(pod, host, "alpha", ctx, 60)
+    host, app, pod, ctx = await _ingress_routed(tenants, pods, backends, pki)
     relists = pod.metric("sniffer_watch_relists_total")
 
     await asyncio.to_thread(kube.restart)
