@@ -20,9 +20,17 @@ from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any, Generic, TypeVar
 
 from sniffer.observe import metrics
-from sniffer.routing.sources.kubernetes.api import ApiError, Backoff, Gone, KubeApi, error_from
+from sniffer.routing.sources.kubernetes.api import (
+    ApiError,
+    Backoff,
+    Gone,
+    KubeApi,
+    decode_json,
+    error_from,
+)
 from sniffer.routing.sources.kubernetes.fields import JSON, MalformedObject
 from sniffer.routing.sources.kubernetes.kinds import Kind
+from sniffer.routing.sources.kubernetes.pages import PageDecoder
 from sniffer.routing.sources.kubernetes.parsers import object_key
 from sniffer.routing.sources.kubernetes.settings import KubernetesSettings
 
@@ -51,6 +59,7 @@ class Informer(Generic[R]):
         namespace: str | None = None,
         on_state: Callable[[], None] | None = None,
         bucket: Callable[[], MutableMapping[str, R]] = dict,
+        pages: PageDecoder[R] | None = None,
     ) -> None:
         # what to watch
         self.api = api
@@ -64,6 +73,9 @@ class Informer(Generic[R]):
         self._on_state = on_state
         self._new_bucket = bucket
         """Makes one namespace's name -> record mapping (a dict, or `SliceBucket`)."""
+        self._pages = pages
+        """Typed decoder of whole list pages (see `pages`), for the numerous kinds; a page
+        it is unsure of (None) is decoded as JSON and parsed object by object."""
         # the cache and where the stream stands
         self.store: Store[R] = {}
         self.count = 0
@@ -180,23 +192,38 @@ class Informer(Generic[R]):
         count = 0
         continue_: str | None = None
         rv = ""
+        kind = self.kind
         while True:
-            page = await self.api.list_page(self.path, self._settings.page_size, continue_)
-            meta = page.get("metadata") or {}
-            for obj in page.get("items") or ():
-                keyed = self._record(obj, problems)
-                if keyed is None:
-                    continue
-                ns, name, rec = keyed
+            body = await self.api.list_page_body(self.path, self._settings.page_size, continue_)
+            typed = self._pages(body) if self._pages is not None else None
+            if typed is not None:
+                page_rv, continue_, entries = typed
+                rv = page_rv or rv
+                keyed_all: list[tuple[str, str, R]] = []
+                for ns, name, rec in entries:
+                    ns = kind.bucket(ns, name)
+                    keyed_all.append((ns, sys.intern(name) if kind.shared_names else name, rec))
+                del typed, entries
+            else:
+                page = decode_json(body, self.path)
+                meta = page.get("metadata") or {}
+                keyed_all = []
+                for obj in page.get("items") or ():
+                    keyed = self._record(obj, problems)
+                    if keyed is not None:
+                        keyed_all.append(keyed)
+                rv = str(meta.get("resourceVersion") or rv)
+                continue_ = meta.get("continue") or None
+                del page
+            del body
+            for ns, name, rec in keyed_all:
                 bucket = new.get(ns)
                 if bucket is None:
                     bucket = new[ns] = self._new_bucket()
                 before = len(bucket)
                 bucket[name] = rec
                 count += len(bucket) - before
-            rv = str(meta.get("resourceVersion") or rv)
-            continue_ = meta.get("continue") or None
-            del page
+            del keyed_all
             if not continue_:
                 break
         old = self.store

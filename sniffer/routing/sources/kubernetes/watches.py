@@ -29,6 +29,7 @@ from sniffer.routing.sources.kubernetes.kinds import (
     TLS_ROUTE,
     Kind,
 )
+from sniffer.routing.sources.kubernetes.pages import PageDecoder, service_pages, slice_pages
 from sniffer.routing.sources.kubernetes.parsers import (
     parse_endpoint_slice,
     parse_gateway,
@@ -124,6 +125,7 @@ class Watches:
             kind: Kind,
             parse: Callable[[JSON], R],
             bucket: Callable[[], MutableMapping[str, R]] = dict,
+            pages: PageDecoder[R] | None = None,
         ) -> list[Informer[R]]:
             version = versions.get(kind.name)
             if version is None:
@@ -134,7 +136,9 @@ class Watches:
                 else (None,)
             )
             infs = [
-                Informer(api, kind, version, parse, settings, on_change, ns, on_state, bucket)
+                Informer(
+                    api, kind, version, parse, settings, on_change, ns, on_state, bucket, pages
+                )
                 for ns in scopes
             ]
             self.by_kind[kind.name] = list(infs)
@@ -147,8 +151,17 @@ class Watches:
         self.view = ClusterView(
             ingress_classes=KindStore(watch(INGRESS_CLASS, parse_ingress_class)),
             ingresses=KindStore(watch(INGRESS, parse_ingress)),
-            services=KindStore(watch(SERVICE, lambda o: parse_service(o, annotation, clusterip))),
-            slices=KindStore(watch(ENDPOINT_SLICE, parse_endpoint_slice, SliceBucket)),
+            # The numerous kinds' list pages are decoded typed (see `pages`).
+            services=KindStore(
+                watch(
+                    SERVICE,
+                    lambda o: parse_service(o, annotation, clusterip),
+                    pages=service_pages(annotation, clusterip),
+                )
+            ),
+            slices=KindStore(
+                watch(ENDPOINT_SLICE, parse_endpoint_slice, SliceBucket, slice_pages())
+            ),
             gateway_classes=KindStore(watch(GATEWAY_CLASS, parse_gateway_class)),
             gateways=KindStore(watch(GATEWAY, parse_gateway)),
             tls_routes=KindStore(watch(TLS_ROUTE, lambda o: parse_tls_route(o, controller))),
