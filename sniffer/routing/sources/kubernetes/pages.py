@@ -113,14 +113,28 @@ class _Unsure(Exception):
 
 _NO_SPEC = _ServiceSpec()
 
+Cache = dict[object, object]
+"""Within one page: the shared part made of each raw layout, so a layout repeated
+(most Services of a page, the slices of one Service name) is converted and looked up in
+`fields.shared` once, not per object. Dropped with the page."""
 
-def _service(item: _Service, annotation: str, keep_cluster_ip: bool) -> ServiceRec:
+
+def _service(item: _Service, annotation: str, keep_cluster_ip: bool, cache: Cache) -> ServiceRec:
     """`parsers.parse_service` of the same object."""
     spec = item.spec or _NO_SPEC
+    ann = item.metadata.annotations
+    cip = spec.clusterIP if keep_cluster_ip else None
+    raw_ports = spec.ports or ()
+    layout: tuple[object, ...] | None = None
+    if not ann and not cip and spec.type != "ExternalName":
+        # No address, name or annotation of its own: one of the cluster's few layouts.
+        layout = (spec.type, *((p.name, p.port, p.targetPort, p.protocol) for p in raw_ports))
+        hit = cache.get(layout)
+        if hit is not None:
+            return hit  # type: ignore[return-value]
     stype = _intern(spec.type or "ClusterIP")
-    cip = spec.clusterIP
     ports = []
-    for p in spec.ports or ():
+    for p in raw_ports:
         number = p.port
         target = p.targetPort
         ports.append(
@@ -133,37 +147,47 @@ def _service(item: _Service, annotation: str, keep_cluster_ip: bool) -> ServiceR
                 )
             )
         )
-    ann = item.metadata.annotations or {}
+    ann = ann or {}
     http = ann.get(annotation)
     rec = ServiceRec(
         stype,
-        cip if keep_cluster_ip and cip and cip != "None" else None,
+        cip if cip and cip != "None" else None,
         _opt_intern(spec.externalName) if stype == "ExternalName" else None,
         shared(tuple(ports)),
         port_ref(http.strip()) if http is not None and http.strip() else None,
         limit_annotations(ann.items()) if ann else (),
     )
-    return shared(rec) if rec.cluster_ip is None and rec.external_name is None else rec
+    if rec.cluster_ip is None and rec.external_name is None:
+        rec = shared(rec)
+        if layout is not None:
+            cache[layout] = rec
+    return rec
 
 
 def _opt_intern(value: str | None) -> str | None:
     return None if value is None else _intern(value)
 
 
-def _slice(item: _Slice) -> EndpointSliceRec:
+def _slice(item: _Slice, cache: Cache) -> EndpointSliceRec:
     """`parsers.parse_endpoint_slice` of the same object."""
     name = item.metadata.name
     if "\t" in name or "\n" in name:
         raise _Unsure
     labels = item.metadata.labels
     svc = labels.get(SERVICE_NAME_LABEL) if labels else None
-    ports = []
-    for p in item.ports or ():
-        if p.port is not None:
-            pname = _intern(p.name or "")
-            if "\t" in pname or "\n" in pname or "," in pname:
-                raise _Unsure
-            ports.append((pname, p.port))
+    layout = (svc, *((p.name, p.port) for p in item.ports or ()))
+    target = cache.get(layout)
+    if target is None:
+        ports = []
+        for p in item.ports or ():
+            if p.port is not None:
+                pname = _intern(p.name or "")
+                if "\t" in pname or "\n" in pname or "," in pname:
+                    raise _Unsure
+                ports.append((pname, p.port))
+        target = cache[layout] = shared(
+            SliceTarget(None if svc is None else _intern(svc), tuple(sorted(ports)))
+        )
     addresses = []
     for ep in item.endpoints or ():
         if ep.conditions is not None and ep.conditions.ready is False:
@@ -173,20 +197,24 @@ def _slice(item: _Slice) -> EndpointSliceRec:
             first = addrs[0]
             if "," not in first and "\t" not in first and "\n" not in first:
                 addresses.append(first)
-    target = SliceTarget(None if svc is None else _intern(svc), tuple(sorted(ports)))
-    return EndpointSliceRec(shared(target), ",".join(sorted(addresses)))
+    if len(addresses) > 1:
+        addresses.sort()
+    return EndpointSliceRec(target, ",".join(addresses))  # type: ignore[arg-type]
 
 
-def _decoder(item_type: type[T], convert: Callable[[T], R]) -> Callable[[bytes], Page[R] | None]:
+def _decoder(
+    item_type: type[T], convert: Callable[[T, Cache], R]
+) -> Callable[[bytes], Page[R] | None]:
     decoder = msgspec.json.Decoder(_Page[item_type])  # type: ignore[valid-type]
 
     def decode(body: bytes) -> Page[R] | None:
+        cache: Cache = {}
         try:
             page = decoder.decode(body)
             out = []
             for item in page.items or ():
                 meta = item.metadata  # type: ignore[attr-defined]
-                out.append((_intern(meta.namespace or ""), meta.name, convert(item)))
+                out.append((_intern(meta.namespace or ""), meta.name, convert(item, cache)))
         except (msgspec.DecodeError, _Unsure, ValueError):
             return None  # msgspec.ValidationError is a DecodeError
         meta = page.metadata
@@ -199,7 +227,11 @@ def _decoder(item_type: type[T], convert: Callable[[T], R]) -> Callable[[bytes],
 
 def service_pages(annotation: str, keep_cluster_ip: bool) -> PageDecoder[ServiceRec]:
     """Decoder of Service list pages (`parse_service(obj, annotation, keep_cluster_ip)`)."""
-    return _decoder(_Service, lambda item: _service(item, annotation, keep_cluster_ip))
+
+    def convert(item: _Service, cache: Cache) -> ServiceRec:
+        return _service(item, annotation, keep_cluster_ip, cache)
+
+    return _decoder(_Service, convert)
 
 
 def slice_pages() -> PageDecoder[EndpointSliceRec]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import socket
 import time
@@ -54,7 +55,6 @@ def _return_free_memory() -> None:
     the freed pages in the process (a few MiB at 2,000 tenants, of a 64 MiB budget)
     unless asked. Where malloc is not glibc's, nothing happens."""
     import ctypes
-    import gc
 
     gc.collect()
     with contextlib.suppress(OSError, AttributeError):
@@ -145,6 +145,8 @@ class KubernetesSource:
         """Set on every publish and informer state change (tests and benchmarks wait on it)."""
         self._phase = "starting"
         self._last_error: str | None = None
+        self._collector_paused = False
+        """The garbage collector is paused for the initial list (see `_run`)."""
 
     # -- RouteSource ----------------------------------------------------------------------
 
@@ -218,8 +220,18 @@ class KubernetesSource:
             if self.settings.write_status and self._versions.get(TLS_ROUTE.name):
                 self._start_status(api, tg)
             self._phase = "initial-list"
-            for inf in watches.all():
-                await inf.synced.wait()
+            # The first list makes hundreds of thousands of records and no garbage cycle:
+            # the collector would only walk the growing cache again and again (a tenth of
+            # the sync). Paused until synced, or until an informer backs off (a retry
+            # loop may make cycles, and an outage may last); `_return_free_memory`
+            # collects once at the end.
+            self._collector_paused = gc.isenabled()
+            gc.disable()
+            try:
+                for inf in watches.all():
+                    await inf.synced.wait()
+            finally:
+                self._resume_collector()
             self._phase = "watching"
             self._all_dirty = True
             self._rebuild()
@@ -326,7 +338,16 @@ class KubernetesSource:
         self.changed.set()
 
     def _state_changed(self) -> None:
+        if self._collector_paused and any(
+            inf.state == "backoff" for infs in self._informers.values() for inf in infs
+        ):
+            self._resume_collector()
         self.changed.set()
+
+    def _resume_collector(self) -> None:
+        if self._collector_paused:
+            self._collector_paused = False
+            gc.enable()
 
     def _submit_status(self) -> None:
         if self._status is not None:
