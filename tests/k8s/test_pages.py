@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sniffer.routing.sources.kubernetes.fields import MalformedObject
-from sniffer.routing.sources.kubernetes.pages import service_pages, slice_pages
+from sniffer.routing.sources.kubernetes.pages import PageDecoder, service_pages, slice_pages
 from sniffer.routing.sources.kubernetes.parsers import (
     object_key,
     parse_endpoint_slice,
@@ -48,13 +48,26 @@ def generic(body: bytes, parse: Callable[[Obj], Any]) -> tuple[str, str | None, 
     return str(meta.get("resourceVersion") or ""), meta.get("continue") or None, out
 
 
+def typed_of(decoder: PageDecoder[Any]) -> Callable[[bytes], Any]:
+    """What the informer makes of a page with the typed decoder, or None (unsure)."""
+
+    def typed(body: bytes) -> tuple[str, str | None, list[Any]] | None:
+        page = decoder(body)
+        entries = page.entries() if page is not None else None
+        if page is None or entries is None:
+            return None
+        return page.resource_version, page.continue_, entries
+
+    return typed
+
+
 def decoders(keep_cluster_ip: bool) -> dict[str, tuple[Any, Callable[[Obj], Any]]]:
     return {
         "Service": (
-            service_pages(ANNOTATION, keep_cluster_ip),
+            typed_of(service_pages(ANNOTATION, keep_cluster_ip)),
             lambda obj: parse_service(obj, ANNOTATION, keep_cluster_ip),
         ),
-        "EndpointSlice": (slice_pages(), parse_endpoint_slice),
+        "EndpointSlice": (typed_of(slice_pages()), parse_endpoint_slice),
     }
 
 

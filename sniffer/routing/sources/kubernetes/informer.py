@@ -193,39 +193,60 @@ class Informer(Generic[R]):
         continue_: str | None = None
         rv = ""
         kind = self.kind
-        while True:
-            body = await self.api.list_page_body(self.path, self._settings.page_size, continue_)
-            typed = self._pages(body) if self._pages is not None else None
-            if typed is not None:
-                page_rv, continue_, entries = typed
+        size = self._settings.page_size
+        fetch: asyncio.Future[bytes] | None = None
+        try:
+            while True:
+                if fetch is None:
+                    body = await self.api.list_page_body(self.path, size, continue_)
+                else:
+                    body, fetch = await fetch, None
+                typed = self._pages(body) if self._pages is not None else None
+                page: JSON | None = None
+                if typed is not None:
+                    page_rv, continue_ = typed.resource_version, typed.continue_
+                else:
+                    page = decode_json(body, self.path)
+                    meta = page.get("metadata") or {}
+                    page_rv = str(meta.get("resourceVersion") or "")
+                    continue_ = meta.get("continue") or None
+                if continue_:
+                    # The next page is asked for now: the server makes it while this
+                    # one is read into records.
+                    fetch = asyncio.ensure_future(
+                        self.api.list_page_body(self.path, size, continue_)
+                    )
+                entries = typed.entries() if typed is not None else None
+                if entries is not None:
+                    intern = sys.intern if kind.shared_names else str
+                    keyed_all = [
+                        (kind.bucket(ns, name), intern(name), rec) for ns, name, rec in entries
+                    ]
+                else:
+                    if page is None:
+                        page = decode_json(body, self.path)
+                    keyed_all = []
+                    for obj in page.get("items") or ():
+                        keyed = self._record(obj, problems)
+                        if keyed is not None:
+                            keyed_all.append(keyed)
+                del body, typed, page, entries
                 rv = page_rv or rv
-                keyed_all: list[tuple[str, str, R]] = []
-                for ns, name, rec in entries:
-                    ns = kind.bucket(ns, name)
-                    keyed_all.append((ns, sys.intern(name) if kind.shared_names else name, rec))
-                del typed, entries
-            else:
-                page = decode_json(body, self.path)
-                meta = page.get("metadata") or {}
-                keyed_all = []
-                for obj in page.get("items") or ():
-                    keyed = self._record(obj, problems)
-                    if keyed is not None:
-                        keyed_all.append(keyed)
-                rv = str(meta.get("resourceVersion") or rv)
-                continue_ = meta.get("continue") or None
-                del page
-            del body
-            for ns, name, rec in keyed_all:
-                bucket = new.get(ns)
-                if bucket is None:
-                    bucket = new[ns] = self._new_bucket()
-                before = len(bucket)
-                bucket[name] = rec
-                count += len(bucket) - before
-            del keyed_all
-            if not continue_:
-                break
+                for ns, name, rec in keyed_all:
+                    bucket = new.get(ns)
+                    if bucket is None:
+                        bucket = new[ns] = self._new_bucket()
+                    before = len(bucket)
+                    bucket[name] = rec
+                    count += len(bucket) - before
+                del keyed_all
+                if not continue_:
+                    break
+        finally:
+            if fetch is not None:
+                fetch.cancel()
+                # Its error, if it ended with one before the cancel, is not news.
+                fetch.add_done_callback(lambda f: f.cancelled() or f.exception())
         old = self.store
         self.store = new
         self.problems = problems

@@ -38,10 +38,7 @@ from sniffer.routing.sources.kubernetes.records import (
 R = TypeVar("R")
 T = TypeVar("T")
 
-Page = tuple[str, str | None, list[tuple[str, str, R]]]
-"""(resourceVersion, continue token, [(namespace, name, record)]) of one list page."""
-
-PageDecoder = Callable[[bytes], "Page[R] | None"]
+PageDecoder = Callable[[bytes], "TypedPage[R] | None"]
 """Decodes a list page's body, or None: decode it the generic way."""
 
 _intern = sys.intern
@@ -112,6 +109,7 @@ class _Unsure(Exception):
 
 
 _NO_SPEC = _ServiceSpec()
+_NO_LIST_META = _ListMeta()
 
 Cache = dict[object, object]
 """Within one page: the shared part made of each raw layout, so a layout repeated
@@ -202,25 +200,51 @@ def _slice(item: _Slice, cache: Cache) -> EndpointSliceRec:
     return EndpointSliceRec(target, ",".join(addresses))  # type: ignore[arg-type]
 
 
-def _decoder(
-    item_type: type[T], convert: Callable[[T, Cache], R]
-) -> Callable[[bytes], Page[R] | None]:
-    decoder = msgspec.json.Decoder(_Page[item_type])  # type: ignore[valid-type]
+class TypedPage(Generic[R]):
+    """A list page decoded typed: its version and continue token at once, its records
+    when asked (`entries`), so the next page can be asked for in between."""
 
-    def decode(body: bytes) -> Page[R] | None:
+    __slots__ = ("_convert", "_items", "continue_", "resource_version")
+
+    def __init__(
+        self,
+        resource_version: str,
+        continue_: str | None,
+        items: list[T],
+        convert: Callable[[T, Cache], R],
+    ) -> None:
+        self.resource_version = resource_version
+        self.continue_ = continue_
+        self._items: list[object] = items  # type: ignore[assignment]
+        self._convert: Callable[[object, Cache], R] = convert  # type: ignore[assignment]
+
+    def entries(self) -> list[tuple[str, str, R]] | None:
+        """(namespace, name, record) of every item; None: decode the page generically."""
+        convert = self._convert
         cache: Cache = {}
+        out = []
         try:
-            page = decoder.decode(body)
-            out = []
-            for item in page.items or ():
+            for item in self._items:
                 meta = item.metadata  # type: ignore[attr-defined]
                 out.append((_intern(meta.namespace or ""), meta.name, convert(item, cache)))
-        except (msgspec.DecodeError, _Unsure, ValueError):
-            return None  # msgspec.ValidationError is a DecodeError
-        meta = page.metadata
-        if meta is None:
-            return "", None, out
-        return meta.resourceVersion or "", meta.continue_ or None, out
+        except (_Unsure, ValueError):
+            return None
+        finally:
+            self._items = []
+        return out
+
+
+def _decoder(item_type: type[T], convert: Callable[[T, Cache], R]) -> PageDecoder[R]:
+    decoder = msgspec.json.Decoder(_Page[item_type])  # type: ignore[valid-type]
+
+    def decode(body: bytes) -> TypedPage[R] | None:
+        try:
+            page = decoder.decode(body)
+        except msgspec.DecodeError:  # msgspec.ValidationError is one
+            return None
+        meta = page.metadata or _NO_LIST_META
+        rv, continue_ = meta.resourceVersion or "", meta.continue_ or None
+        return TypedPage(rv, continue_, page.items or [], convert)
 
     return decode
 
