@@ -17,6 +17,8 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Mapping, MutableMapping
+from itertools import groupby
+from operator import itemgetter
 from typing import Any, Generic, TypeVar
 
 from sniffer.observe import metrics
@@ -232,12 +234,13 @@ class Informer(Generic[R]):
                             keyed_all.append(keyed)
                 del body, typed, page, entries
                 rv = page_rv or rv
-                for ns, name, rec in keyed_all:
+                # A page is in namespace order: each namespace's run is set at once.
+                for ns, run in groupby(keyed_all, itemgetter(0)):
                     bucket = new.get(ns)
                     if bucket is None:
                         bucket = new[ns] = self._new_bucket()
                     before = len(bucket)
-                    bucket[name] = rec
+                    bucket.update((name, rec) for _, name, rec in run)
                     count += len(bucket) - before
                 del keyed_all
                 if not continue_:
