@@ -48,11 +48,20 @@ _intern = sys.intern
 # live for one page, hold no cycles, and need not cost the collector.
 
 
-class _Meta(msgspec.Struct, gc=False):
+class _ServiceMeta(msgspec.Struct, gc=False):
     name: str
     namespace: str | None = None
-    labels: dict[str, str] | None = None
     annotations: dict[str, str] | None = None
+
+
+class _SliceLabels(msgspec.Struct, gc=False):
+    service: str | None = msgspec.field(default=None, name=SERVICE_NAME_LABEL)
+
+
+class _SliceMeta(msgspec.Struct, gc=False):
+    name: str
+    namespace: str | None = None
+    labels: _SliceLabels | None = None
 
 
 class _ListMeta(msgspec.Struct, gc=False):
@@ -75,7 +84,7 @@ class _ServiceSpec(msgspec.Struct, gc=False):
 
 
 class _Service(msgspec.Struct, gc=False):
-    metadata: _Meta
+    metadata: _ServiceMeta
     spec: _ServiceSpec | None = None
 
 
@@ -94,7 +103,7 @@ class _Endpoint(msgspec.Struct, gc=False):
 
 
 class _Slice(msgspec.Struct, gc=False):
-    metadata: _Meta
+    metadata: _SliceMeta
     ports: list[_SlicePort] | None = None
     endpoints: list[_Endpoint] | None = None
 
@@ -126,7 +135,7 @@ def _service(item: _Service, annotation: str, keep_cluster_ip: bool, cache: Cach
     layout: tuple[object, ...] | None = None
     if not ann and not cip and spec.type != "ExternalName":
         # No address, name or annotation of its own: one of the cluster's few layouts.
-        layout = (spec.type, *((p.name, p.port, p.targetPort, p.protocol) for p in raw_ports))
+        layout = (spec.type, *[(p.name, p.port, p.targetPort, p.protocol) for p in raw_ports])
         hit = cache.get(layout)
         if hit is not None:
             return hit  # type: ignore[return-value]
@@ -172,12 +181,13 @@ def _slice(item: _Slice, cache: Cache) -> EndpointSliceRec:
     if "\t" in name or "\n" in name:
         raise _Unsure
     labels = item.metadata.labels
-    svc = labels.get(SERVICE_NAME_LABEL) if labels else None
-    layout = (svc, *((p.name, p.port) for p in item.ports or ()))
+    svc = labels.service if labels is not None else None
+    raw_ports = item.ports or ()
+    layout = (svc, *[(p.name, p.port) for p in raw_ports])
     target = cache.get(layout)
     if target is None:
         ports = []
-        for p in item.ports or ():
+        for p in raw_ports:
             if p.port is not None:
                 pname = _intern(p.name or "")
                 if "\t" in pname or "\n" in pname or "," in pname:
