@@ -238,7 +238,7 @@ class KubernetesSource:
             # The first list makes hundreds of thousands of records and no garbage cycle:
             # the collector would only walk the growing cache again and again (a tenth of
             # the sync). Paused until synced, or until an informer backs off (a retry
-            # loop may make cycles, and an outage may last); `_return_free_memory`
+            # loop may make cycles, and an outage may last); `_settle_heap`
             # collects once at the end.
             self._collector_paused = gc.isenabled()
             gc.disable()
