@@ -190,6 +190,15 @@ class StatusWriter:
             self.idle.clear()
         self._wake.set()
 
+    def unwritten(self) -> list[PlannedWrite]:
+        """What a plan of everything, trusting no memory of writes, calls for against the
+        newest view: empty once every status it calls for is written and seen in the
+        caches (tests check incremental rounds by it)."""
+        if self._latest is None:
+            return []
+        scratch = StatusWriter(self._api, self._settings, self._versions, self._listeners)
+        return scratch.plan(*self._latest)
+
     def health(self) -> dict[str, object]:
         return {
             "writes": self.writes,
