@@ -184,7 +184,9 @@ async def test_a_foreign_wipe_of_our_entry_is_restored(api_server, harness_facto
     # the other controller's.
     await _poll(lambda: _accepted(api_server, "team-a", "r") == ("True", "Accepted"))
     parents = api_server.get("TLSRoute", "team-a", "r")["status"]["parents"]
-    assert sorted(p["controllerName"] for p in parents) == sorted([OTHER, "sniffer.dev/gateway-controller"])
+    assert sorted(p["controllerName"] for p in parents) == sorted(
+        [OTHER, "sniffer.dev/gateway-controller"]
+    )
     assert api_server.status_writes[writes:] == [("TLSRoute", "team-a", "r")]
     assert h.source.rebuilds == rebuilds, "a status-only change needs no rebuild"
 
@@ -261,3 +263,24 @@ async def test_a_write_whose_echo_never_arrives_is_planned_again(
     _wipe(api_server, "team-a", "r")
     await _poll(lambda: _accepted(api_server, "team-a", "r") == ("True", "Accepted"))
     print(f"wiped status restored after {time.monotonic() - wiped_at:.2f}s (memory 0.5 s)")
+
+
+async def test_a_new_generation_with_the_same_routing_is_reported(api_server, harness_factory):
+    _infra(api_server, ["team-a"])
+    hosts = ["a.example.com", "b.example.com"]
+    api_server.create(o.tls_route("team-a", "r", hosts, [o.backend_ref("web")]))
+    h = harness_factory()
+    await h.start()
+    await _poll(lambda: _accepted(api_server, "team-a", "r") == ("True", "Accepted"))
+    publishes = h.source.publishes
+
+    def observed() -> int:
+        entry = api_server.get("TLSRoute", "team-a", "r")["status"]["parents"][0]
+        return int(entry["conditions"][0]["observedGeneration"])
+
+    # The same hostnames in another order: a new generation, the same table.
+    obj = copy.deepcopy(api_server.get("TLSRoute", "team-a", "r"))
+    obj["spec"]["hostnames"] = hosts[::-1]
+    assert api_server.update(obj)["metadata"]["generation"] == 2
+    await _poll(lambda: observed() == 2)
+    assert h.source.publishes == publishes, "no new table was needed"
