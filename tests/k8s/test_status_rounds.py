@@ -284,3 +284,18 @@ async def test_a_new_generation_with_the_same_routing_is_reported(api_server, ha
     assert api_server.update(obj)["metadata"]["generation"] == 2
     await _poll(lambda: observed() == 2)
     assert h.source.publishes == publishes, "no new table was needed"
+
+
+async def test_a_wipe_seen_only_by_a_relist_is_restored(api_server, harness_factory):
+    _infra(api_server, ["team-a"])
+    api_server.create(o.tls_route("team-a", "r", ["a.example.com"], [o.backend_ref("web")]))
+    h = harness_factory(inactivity_timeout=1.0)
+    await h.start()
+    await _poll(lambda: _accepted(api_server, "team-a", "r") == ("True", "Accepted"))
+    await _settled(h)
+    rebuilds = h.source.rebuilds
+    api_server.go_silent()  # the streams miss the wipe...
+    _wipe(api_server, "team-a", "r")
+    api_server.expire_history()  # ...and the server compacts it away: only a re-list tells
+    await _poll(lambda: _accepted(api_server, "team-a", "r") == ("True", "Accepted"))
+    assert h.source.rebuilds == rebuilds, "a status-only difference needs no rebuild"

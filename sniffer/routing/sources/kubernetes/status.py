@@ -164,8 +164,8 @@ class StatusWriter:
         cheap, called on the publish path."""
         self._latest = (view, results, conflicts)
         if dirty is None:
-            self._all_dirty = True
-        else:
+            self._all_dirty, self._dirty = True, set()
+        elif not self._all_dirty:  # (a standby, planning nothing, keeps no growing set)
             self._dirty.update(dirty)
         self._pending = True
         self.idle.clear()
@@ -174,7 +174,7 @@ class StatusWriter:
     def touch(self, kind: Kind, namespace: str) -> None:
         """An object's status or generation changed in the cache (our write's echo, another
         controller's edit): plan it again (Gateways and the GatewayClass always are)."""
-        if kind is TLS_ROUTE:
+        if kind is TLS_ROUTE and not self._all_dirty:
             self._dirty.add(namespace)
         if self._latest is not None:
             self._pending = True
@@ -184,7 +184,7 @@ class StatusWriter:
     def leadership(self, leading: bool) -> None:
         """The Lease was won (write what differs, trusting no earlier memory) or lost."""
         self._written.clear()
-        self._all_dirty = True
+        self._all_dirty, self._dirty = True, set()
         if leading and self._latest is not None:
             self._pending = True
             self.idle.clear()
