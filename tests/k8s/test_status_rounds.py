@@ -4,10 +4,11 @@ plan of everything.
 After random sequences of changes (routes created, deleted and renamed onto each other's
 hostnames across namespaces, backends removed and restored, statuses wiped by another
 controller) every object holds exactly the status a plan of everything calls for. A
-foreign edit wiping our entry is restored with nothing else changing; a conflict that
-appears or disappears updates the status of the route in the other namespace; a failed
-round is retried in full; a write whose echo never reaches the writer is planned again
-when its memory expires.
+foreign edit wiping our entry is restored with nothing else changing and no rebuild (also
+when only a re-list sees it); a new generation with the same routing is reported; a
+conflict that appears or disappears updates the status of the route in the other
+namespace; a failed round is retried in full; a write whose echo never reaches the writer
+is planned again when its memory expires.
 """
 
 from __future__ import annotations
