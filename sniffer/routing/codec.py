@@ -9,6 +9,7 @@ dataclass's fields can never shift a value into the wrong one. It must never do 
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -207,15 +208,13 @@ def delta_from(self: RouteTable, base: RouteTable) -> TableDelta:
     changed namespace makes a delta of 35 KiB instead of a 1.2 MB table, and the
     worker rebuilds only the index (13 ms) instead of decoding everything (85 ms).
     """
-    b_pos = {id(b): i for i, b in enumerate(base.backends.values())}
-    r_pos = {id(r): i for i, r in enumerate(base.routes)}
     return TableDelta(
         base.version,
         self.version,
         self.built_at,
         tuple(map(_listener_tuple, self.listeners)),
-        tuple(_ref_or(b_pos, b, _backend_tuple) for b in self.backends.values()),
-        tuple(_ref_or(r_pos, r, _route_tuple) for r in self.routes),
+        _refs(tuple(base.backends.values()), tuple(self.backends.values()), _backend_tuple),
+        _refs(base.routes, self.routes, _route_tuple),
         _defaults_tuple(self.limits),
         tuple((t, _limits_tuple(lim)) for t, lim in self.tenant_limits.items()),
     )
@@ -234,7 +233,7 @@ def apply_delta(self: RouteTable, delta: TableDelta) -> RouteTable:
         _defaults(delta.limits),
         tuple((t, _limits(*x)) for t, x in delta.tenant_limits),
     )
-    return type(self).build(spec, delta.version, built_at=delta.built_at)
+    return type(self).build(spec, delta.version, built_at=delta.built_at, previous=self)
 
 
 class TableDelta(NamedTuple):
@@ -257,11 +256,19 @@ class TableDelta(NamedTuple):
         return sum(type(x) is int for x in self.backends) + sum(type(x) is int for x in self.routes)
 
 
-def _ref_or(
-    positions: dict[int, int], obj: Any, as_tuple: Callable[[Any], tuple[Any, ...]]
-) -> int | tuple[Any, ...]:
-    i = positions.get(id(obj))
-    return as_tuple(obj) if i is None else i
+def _refs(
+    base: tuple[Any, ...], items: tuple[Any, ...], as_tuple: Callable[[Any], tuple[Any, ...]]
+) -> tuple[int | tuple[Any, ...], ...]:
+    """Each of `items` as its position in `base` when it is that very object, else as its
+    fields; the lookups run in C (`map`), the fields only for the few that changed."""
+    positions = dict(zip(map(id, base), range(len(base)), strict=True))
+    found: list[Any] = list(map(positions.get, map(id, items)))
+    at = -1
+    with contextlib.suppress(ValueError):
+        while True:
+            at = found.index(None, at + 1)
+            found[at] = as_tuple(items[at])
+    return tuple(found)
 
 
 # Each pair below lays out one tuple and reads it back by keyword.

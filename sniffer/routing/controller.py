@@ -78,7 +78,7 @@ class RouteController:
                 spec = spec.merged(part)
         spec = _reusing(spec.merged(TableSpec(limits=self.limits)), self.table)
         self._version += 1
-        table = RouteTable.build(spec, version=self._version)
+        table = RouteTable.build(spec, version=self._version, previous=self.table)
         metrics.REBUILD_SECONDS.observe(time.perf_counter() - started)
         metrics.REBUILDS.inc()
         previous, self.table = self.table, table
@@ -151,16 +151,20 @@ _T = TypeVar("_T")
 
 
 def _same_objects(new: tuple[_T, ...], old: tuple[_T, ...]) -> tuple[_T, ...]:
-    """`new` with each item equal to an item of `old` replaced by that item of `old`."""
-    held = {id(x) for x in old}
-    fresh = [i for i, x in enumerate(new) if id(x) not in held]
+    """`new` with each item equal to an item of `old` replaced by that item of `old`.
+
+    Identities are compared in C (`dict(zip(map(id, ...)))` and key-view differences);
+    only the items that are not `old`'s are hashed, and only a replacement walks `new`."""
+    new_by_id = dict(zip(map(id, new), new, strict=True))
+    old_by_id = dict(zip(map(id, old), old, strict=True))
+    fresh = new_by_id.keys() - old_by_id.keys()
     if not fresh:
         return new
-    kept = {id(x) for x in new}
-    by_value = {x: x for x in old if id(x) not in kept}
-    if not by_value:
+    gone = old_by_id.keys() - new_by_id.keys()
+    if not gone:
         return new
-    out = list(new)
-    for i in fresh:
-        out[i] = by_value.get(out[i], out[i])
-    return tuple(out)
+    by_value = {x: x for x in map(old_by_id.__getitem__, gone)}
+    swaps = {i: y for i in fresh if (y := by_value.get(new_by_id[i])) is not None}
+    if not swaps:
+        return new
+    return tuple(swaps.get(id(x), x) for x in new)
