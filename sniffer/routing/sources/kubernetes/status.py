@@ -226,22 +226,21 @@ class StatusWriter:
             try:
                 ok = await self._round(*self._latest, dirty)
             except asyncio.CancelledError:
-                self._all_dirty = True
                 raise
             except Exception as exc:  # a status bug must never stop routing
                 self.last_error = repr(exc)
                 log.exception("status round failed")
                 ok = False
-            if not ok:
-                self._all_dirty = True  # retried in full: nothing it planned is lost
             if ok:
                 backoff.reset()
                 if not self._pending:
                     self.last_error = None
                     self.idle.set()
                 continue
-            # Retry the round (with the newest view by then) after a backoff that ends
-            # early when the API server answers again after an outage.
+            # Retry the round (with the newest view by then, planning everything: nothing
+            # it planned is lost) after a backoff that ends early when the API server
+            # answers again after an outage.
+            self._all_dirty = True
             self.rounds_failed += 1
             self._pending = True
             await self._api.back_off(backoff)
