@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from sniffer.observe import metrics
+from sniffer.routing.diff import changes
 from sniffer.routing.model import Conflict
 from sniffer.routing.sources import Publish, RouteSource, Update
 from sniffer.routing.table import (
@@ -153,18 +154,13 @@ _T = TypeVar("_T")
 def _same_objects(new: tuple[_T, ...], old: tuple[_T, ...]) -> tuple[_T, ...]:
     """`new` with each item equal to an item of `old` replaced by that item of `old`.
 
-    Identities are compared in C (`dict(zip(map(id, ...)))` and key-view differences);
-    only the items that are not `old`'s are hashed, and only a replacement walks `new`."""
-    new_by_id = dict(zip(map(id, new), new, strict=True))
-    old_by_id = dict(zip(map(id, old), old, strict=True))
-    fresh = new_by_id.keys() - old_by_id.keys()
-    if not fresh:
+    Only the items that are not `old`'s (see `diff.changes`) are hashed, and only a
+    replacement walks `new`."""
+    gone, came = changes(old, new)
+    if not gone or not came:
         return new
-    gone = old_by_id.keys() - new_by_id.keys()
-    if not gone:
-        return new
-    by_value = {x: x for x in map(old_by_id.__getitem__, gone)}
-    swaps = {i: y for i in fresh if (y := by_value.get(new_by_id[i])) is not None}
+    by_value = {x: x for x in gone}
+    swaps = {id(x): y for x in came if (y := by_value.get(x)) is not None}
     if not swaps:
         return new
     return tuple(swaps.get(id(x), x) for x in new)

@@ -19,6 +19,7 @@ from typing import Any
 from sniffer.routing import codec
 from sniffer.routing.address import join_host_port, parse_port, split_host_port
 from sniffer.routing.codec import TableDelta
+from sniffer.routing.diff import changes
 from sniffer.routing.model import (
     LIMIT_FIELDS,
     NO_LIMIT_DEFAULTS,
@@ -99,6 +100,7 @@ class RouteTable:
     __slots__ = (
         "_conflicted",
         "_index",
+        "_tied",
         "backends",
         "built_at",
         "conflicts",
@@ -117,6 +119,7 @@ class RouteTable:
         routes: tuple[Route, ...],
         conflicted: Iterable[tuple[tuple[float, str], Conflict]],
         index: dict[str, _ListenerIndex],
+        tied: frozenset[str],
         version: int,
         built_at: float,
         limits: LimitDefaults = NO_LIMIT_DEFAULTS,
@@ -132,6 +135,9 @@ class RouteTable:
         self.conflicts = tuple(c for _, c in self._conflicted)
         """By the losing route's precedence, then hostname, then listener name."""
         self._index = index
+        self._tied = tied
+        """Hostnames with two routes of equal precedence: which wins is their order in
+        the spec, which identities do not show, so a patch always re-indexes them."""
         self.denied_ja4 = any(idx.deny_ja4 for idx in index.values())
         """Whether any listener refuses fingerprints: the data plane's one-test fast path."""
         self.version = version
@@ -158,7 +164,7 @@ class RouteTable:
         10,000 routes costs a few hundred routes' work instead of all of them. The
         result is the same table either way."""
         built = _patched_index(previous, spec) if previous is not None else None
-        index, conflicted = built if built is not None else _full_index(spec)
+        index, conflicted, tied = built if built is not None else _full_index(spec)
         backends = dict(zip(map(_NAME, spec.backends), spec.backends, strict=True))
         return cls(
             listeners=spec.listeners,
@@ -166,6 +172,7 @@ class RouteTable:
             routes=tuple(spec.routes),
             conflicted=conflicted,
             index=index,
+            tied=tied,
             version=version,
             built_at=time.time() if built_at is None else built_at,
             limits=spec.limits,
@@ -197,6 +204,11 @@ class RouteTable:
                     out[f] = EffectiveLimit(value, where.source)
                     break
         return out
+
+    def has_backend(self, key: tuple[str, str]) -> bool:
+        """Whether (name, tenant) is one of this table's backends."""
+        b = self.backends.get(key[0])
+        return b is not None and b.tenant == key[1]
 
     def backend_keys(self) -> set[tuple[str, str]]:
         """(name, tenant) of every backend: the key of its metric series."""
@@ -264,48 +276,50 @@ def _conflict_order(item: tuple[tuple[float, str], Conflict]) -> tuple[Any, ...]
     return (precedence, c.host, c.listener)
 
 
-def _full_index(spec: TableSpec) -> tuple[dict[str, _ListenerIndex], Conflicted]:
+Indexed = tuple[dict[str, _ListenerIndex], Conflicted, frozenset[str]]
+"""A table's index, its conflicts, and its hostnames with tied routes."""
+
+
+def _full_index(spec: TableSpec) -> Indexed:
     index = {lis.name: _ListenerIndex(deny_ja4=lis.deny_ja4) for lis in spec.listeners}
     conflicted: Conflicted = []
-    _index_routes(index, sorted(spec.routes, key=_PRECEDENCE), conflicted)
+    tied = _index_routes(index, sorted(spec.routes, key=_PRECEDENCE), conflicted)
     for lis in spec.listeners:
         if lis.default_backend:
             index[lis.name].fallback = Match(
                 MatchKind.DEFAULT, None, (WeightedBackend(lis.default_backend),)
             )
-    return index, conflicted
+    return index, conflicted, tied
 
 
 _PATCH_SHARE = 4
 """A change of more than 1/`_PATCH_SHARE` of the routes is built from scratch."""
 
 
-def _patched_index(
-    previous: RouteTable, spec: TableSpec
-) -> tuple[dict[str, _ListenerIndex], Conflicted] | None:
+def _patched_index(previous: RouteTable, spec: TableSpec) -> Indexed | None:
     """`previous`'s index with the hostnames of changed routes indexed again, or None
     when the listeners changed or too much did (a full build is then as cheap).
 
     Hostnames never interact in the index (each is its own key, in its own bucket), so
     re-indexing every route of each changed hostname, in precedence order, gives what
     a full build gives. Routes are told apart by identity: both tables hold theirs, so
-    no two live routes share an `id`."""
+    no two live routes share an `id`. Hostnames with tied routes are always indexed
+    again: their winner is decided by their order in the spec."""
     if previous.listeners != spec.listeners:
         return None
-    old = dict(zip(map(id, previous.routes), previous.routes, strict=True))
-    new = dict(zip(map(id, spec.routes), spec.routes, strict=True))
-    gone, came = old.keys() - new.keys(), new.keys() - old.keys()
-    if not gone and not came:
-        return previous._index, list(previous._conflicted)
-    if len(gone) + len(came) > max(64, len(new) // _PATCH_SHARE):
+    gone, came = changes(previous.routes, spec.routes)
+    if not gone and not came and not previous._tied:
+        return previous._index, list(previous._conflicted), previous._tied
+    if len(gone) + len(came) > max(64, len(spec.routes) // _PATCH_SHARE):
         return None
-    hosts = {old[i].host for i in gone}
-    hosts.update(new[i].host for i in came)
+    hosts = {r.host for r in gone}
+    hosts.update(r.host for r in came)
+    hosts.update(previous._tied)
     index = {name: _without(idx, hosts) for name, idx in previous._index.items()}
     conflicted = [p for p in previous._conflicted if p[1].host not in hosts]
     touched = (r for r in spec.routes if r.host in hosts)
-    _index_routes(index, sorted(touched, key=_PRECEDENCE), conflicted)
-    return index, conflicted
+    tied = _index_routes(index, sorted(touched, key=_PRECEDENCE), conflicted)
+    return index, conflicted, tied
 
 
 def _without(idx: _ListenerIndex, hosts: set[str]) -> _ListenerIndex:
@@ -330,11 +344,17 @@ def _without(idx: _ListenerIndex, hosts: set[str]) -> _ListenerIndex:
 
 def _index_routes(
     index: dict[str, _ListenerIndex], routes: Iterable[Route], conflicted: Conflicted
-) -> None:
+) -> frozenset[str]:
     """File `routes` (in precedence order) into `index`; the loop of every full build
-    (10,000 routes at 2,000 tenants): one Match per route, shared by its listeners."""
+    (10,000 routes at 2,000 tenants): one Match per route, shared by its listeners.
+    Returns the hostnames of which two routes have the same precedence."""
     every = tuple(index)
+    last: dict[str, tuple[float, str]] = {}
+    tied: set[str] = set()
     for route in routes:
+        if last.get(route.host) == route.precedence:
+            tied.add(route.host)
+        last[route.host] = route.precedence
         targets = every if route.listeners is None else route.listeners
         if route.alpn:
             for name in targets:
@@ -364,6 +384,7 @@ def _index_routes(
                 conflicted.append(
                     (route.precedence, Conflict(route.host, name, won.source, route.source))
                 )
+    return frozenset(tied)
 
 
 def _index_alpn(idx: _ListenerIndex, route: Route, listener: str, conflicted: Conflicted) -> None:

@@ -62,6 +62,8 @@ def test_a_patched_table_is_the_fully_built_one_over_many_random_changes() -> No
             for _ in range(rnd.randrange(0, 6)):
                 kept.insert(rnd.randrange(len(kept) + 1), random_route(rnd, made))
                 made += 1
+            if rnd.random() < 0.2:
+                rnd.shuffle(kept)  # same objects, new order: tied routes change winner
             routes = kept
             spec = TableSpec(LISTENERS, routes=tuple(routes))
             patched = RouteTable.build(spec, previous=table)
