@@ -249,6 +249,12 @@ class TableDelta(NamedTuple):
     tenant_limits: tuple[tuple[str, tuple[Any, ...]], ...] = ()
 
     @property
+    def spans(self) -> int:
+        """How many backends and routes lie between the unchanged ends (`Splice`): what
+        applying the delta walks, and at most what the table re-indexes."""
+        return len(self.backends[1]) + len(self.routes[1])
+
+    @property
     def reused(self) -> int:
         """How many backends and routes travel as a reference to the base."""
         return sum(

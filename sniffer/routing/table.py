@@ -205,6 +205,11 @@ class RouteTable:
                     break
         return out
 
+    def has_backend(self, key: tuple[str, str]) -> bool:
+        """Whether (name, tenant) is one of this table's backends."""
+        b = self.backends.get(key[0])
+        return b is not None and b.tenant == key[1]
+
     def backend_keys(self) -> set[tuple[str, str]]:
         """(name, tenant) of every backend: the key of its metric series."""
         return {(b.name, b.tenant) for b in self.backends.values()}

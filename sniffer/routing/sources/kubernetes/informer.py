@@ -6,8 +6,9 @@ status or an ERROR event) clears nothing but re-lists and diffs, an inactivity t
 re-armed on every event reopens a silently dead stream, and errors back off with jitter
 while the cache keeps serving (the backoff ends early when the API server answers again
 after an outage, see `KubeApi.back_off`). It reports what changed as "namespace N is
-dirty" and never translates records to routes, builds tables or holds raw objects past
-one event.
+dirty" (and, for kinds with a status, "only the generation or status of an object in
+namespace N changed", which only the status writer cares about), and never translates
+records to routes, builds tables or holds raw objects past one event.
 """
 
 from __future__ import annotations
@@ -41,10 +42,24 @@ log = logging.getLogger("sniffer.kubernetes")
 OnChange = Callable[[Kind, str, float], None]
 """Called with (kind, namespace, monotonic time of the event) when a record changed."""
 
+OnStatus = Callable[[Kind, str], None]
+"""Called with (kind, namespace) when only what records compare without changed: an
+object's `generation` or `status_sig` (its status was written, by us or someone else)."""
+
 R = TypeVar("R")
 """The record type of one kind (see `records`)."""
 
 Store = dict[str, MutableMapping[str, R]]
+
+
+def _status_key(rec: object) -> tuple[object, object]:
+    """What status planning reads of a record that record equality leaves out."""
+    return getattr(rec, "generation", None), getattr(rec, "status_sig", None)
+
+
+def _status_differs(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """Two equal buckets (same names, equal records) whose generation or status differ."""
+    return any(_status_key(rec) != _status_key(old[name]) for name, rec in new.items())
 
 
 class Informer(Generic[R]):
@@ -61,6 +76,7 @@ class Informer(Generic[R]):
         namespace: str | None = None,
         on_state: Callable[[], None] | None = None,
         bucket: Callable[[], MutableMapping[str, R]] = dict,
+        on_status: OnStatus | None = None,
         pages: PageDecoder[R] | None = None,
     ) -> None:
         # what to watch
@@ -73,6 +89,8 @@ class Informer(Generic[R]):
         self._settings = settings
         self._on_change = on_change
         self._on_state = on_state
+        self._on_status = on_status
+        """For kinds with a status (else None): see `OnStatus`."""
         self._new_bucket = bucket
         """Makes one namespace's name -> record mapping (a dict, or `SliceBucket`)."""
         self._pages = pages
@@ -259,8 +277,16 @@ class Informer(Generic[R]):
         now = time.monotonic()
         if self.synced.is_set():
             for ns in old.keys() | new.keys():
-                if old.get(ns) != new.get(ns):
+                was, now_ = old.get(ns), new.get(ns)
+                if was != now_:
                     self._on_change(self.kind, ns, now)
+                elif (
+                    self._on_status is not None
+                    and was is not None
+                    and now_ is not None
+                    and _status_differs(was, now_)
+                ):
+                    self._on_status(self.kind, ns)
         self.synced.set()
         self._backoff.reset()
         self._state()
@@ -338,6 +364,8 @@ class Informer(Generic[R]):
             metrics.OBJECTS_CACHED.labels(self.kind.name).inc()
         if old != rec:
             self._on_change(self.kind, ns, now)
+        elif self._on_status is not None and _status_key(old) != _status_key(rec):
+            self._on_status(self.kind, ns)
 
     def _remove(self, ns: str, name: str, now: float) -> None:
         bucket = self.store.get(ns)

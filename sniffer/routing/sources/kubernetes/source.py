@@ -5,7 +5,9 @@ serves), one informer per kind (one watch set per process), the dirty-namespace
 bookkeeping (an event dirties its namespace and the namespaces that read it; a Namespace
 object dirties the namespace it describes; other cluster-wide kinds dirty all), the
 debouncer (quiet period, maximum delay), the per-namespace result cache that makes a
-rebuild touch only what changed, publishing, health, and the one-shot `compute_spec`.
+rebuild touch only what changed, publishing, handing the status writer each result with
+the namespaces re-translated since (and status-only changes, which need no rebuild),
+health, and the one-shot `compute_spec`.
 It must never build a `RouteTable` for the data plane, touch the controller's metrics
 (rebuilds, lag), or drop its last view because the API went away.
 """
@@ -141,6 +143,9 @@ class KubernetesSource:
         self._readers: dict[str, set[str]] = {}
         self._dirty: set[str] = set()
         self._all_dirty = True
+        self._status_dirty: set[str] = set()
+        """Namespaces re-translated since the status writer last got a result."""
+        self._status_all_dirty = True
         self._assembly = AssemblyMemo()
         self._debouncer = Debouncer(
             settings.debounce_quiet, settings.debounce_max_delay, settings.debounce_burst
@@ -227,7 +232,14 @@ class KubernetesSource:
                 await api.back_off(backoff)
         for p in self._discovery_problems:
             log.warning("%s", p)
-        watches = Watches(api, self.settings, self._versions, self._on_change, self._state_changed)
+        watches = Watches(
+            api,
+            self.settings,
+            self._versions,
+            self._on_change,
+            self._state_changed,
+            self._on_status,
+        )
         self._informers, self.view = watches.by_kind, watches.view
         async with asyncio.TaskGroup() as tg:
             for inf in watches.all():
@@ -296,14 +308,24 @@ class KubernetesSource:
                 self._dirty.update(readers)
         self._debouncer.poke(at)
 
+    def _on_status(self, kind: Kind, namespace: str) -> None:
+        """Only an object's status or generation changed: routing is the same, so no
+        rebuild; the status writer plans its namespace again (restoring what another
+        controller wiped, confirming our own write)."""
+        if self._status is not None:
+            self._status.touch(kind, namespace)
+
     def _rebuild(self) -> bool:
         """Re-translate dirty namespaces; True when the routing view changed."""
         self.rebuilds += 1
         targets = self.view.namespaces() | set(self._results) if self._all_dirty else self._dirty
+        if self._all_dirty:
+            self._status_all_dirty = True
+        else:
+            self._status_dirty.update(targets)
         self._all_dirty = False
         self._dirty = set()
         changed = False
-        status_changed = False
         for ns in targets:
             new = translate_namespace(self.view, self.settings, self.listeners, ns)
             self.namespaces_translated += 1
@@ -330,20 +352,15 @@ class KubernetesSource:
                 if old is not None:
                     del self._results[ns]
                     changed = True
-                    status_changed = True
                 continue
             if old is not None:
                 new = keep_unchanged(new, old)
             self._results[ns] = new
             if old is None or not new.same_routing(old):
                 changed = True
-            if (
-                old is None
-                or old.route_status != new.route_status
-                or old.attachments != new.attachments
-            ):
-                status_changed = True
-        if not changed and status_changed:
+        if not changed and targets:
+            # No new table, but a re-translated namespace's objects changed (a TLSRoute's
+            # generation, a parent this controller does not serve): its status may have.
             self._submit_status()
         return changed
 
@@ -367,8 +384,11 @@ class KubernetesSource:
             gc.enable()
 
     def _submit_status(self) -> None:
+        dirty = None if self._status_all_dirty else frozenset(self._status_dirty)
+        self._status_dirty = set()
+        self._status_all_dirty = False
         if self._status is not None:
-            self._status.submit(self.view, dict(self._results), self._conflicts)
+            self._status.submit(self.view, dict(self._results), self._conflicts, dirty)
 
     async def status_idle(self) -> None:
         """Wait until every wished-for status has been written (for tests)."""

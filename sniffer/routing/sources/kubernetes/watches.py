@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from sniffer.routing.sources.kubernetes.api import KubeApi, NotFound
 from sniffer.routing.sources.kubernetes.fields import JSON
-from sniffer.routing.sources.kubernetes.informer import Informer, OnChange
+from sniffer.routing.sources.kubernetes.informer import Informer, OnChange, OnStatus
 from sniffer.routing.sources.kubernetes.kinds import (
     ALL_KINDS,
     ENDPOINT_SLICE,
@@ -46,6 +46,8 @@ from sniffer.routing.sources.kubernetes.slices import SliceBucket
 from sniffer.routing.sources.kubernetes.view import ClusterView
 
 R = TypeVar("R")
+
+_STATUS_KINDS = frozenset({GATEWAY_CLASS.name, GATEWAY.name, TLS_ROUTE.name})
 
 
 async def discover(api: KubeApi) -> tuple[dict[str, str | None], list[str]]:
@@ -117,6 +119,7 @@ class Watches:
         versions: Mapping[str, str | None],
         on_change: OnChange,
         on_state: Callable[[], None] | None = None,
+        on_status: OnStatus | None = None,
     ) -> None:
         self.by_kind: dict[str, list[Informer[Any]]] = {}
         """Kind name -> its informers, for the kinds the cluster serves."""
@@ -135,9 +138,21 @@ class Watches:
                 if kind.namespaced and settings.namespaces is not None
                 else (None,)
             )
+            # Only the kinds sniffer writes the status of tell status-only changes.
+            status = on_status if kind.name in _STATUS_KINDS else None
             infs = [
                 Informer(
-                    api, kind, version, parse, settings, on_change, ns, on_state, bucket, pages
+                    api,
+                    kind,
+                    version,
+                    parse,
+                    settings,
+                    on_change,
+                    ns,
+                    on_state,
+                    bucket,
+                    status,
+                    pages,
                 )
                 for ns in scopes
             ]
