@@ -353,6 +353,7 @@ def _refused_program(monkeypatch: pytest.MonkeyPatch) -> None:
     bad = Asm()
     bad.exit()  # r0 never set
     monkeypatch.setattr(relay_module, "CODE", bad.assemble())
+    monkeypatch.setattr(relay_module, "refill_code", lambda offset: bad.assemble())
 
 
 async def test_a_refused_program_means_user_space_in_auto_and_no_start_in_on(

@@ -16,8 +16,13 @@ Ordering, per direction (source socket -> destination socket):
     verdict keeps passing (never redirecting past them) until then;
   * the FIN is passed on (`shutdown(SHUT_WR)`) under the same rule, once every passed
     byte is read.
-The bound: the verdict redirects only within `LIMIT`, which user space sets to what
-is redirected plus the budget less what the destination still holds unacknowledged.
+The bound: the verdict redirects only while the destination holds at most the budget
+unacknowledged. Where the kernel allows it (its BTF, `bpf_skc_to_tcp_sock` in `sk_skb`),
+the loaded verdict reads the destination's acknowledged total itself and the budget
+refills in the kernel (`refill`); user space then only keeps `OFFSET` current (before
+raising `MOVED`) and sets `LIMIT` to the budget at the first grant. Elsewhere the
+fallback verdict redirects only within `LIMIT`, which user space sets at each grant to
+what is redirected plus the budget less what the destination still holds unacknowledged.
 """
 
 from __future__ import annotations
@@ -35,16 +40,18 @@ import termios
 from collections.abc import Callable
 from typing import Final
 
-from sniffer.proxy.kernel import bpf
+from sniffer.proxy.kernel import bpf, btf
 from sniffer.proxy.kernel.asm import Asm
 from sniffer.proxy.kernel.verdict import (
     CODE,
     LIMIT,
     MOVED,
+    OFFSET,
     PASSED,
     PEER,
     RECORD,
     REDIRECTED,
+    refill_code,
 )
 
 __all__ = ["DEFAULT_BUDGET", "KernelPair", "KernelRelay", "Unavailable"]
@@ -75,6 +82,13 @@ _U64: Final = struct.Struct("Q")
 _SLOTS: Final = struct.Struct("II")
 _RETRY_FIRST: Final = 0.0005
 _RETRY_MAX: Final = 0.02
+CATCH_UP_WINDOW: Final = 64 * 1024
+"""Bytes src may advertise while user space catches up with passed bytes (refilling
+verdict). Every segment that arrives while user space holds passed bytes must be
+passed too (ordering), and each read reopens src's window, so with its full window
+a sender faster than one read-and-write keeps the pair in user space for good; with
+this clamp each read lets in at most this much, the queue of passed bytes drains,
+and the kernel takes the stream back."""
 _EOF_WAIT_MAX: Final = 5.0
 """Seconds an EOF may wait for passed bytes still on their way to the queue."""
 
@@ -123,14 +137,21 @@ def unread(sock: socket.socket) -> int:
 class KernelRelay:
     """The process's maps and program; `handoff` gives a pair to the kernel."""
 
-    def __init__(self, capacity: int = 16384, budget: int = DEFAULT_BUDGET) -> None:
+    def __init__(
+        self, capacity: int = 16384, budget: int = DEFAULT_BUDGET, refill: bool = True
+    ) -> None:
         """`capacity`: pairs at once (two records each); more fall back to user space.
+        `refill`: try the verdict that refills the budget in the kernel first (False:
+        the fallback verdict only; `refill_unavailable` says why when it was not loaded).
 
         Raises `Unavailable` (with the verifier's log when it refused the program).
         """
         self.budget = budget
         self.capacity = capacity
         fds: list[int] = []
+        self.refill_unavailable = "not asked for" if not refill else ""
+        """Why the fallback verdict was loaded ("" when the refilling one was)."""
+        self.prog = -1
         try:
             for args in (
                 (bpf.SOCKHASH, 8, 8, 2 * capacity, 0, "sniffer_socks"),
@@ -141,15 +162,19 @@ class KernelRelay:
                 (bpf.ARRAY, 4, RECORD, 2 * capacity, bpf.F_MMAPABLE, "sniffer_state"),
             ):
                 fds.append(bpf.map_create(*args))
-            self.prog = bpf.prog_load(bpf.SK_SKB, Asm.relocate(CODE, fds), "sniffer_verdict")
+            if refill:
+                self.prog = self._load_refill(fds)
+            if self.prog < 0:
+                self.prog = bpf.prog_load(bpf.SK_SKB, Asm.relocate(CODE, fds), "sniffer_verdict")
             bpf.prog_attach(self.prog, fds[0], bpf.SK_SKB_STREAM_VERDICT)
         except bpf.ProgramRefused as exc:
             for fd in fds:
                 os.close(fd)
             why = f"the verifier refused the program: {exc}"
+            # (only the fallback verdict's refusal gets here: no program was loaded)
             raise Unavailable("program_refused", why) from exc
         except bpf.BpfError as exc:
-            for fd in fds:
+            for fd in fds + ([self.prog] if self.prog >= 0 else []):
                 os.close(fd)
             why = f"bpf(2) failed: {exc.strerror} (errno {exc.errno})"
             reason = "bpf_error"
@@ -157,6 +182,8 @@ class KernelRelay:
                 reason = "no_privilege"
                 why += "; it needs root, or CAP_BPF and CAP_NET_ADMIN"
             raise Unavailable(reason, why) from exc
+        self.refill = not self.refill_unavailable
+        """The verdict refills the budget itself (reads the destination's acked total)."""
         self.socks, self.slots, self.state = fds
         self.insert = bpf.PairInsert(self.socks, self.slots)
         """The per-pair map updates, their argument memory made once."""
@@ -172,6 +199,29 @@ class KernelRelay:
         """reason -> pairs never handed over or moved back to user space."""
         self.carried_closed = 0
         """Bytes the kernel carried for pairs now closed (both ways)."""
+
+    def _load_refill(self, fds: list[int]) -> int:
+        """The refilling verdict's descriptor, or -1 (`refill_unavailable` says why)."""
+        try:
+            acked_at = btf.vmlinux_member_offset("tcp_sock", "bytes_acked")
+        except (OSError, ValueError) as exc:  # (btf.BtfError is a ValueError)
+            self.refill_unavailable = f"no offset of tcp_sock.bytes_acked from BTF: {exc}"
+            return -1
+        try:
+            code = Asm.relocate(refill_code(acked_at), fds)
+            return bpf.prog_load(bpf.SK_SKB, code, "sniffer_refill")
+        except bpf.ProgramRefused as exc:
+            self.refill_unavailable = f"the verifier refused the refilling verdict: {exc}"
+        except bpf.BpfError as exc:
+            self.refill_unavailable = f"bpf(2) refused the refilling verdict: {exc}"
+        return -1
+
+    @property
+    def verdict(self) -> str:
+        """Which verdict is loaded, for a log line: what refills the budget."""
+        if self.refill:
+            return "the budget refills in the kernel (the verdict reads tcp_sock.bytes_acked)"
+        return f"the budget refills from user space ({self.refill_unavailable})"
 
     def fallback(self, reason: str) -> None:
         self.fallbacks[reason] = self.fallbacks.get(reason, 0) + 1
@@ -248,6 +298,7 @@ class _Direction:
 
     __slots__ = (
         "base",
+        "clamp",
         "clean",
         "confirmed",
         "dst",
@@ -292,6 +343,9 @@ class _Direction:
         self.shut = False
         self.wait = 0.0
         """Current poll delay while dst does not yet hold what was redirected."""
+        self.clamp = 0
+        """While catching up (refilling verdict): src's TCP_WINDOW_CLAMP before it was
+        narrowed to `CATCH_UP_WINDOW`, restored once caught up; 0 otherwise."""
 
 
 class KernelPair:
@@ -403,7 +457,26 @@ class KernelPair:
         d.read += len(data)
         d.out = data
         self.loop.remove_reader(d.src.fileno())  # one chunk held at most
+        if not d.clamp and d.base >= 0 and self.relay.refill:
+            self._narrow(d)
         self._flush(d)
+
+    def _narrow(self, d: _Direction) -> None:
+        """Passed bytes to catch up with, in a pair the kernel carries: narrow src's
+        window until caught up (`CATCH_UP_WINDOW`)."""
+        src = d.src
+        try:
+            clamp = src.getsockopt(socket.IPPROTO_TCP, socket.TCP_WINDOW_CLAMP)
+            if clamp > CATCH_UP_WINDOW:
+                src.setsockopt(socket.IPPROTO_TCP, socket.TCP_WINDOW_CLAMP, CATCH_UP_WINDOW)
+                d.clamp = clamp
+        except OSError:  # (the socket failed: its reader hears why)
+            pass
+
+    def _widen(self, d: _Direction) -> None:
+        clamp, d.clamp = d.clamp, 0
+        with contextlib.suppress(OSError):
+            d.src.setsockopt(socket.IPPROTO_TCP, socket.TCP_WINDOW_CLAMP, clamp)
 
     def _flush(self, d: _Direction, replay: bool = False) -> None:
         """Write what d holds (or its FIN) once dst holds every redirected byte."""
@@ -452,8 +525,12 @@ class KernelPair:
                 if other.shut:
                     self._close("closed")
             return
+        if self.relay.refill and d.base >= 0:  # before MOVED: the verdict may redirect then
+            q[base + OFFSET // _Q] = d.base + d.user
         q[base + MOVED // _Q] = d.read
         if q[base + PASSED // _Q] == d.read:
+            if d.clamp:  # caught up: the kernel carries the stream again
+                self._widen(d)
             self._grant(d)
         self.loop.add_reader(d.src.fileno(), self._readable, d)
 
@@ -479,6 +556,17 @@ class KernelPair:
         q = self.relay.q
         base = d.slot * 8
         if not d.clean:
+            return
+        if self.relay.refill:
+            if d.base >= 0:
+                return  # granted for good: the verdict refills the budget itself
+            try:
+                acked, outq = tcp_counts(d.dst)
+            except OSError:
+                return
+            d.base = acked + outq - d.user  # the first grant: nothing redirected yet
+            q[base + OFFSET // _Q] = d.base + d.user
+            q[base + LIMIT // _Q] = self.relay.budget  # last: this opens the budget
             return
         redirected = int(q[base + REDIRECTED // _Q])
         try:
