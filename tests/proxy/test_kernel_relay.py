@@ -162,6 +162,7 @@ async def test_many_streams_of_random_sizes_exact_with_half_closes_both_orders(
     snap = plane.stats.snapshot()
     assert snap.counters[("sniffer_kernel_relay_connections", ())] == n
     assert snap.gauges[("sniffer_kernel_relay_enabled", ())] == 1
+    assert snap.gauges[("sniffer_kernel_relay_refill", ())] == 1
     up = sum(v[0] for v in sizes.values())
     down = sum(v[1] for v in sizes.values())
     assert snap.counters[("sniffer_bytes", ("k", "tenant-k", "client_to_backend"))] == up
@@ -369,6 +370,7 @@ async def test_a_refused_program_means_user_space_in_auto_and_no_start_in_on(
     )
     assert plane.kernel is None
     assert plane.stats.snapshot().gauges[("sniffer_kernel_relay_enabled", ())] == 0
+    assert plane.stats.snapshot().gauges[("sniffer_kernel_relay_refill", ())] == 0
     client, hello = await connect(plane.bound_ports()["main"], "app.k.example")
     server = await asyncio.wait_for(backend.accepted.get(), 10)
     assert await read_exactly(server, len(hello)) == hello

@@ -6,7 +6,8 @@ one handed-over pair of sockets. After the hand-off the kernel moves every segme
 itself while the budget lasts; user space wakes only for what the verdict passes (a
 spent budget, or bytes behind ones it still holds), for EOF, resets and errors, and
 relays those bytes itself with the ordering rules below. It never parses bytes, never
-routes, and never holds more than one chunk per direction.
+routes, and never holds more than one chunk per direction (or, catching up with a
+refilling verdict, what src had queued, at most `PEEK_MAX`).
 
 Ordering, per direction (source socket -> destination socket):
   * bytes user space read from the source are written only once the destination's
@@ -15,7 +16,9 @@ Ordering, per direction (source socket -> destination socket):
   * `MOVED` is raised only once those bytes are in the destination socket, so the
     verdict keeps passing (never redirecting past them) until then;
   * the FIN is passed on (`shutdown(SHUT_WR)`) under the same rule, once every passed
-    byte is read.
+    byte is read;
+  * bytes caught up with by peeking (`PEEK_MAX`) are consumed from src only after
+    `MOVED` covers them, so what arrives behind them may be redirected at once.
 The bound: the verdict redirects only while the destination holds at most the budget
 unacknowledged. Where the kernel allows it (its BTF, `bpf_skc_to_tcp_sock` in `sk_skb`),
 the loaded verdict reads the destination's acknowledged total itself and the budget
@@ -82,13 +85,14 @@ _U64: Final = struct.Struct("Q")
 _SLOTS: Final = struct.Struct("II")
 _RETRY_FIRST: Final = 0.0005
 _RETRY_MAX: Final = 0.02
-CATCH_UP_WINDOW: Final = 64 * 1024
-"""Bytes src may advertise while user space catches up with passed bytes (refilling
-verdict). Every segment that arrives while user space holds passed bytes must be
-passed too (ordering), and each read reopens src's window, so with its full window
-a sender faster than one read-and-write keeps the pair in user space for good; with
-this clamp each read lets in at most this much, the queue of passed bytes drains,
-and the kernel takes the stream back."""
+PEEK_MAX: Final = 4 * 1024 * 1024
+"""Most passed bytes user space catches up with at once, in a pair whose verdict
+refills its budget. Every segment that arrives while user space holds passed bytes
+must be passed too (ordering), so with a sender faster than one read-and-write per
+chunk the pair would stay in user space for good. Instead user space copies all that
+is queued (MSG_PEEK: the bytes stay queued and charged to src, so its window does not
+grow meanwhile), writes it into dst, raises `MOVED` over it and only then consumes
+it: whatever arrived after it goes by the kernel again."""
 _EOF_WAIT_MAX: Final = 5.0
 """Seconds an EOF may wait for passed bytes still on their way to the queue."""
 
@@ -199,6 +203,8 @@ class KernelRelay:
         """reason -> pairs never handed over or moved back to user space."""
         self.carried_closed = 0
         """Bytes the kernel carried for pairs now closed (both ways)."""
+        self.scratch = bytearray(CHUNK)
+        """Where peeked bytes are consumed into (their copy went out already)."""
 
     def _load_refill(self, fds: list[int]) -> int:
         """The refilling verdict's descriptor, or -1 (`refill_unavailable` says why)."""
@@ -298,13 +304,13 @@ class _Direction:
 
     __slots__ = (
         "base",
-        "clamp",
         "clean",
         "confirmed",
         "dst",
         "eof",
         "eof_waited",
         "out",
+        "peeked",
         "read",
         "received0",
         "shut",
@@ -343,9 +349,8 @@ class _Direction:
         self.shut = False
         self.wait = 0.0
         """Current poll delay while dst does not yet hold what was redirected."""
-        self.clamp = 0
-        """While catching up (refilling verdict): src's TCP_WINDOW_CLAMP before it was
-        narrowed to `CATCH_UP_WINDOW`, restored once caught up; 0 otherwise."""
+        self.peeked = 0
+        """Bytes of `out` peeked from src, not yet consumed (still queued in it)."""
 
 
 class KernelPair:
@@ -423,6 +428,8 @@ class KernelPair:
     def _readable(self, d: _Direction) -> None:
         if self.closed or d.out:
             return
+        if d.base >= 0 and self.relay.refill and self._peek(d):
+            return
         try:
             data = d.src.recv(CHUNK)
         except (BlockingIOError, InterruptedError):
@@ -442,10 +449,7 @@ class KernelPair:
                 if d.eof_waited > _EOF_WAIT_MAX:
                     self.relay.fallback("lost")
                     log.error("kernel relay: passed bytes never arrived; resetting the pair")
-                    for sock in (self.client, self.backend):
-                        with contextlib.suppress(OSError):
-                            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
-                    self._close("kernel_lost")
+                    self._abort_reset()
                     return
                 self.loop.call_later(d.wait, self._readable, d)
                 return
@@ -457,26 +461,50 @@ class KernelPair:
         d.read += len(data)
         d.out = data
         self.loop.remove_reader(d.src.fileno())  # one chunk held at most
-        if not d.clamp and d.base >= 0 and self.relay.refill:
-            self._narrow(d)
         self._flush(d)
 
-    def _narrow(self, d: _Direction) -> None:
-        """Passed bytes to catch up with, in a pair the kernel carries: narrow src's
-        window until caught up (`CATCH_UP_WINDOW`)."""
+    def _peek(self, d: _Direction) -> bool:
+        """Catch up with passed bytes, leaving them queued (so src's window does not
+        grow meanwhile): copy what is queued (at most `PEEK_MAX`) and flush it; it is
+        consumed once `MOVED` covers it.
+        False when there is nothing to peek (EOF, or more queued: read as usual)."""
         src = d.src
         try:
-            clamp = src.getsockopt(socket.IPPROTO_TCP, socket.TCP_WINDOW_CLAMP)
-            if clamp > CATCH_UP_WINDOW:
-                src.setsockopt(socket.IPPROTO_TCP, socket.TCP_WINDOW_CLAMP, CATCH_UP_WINDOW)
-                d.clamp = clamp
-        except OSError:  # (the socket failed: its reader hears why)
-            pass
+            n = unread(src)
+            if not 0 < n <= PEEK_MAX:
+                return False  # (more: read a chunk as usual, and peek once it is less)
+            data = src.recv(n, socket.MSG_PEEK)
+        except OSError:
+            return False  # (the usual read hears why)
+        if not data:
+            return False
+        d.peeked = len(data)
+        d.out = data
+        self.loop.remove_reader(src.fileno())
+        self._flush(d)
+        return True
 
-    def _widen(self, d: _Direction) -> None:
-        clamp, d.clamp = d.clamp, 0
-        with contextlib.suppress(OSError):
-            d.src.setsockopt(socket.IPPROTO_TCP, socket.TCP_WINDOW_CLAMP, clamp)
+    def _consume(self, d: _Direction) -> bool:
+        """Take the peeked bytes (written into dst already) off src's queue."""
+        left, scratch, src = d.peeked, self.relay.scratch, d.src
+        try:
+            while left:
+                k = src.recv_into(scratch, min(left, len(scratch)))
+                if not k:
+                    break
+                left -= k
+        except OSError as exc:  # (a reset: the peeked bytes went with the queue)
+            log.debug("kernel relay: consume: %r", exc)
+            self._reset(d, exc)
+            return False
+        d.read += d.peeked - left
+        d.peeked = 0
+        if left:  # cannot happen: nothing else reads src
+            self.relay.fallback("lost")
+            log.error("kernel relay: peeked bytes not queued; resetting the pair")
+            self._abort_reset()
+            return False
+        return True
 
     def _flush(self, d: _Direction, replay: bool = False) -> None:
         """Write what d holds (or its FIN) once dst holds every redirected byte."""
@@ -527,10 +555,17 @@ class KernelPair:
             return
         if self.relay.refill and d.base >= 0:  # before MOVED: the verdict may redirect then
             q[base + OFFSET // _Q] = d.base + d.user
-        q[base + MOVED // _Q] = d.read
-        if q[base + PASSED // _Q] == d.read:
-            if d.clamp:  # caught up: the kernel carries the stream again
-                self._widen(d)
+        if d.peeked:
+            # Written into dst: covered by MOVED before they leave src's queue, so the
+            # verdict may redirect what arrives after them from now on.
+            q[base + MOVED // _Q] = d.read + d.peeked
+            caught_up = q[base + PASSED // _Q] == d.read + d.peeked
+            if not self._consume(d):
+                return
+        else:
+            q[base + MOVED // _Q] = d.read
+            caught_up = q[base + PASSED // _Q] == d.read
+        if caught_up:
             self._grant(d)
         self.loop.add_reader(d.src.fileno(), self._readable, d)
 
@@ -588,6 +623,13 @@ class KernelPair:
         with contextlib.suppress(OSError):
             other.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
         self._close("client_reset" if failed_client else "backend_reset")
+
+    def _abort_reset(self) -> None:
+        """Bytes went missing: reset both sides rather than deliver a wrong stream."""
+        for sock in (self.client, self.backend):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
+        self._close("kernel_lost")
 
     def abort(self, outcome: str) -> None:
         """Close both sockets now (idle timeout, drain): a FIN each, queued bytes sent."""
