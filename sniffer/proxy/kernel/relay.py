@@ -428,7 +428,12 @@ class KernelPair:
     def _readable(self, d: _Direction) -> None:
         if self.closed or d.out:
             return
-        if d.base >= 0 and self.relay.refill and self._peek(d):
+        if (
+            d.base >= 0
+            and self.relay.refill
+            and self.relay.q[d.slot * 8 + PASSED // _Q] > d.read  # (not at a bare EOF)
+            and self._peek(d)
+        ):
             return
         try:
             data = d.src.recv(CHUNK)
