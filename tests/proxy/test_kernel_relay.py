@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import hashlib
+import logging
 import random
 import socket
 import struct
@@ -500,3 +501,50 @@ async def test_a_short_connection_never_reaches_the_kernel(
     (record,) = await records_after(plane, 1)
     assert record["bytes_in"] == len(hello)
     assert plane.kernel is not None and plane.kernel.handed == 0
+
+
+def _keep_only_bpf_and_net_admin() -> None:
+    """In the child: CAP_SYS_ADMIN and CAP_PERFMON out of the bounding set, CAP_BPF and
+    CAP_NET_ADMIN kept (the manifests' least-privilege component)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (_CAP_SYS_ADMIN, _CAP_PERFMON):
+        if libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), f"prctl(PR_CAPBSET_DROP, {cap})")
+
+
+def test_without_perfmon_the_fallback_verdict_loads_and_says_why() -> None:
+    """CAP_BPF + CAP_NET_ADMIN only: `bpf_skc_to_tcp_sock` (and reading kernel memory
+    through BTF) needs CAP_PERFMON, so the refilling verdict is refused, the fallback one
+    is loaded, and the relay says why."""
+    code = (
+        "from sniffer.proxy.kernel.relay import KernelRelay\n"
+        "r = KernelRelay(capacity=1)\n"
+        "print(r.refill)\n"
+        "print(r.verdict)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        preexec_fn=_keep_only_bpf_and_net_admin,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    refill, why = out.stdout.split("\n", 1)
+    assert refill == "False"
+    assert "the budget refills from user space" in why
+    assert "cannot use helper bpf_skc_to_tcp_sock" in why
+
+
+def test_the_start_up_line_says_which_verdict_is_loaded(caplog: pytest.LogCaptureFixture) -> None:
+    from sniffer.proxy.server import open_kernel_relay
+
+    with caplog.at_level(logging.INFO, logger="sniffer.proxy"):
+        relay = open_kernel_relay("on", 4)
+    assert relay is not None
+    try:
+        assert relay.refill
+        assert "the budget refills in the kernel" in caplog.text
+    finally:
+        relay.close()
