@@ -315,7 +315,7 @@ async def _bounded_then_exact(relay: KernelRelay, stalled: str) -> None:
     sent = stream.sent
     held = (tcp_mem_pages() - before) * 4096
     assert sent < offered, "the sender was never slowed down"
-    # Budget (2 MiB) + the sender's receive buffer + both send buffers, with room for
+    # Budget (4 MiB) + the sender's receive buffer + both send buffers, with room for
     # other tests on the machine; the user-space relay measured 12-18 MiB here.
     assert sent < 32 * MiB, sent
     assert held < 40 * MiB, held
@@ -372,7 +372,7 @@ async def lockstep(
 
 @pytest.mark.parametrize("refill", [True, False], ids=["refill", "user_grant"])
 async def test_a_bulk_stream_refills_its_budget_in_the_kernel(refill: bool) -> None:
-    """64 MiB down and 16 MiB up, 32 times the 2 MiB budget, with receivers that keep
+    """64 MiB down and 16 MiB up, 20 times the 4 MiB budget, with receivers that keep
     up: with the refilling verdict the kernel carries every byte, user space reads none
     (the verdict refills the budget from the destination's acknowledged bytes); the
     fallback verdict passes a segment each time its budget is spent, and user space

@@ -251,7 +251,7 @@ async def test_a_never_reading_peer_is_bounded_then_served_exact(
         tls_spec({"k": [backend.port]}, {"app.k.example": "k"}), kernel_relay_after=0
     )
     stalled_at, held = await stall_then_resume(plane, backend, stalled, 64 * MiB)
-    # The budget (2 MiB) plus socket buffers; the user-space relay: 12-18 MiB.
+    # The budget (4 MiB) plus socket buffers; the user-space relay: 12-18 MiB.
     assert stalled_at < 32 * MiB, stalled_at
     assert held < 40 * MiB, held
 
