@@ -220,7 +220,7 @@ class DataPlane:
         """Swap in a new table; open listeners it adds and close those it drops."""
         self.table = table
         self.admission.install(table)
-        self.stats.prune(table.backend_keys())
+        self.stats.prune(table.has_backend)
         forget_names()
         if len(self._rr) > len(table.backends):  # round-robin places of gone backends
             self._rr = {name: i for name, i in self._rr.items() if name in table.backends}

@@ -37,11 +37,12 @@ from sniffer.routing.table import RouteTable, TableDelta
 # -- worker side -------------------------------------------------------------------------
 
 _INLINE_DELTA = 2000
-"""Tables up to this many routes take a delta inline; larger ones are rebuilt in a thread."""
+"""A delta that moves up to this many routes and backends is applied inline (the table
+re-indexes only their hostnames); a larger one is applied in a thread."""
 
 
 async def _apply(base: RouteTable, delta: TableDelta) -> RouteTable:
-    if len(delta.routes) <= _INLINE_DELTA:
+    if delta.spans <= _INLINE_DELTA:
         return base.apply(delta)
     # As with a large frame: the index rebuild must not stall relaying meanwhile.
     return await asyncio.get_running_loop().run_in_executor(None, without_gc, base.apply, delta)

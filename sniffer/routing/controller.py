@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from sniffer.observe import metrics
+from sniffer.routing.diff import changes
 from sniffer.routing.model import Conflict
 from sniffer.routing.sources import Publish, RouteSource, Update
 from sniffer.routing.table import (
@@ -78,7 +79,7 @@ class RouteController:
                 spec = spec.merged(part)
         spec = _reusing(spec.merged(TableSpec(limits=self.limits)), self.table)
         self._version += 1
-        table = RouteTable.build(spec, version=self._version)
+        table = RouteTable.build(spec, version=self._version, previous=self.table)
         metrics.REBUILD_SECONDS.observe(time.perf_counter() - started)
         metrics.REBUILDS.inc()
         previous, self.table = self.table, table
@@ -151,16 +152,15 @@ _T = TypeVar("_T")
 
 
 def _same_objects(new: tuple[_T, ...], old: tuple[_T, ...]) -> tuple[_T, ...]:
-    """`new` with each item equal to an item of `old` replaced by that item of `old`."""
-    held = {id(x) for x in old}
-    fresh = [i for i, x in enumerate(new) if id(x) not in held]
-    if not fresh:
+    """`new` with each item equal to an item of `old` replaced by that item of `old`.
+
+    Only the items that are not `old`'s (see `diff.changes`) are hashed, and only a
+    replacement walks `new`."""
+    gone, came = changes(old, new)
+    if not gone or not came:
         return new
-    kept = {id(x) for x in new}
-    by_value = {x: x for x in old if id(x) not in kept}
-    if not by_value:
+    by_value = {x: x for x in gone}
+    swaps = {id(x): y for x in came if (y := by_value.get(x)) is not None}
+    if not swaps:
         return new
-    out = list(new)
-    for i in fresh:
-        out[i] = by_value.get(out[i], out[i])
-    return tuple(out)
+    return tuple(swaps.get(id(x), x) for x in new)

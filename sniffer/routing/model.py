@@ -7,6 +7,7 @@ them (`sniffer.routing.table`, `sniffer.routing.codec`) or do I/O.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -219,6 +220,10 @@ class TableSpec:
     def merged(self, other: TableSpec) -> TableSpec:
         """Combine two sources; on a name clash for listeners/backends/tenants the first
         wins, and a default limit the first leaves unset comes from the second."""
+        if not (self.listeners or self.backends or self.routes or self.tenant_limits):
+            return dataclasses.replace(other, limits=self.limits.under(other.limits))
+        if not (other.listeners or other.backends or other.routes or other.tenant_limits):
+            return dataclasses.replace(self, limits=self.limits.under(other.limits))
         names = {lis.name for lis in self.listeners}
         bnames = {b.name for b in self.backends}
         tnames = {name for name, _ in self.tenant_limits}

@@ -91,8 +91,8 @@ async def test_a_retired_backend_leaves_nothing_behind_in_the_plane(
     data_plane: PlaneFactory,
 ) -> None:
     """Tenants come and go for months: once a table without them is installed, the plane
-    keeps neither their round-robin place nor the access log's formatted names (the soak
-    saw both grow with every route that came and went)."""
+    keeps neither their round-robin place, the access log's formatted names (the soak
+    saw both grow with every route that came and went) nor their metric series."""
     server = await answering_backend()
     port = server.sockets[0].getsockname()[1]
     retired = Backend("retired-svc", "retired-tenant", (Endpoint("127.0.0.1", port),) * 2)
@@ -115,7 +115,9 @@ async def test_a_retired_backend_leaves_nothing_behind_in_the_plane(
     assert log.records[0]["backend"] == "retired-svc"
 
     def kept() -> str:
-        return repr((plane._rr, accesslog._WHERE, accesslog._JS, accesslog._LISTENER))
+        return repr(
+            (plane._rr, accesslog._WHERE, accesslog._JS, accesslog._LISTENER, plane.stats.backends)
+        )
 
     assert "retired-svc" in kept()
     await plane.install(RouteTable.build(TableSpec(listeners=(listener,), backends=(), routes=())))

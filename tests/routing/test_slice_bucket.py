@@ -60,3 +60,27 @@ def test_a_slice_whose_text_would_break_the_encoding_is_refused() -> None:
     obj["ports"] = [{"name": "a,b", "port": 1}]
     with pytest.raises(MalformedObject):
         parse_endpoint_slice(obj)
+
+
+@pytest.mark.parametrize("size", [0, 1, INDEX_AT, INDEX_AT + 1, INDEX_AT * 2])
+@pytest.mark.parametrize("fresh", [True, False])
+def test_update_at_once_reads_back_as_a_dict_update(size: int, fresh: bool) -> None:
+    """A list page's run of one namespace is set with one `update` (duplicates: the last
+    wins), into an empty bucket or onto slices already there."""
+    rnd = random.Random(size * 2 + fresh)
+    bucket, model = SliceBucket(), {}
+    if not fresh:
+        for i in range(5):
+            bucket[f"s-{i}"] = model[f"s-{i}"] = _rec(rnd)
+    pairs = [(f"s-{rnd.randrange(size + 3)}", _rec(rnd)) for _ in range(size)]
+    bucket.update(pairs)
+    model.update(pairs)
+    assert len(bucket) == len(model)
+    assert dict(bucket.items()) == model
+    for name in model:
+        assert bucket[name] == model[name]
+    for service in ["a", "b", "svc-00"]:
+        want = sorted((r for r in model.values() if r.service == service), key=repr)
+        assert sorted(bucket.of_service(service), key=repr) == want
+    bucket.update({"s-x": model.setdefault("s-x", _rec(rnd))})
+    assert dict(bucket.items()) == model

@@ -2,8 +2,8 @@
 
 The package owns everything between the API server and a `TableSpec`, in layers:
 - the API: settings (`settings`), the kinds and their RBAC (`kinds`), a raw-JSON client
-  (`api`), the records kept of each object (`records`), decoding (`fields`, `parsers`)
-  and status signatures (`signatures`);
+  (`api`), the records kept of each object (`records`), decoding (`fields`, `parsers`,
+  and `pages` for the big list pages) and status signatures (`signatures`);
 - the caches: informers (`informer`), discovery and the typed view over them (`watches`,
   `view`);
 - the translation, by API family: Services (`services`), Ingress (`ingress`), Gateway API

@@ -106,6 +106,17 @@ def error_from(status: int, body: Any) -> ApiError:
     return cls(status, reason or "Error", message or f"HTTP {status}")
 
 
+def decode_json(raw: bytes, path: str, status: int = 200) -> dict[str, Any]:
+    """A successful answer's body as a JSON object (`path` names the call in the error)."""
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise ApiError(status, "BadJSON", f"{path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ApiError(status, "BadJSON", f"{path}: not an object")
+    return data
+
+
 class KubeApi:
     """The calls the source makes: discovery, list pages, watch streams, status patches."""
 
@@ -280,30 +291,39 @@ class KubeApi:
         body: Any = None,
         content_type: str | None = None,
     ) -> dict[str, Any]:
+        status, raw = await self.request_body(method, path, query, body, content_type)
+        return decode_json(raw, path, status)
+
+    async def request_body(
+        self,
+        method: str,
+        path: str,
+        query: list[tuple[str, str]] | None = None,
+        body: Any = None,
+        content_type: str | None = None,
+    ) -> tuple[int, bytes]:
+        """The status and body of a successful answer, undecoded."""
         resp = await self._call(method, path, query, body, content_type)
         try:
             async with asyncio.timeout(self._settings.request_timeout):
-                raw = await resp.read()
+                return resp.status, await resp.read()
         except (HttpError, OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
             raise ApiUnavailable(0, type(exc).__name__, str(exc) or repr(exc)) from exc
         finally:
             resp.release()
-        try:
-            data = json.loads(raw)
-        except ValueError as exc:
-            raise ApiError(resp.status, "BadJSON", f"{path}: {exc}") from exc
-        if not isinstance(data, dict):
-            raise ApiError(resp.status, "BadJSON", f"{path}: not an object")
-        return data
 
     async def get(self, path: str) -> dict[str, Any]:
         return await self.request_json("GET", path)
 
     async def list_page(self, path: str, limit: int, continue_: str | None) -> dict[str, Any]:
+        return decode_json(await self.list_page_body(path, limit, continue_), path)
+
+    async def list_page_body(self, path: str, limit: int, continue_: str | None) -> bytes:
+        """One list page's body, undecoded (see `pages` and `decode_json`)."""
         query = [("limit", str(limit))]
         if continue_:
             query.append(("continue", continue_))
-        return await self.request_json("GET", path, query)
+        return (await self.request_body("GET", path, query))[1]
 
     # A body must carry its media type: the real API server answers 415 to aiohttp's
     # default for bytes (application/octet-stream).

@@ -6,8 +6,9 @@ status or an ERROR event) clears nothing but re-lists and diffs, an inactivity t
 re-armed on every event reopens a silently dead stream, and errors back off with jitter
 while the cache keeps serving (the backoff ends early when the API server answers again
 after an outage, see `KubeApi.back_off`). It reports what changed as "namespace N is
-dirty" and never translates records to routes, builds tables or holds raw objects past
-one event.
+dirty" (and, for kinds with a status, "only the generation or status of an object in
+namespace N changed", which only the status writer cares about), and never translates
+records to routes, builds tables or holds raw objects past one event.
 """
 
 from __future__ import annotations
@@ -17,12 +18,22 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Mapping, MutableMapping
+from itertools import groupby
+from operator import itemgetter
 from typing import Any, Generic, TypeVar
 
 from sniffer.observe import metrics
-from sniffer.routing.sources.kubernetes.api import ApiError, Backoff, Gone, KubeApi, error_from
+from sniffer.routing.sources.kubernetes.api import (
+    ApiError,
+    Backoff,
+    Gone,
+    KubeApi,
+    decode_json,
+    error_from,
+)
 from sniffer.routing.sources.kubernetes.fields import JSON, MalformedObject
 from sniffer.routing.sources.kubernetes.kinds import Kind
+from sniffer.routing.sources.kubernetes.pages import PageDecoder
 from sniffer.routing.sources.kubernetes.parsers import object_key
 from sniffer.routing.sources.kubernetes.settings import KubernetesSettings
 
@@ -31,10 +42,24 @@ log = logging.getLogger("sniffer.kubernetes")
 OnChange = Callable[[Kind, str, float], None]
 """Called with (kind, namespace, monotonic time of the event) when a record changed."""
 
+OnStatus = Callable[[Kind, str], None]
+"""Called with (kind, namespace) when only what records compare without changed: an
+object's `generation` or `status_sig` (its status was written, by us or someone else)."""
+
 R = TypeVar("R")
 """The record type of one kind (see `records`)."""
 
 Store = dict[str, MutableMapping[str, R]]
+
+
+def _status_key(rec: object) -> tuple[object, object]:
+    """What status planning reads of a record that record equality leaves out."""
+    return getattr(rec, "generation", None), getattr(rec, "status_sig", None)
+
+
+def _status_differs(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """Two equal buckets (same names, equal records) whose generation or status differ."""
+    return any(_status_key(rec) != _status_key(old[name]) for name, rec in new.items())
 
 
 class Informer(Generic[R]):
@@ -51,6 +76,8 @@ class Informer(Generic[R]):
         namespace: str | None = None,
         on_state: Callable[[], None] | None = None,
         bucket: Callable[[], MutableMapping[str, R]] = dict,
+        on_status: OnStatus | None = None,
+        pages: PageDecoder[R] | None = None,
     ) -> None:
         # what to watch
         self.api = api
@@ -62,8 +89,13 @@ class Informer(Generic[R]):
         self._settings = settings
         self._on_change = on_change
         self._on_state = on_state
+        self._on_status = on_status
+        """For kinds with a status (else None): see `OnStatus`."""
         self._new_bucket = bucket
         """Makes one namespace's name -> record mapping (a dict, or `SliceBucket`)."""
+        self._pages = pages
+        """Typed decoder of whole list pages (see `pages`), for the numerous kinds; a page
+        it is unsure of (None) is decoded as JSON and parsed object by object."""
         # the cache and where the stream stands
         self.store: Store[R] = {}
         self.count = 0
@@ -180,25 +212,62 @@ class Informer(Generic[R]):
         count = 0
         continue_: str | None = None
         rv = ""
-        while True:
-            page = await self.api.list_page(self.path, self._settings.page_size, continue_)
-            meta = page.get("metadata") or {}
-            for obj in page.get("items") or ():
-                keyed = self._record(obj, problems)
-                if keyed is None:
-                    continue
-                ns, name, rec = keyed
-                bucket = new.get(ns)
-                if bucket is None:
-                    bucket = new[ns] = self._new_bucket()
-                before = len(bucket)
-                bucket[name] = rec
-                count += len(bucket) - before
-            rv = str(meta.get("resourceVersion") or rv)
-            continue_ = meta.get("continue") or None
-            del page
-            if not continue_:
-                break
+        kind = self.kind
+        size = self._settings.page_size
+        fetch: asyncio.Future[bytes] | None = None
+        try:
+            while True:
+                if fetch is None:
+                    body = await self.api.list_page_body(self.path, size, continue_)
+                else:
+                    body, fetch = await fetch, None
+                typed = self._pages(body) if self._pages is not None else None
+                page: JSON | None = None
+                if typed is not None:
+                    page_rv, continue_ = typed.resource_version, typed.continue_
+                else:
+                    page = decode_json(body, self.path)
+                    meta = page.get("metadata") or {}
+                    page_rv = str(meta.get("resourceVersion") or "")
+                    continue_ = meta.get("continue") or None
+                if continue_:
+                    # The next page is asked for now: the server makes it while this
+                    # one is read into records.
+                    fetch = asyncio.ensure_future(
+                        self.api.list_page_body(self.path, size, continue_)
+                    )
+                entries = typed.entries() if typed is not None else None
+                if entries is not None:
+                    intern = sys.intern if kind.shared_names else str
+                    keyed_all = [
+                        (kind.bucket(ns, name), intern(name), rec) for ns, name, rec in entries
+                    ]
+                else:
+                    if page is None:
+                        page = decode_json(body, self.path)
+                    keyed_all = []
+                    for obj in page.get("items") or ():
+                        keyed = self._record(obj, problems)
+                        if keyed is not None:
+                            keyed_all.append(keyed)
+                del body, typed, page, entries
+                rv = page_rv or rv
+                # A page is in namespace order: each namespace's run is set at once.
+                for ns, run in groupby(keyed_all, itemgetter(0)):
+                    bucket = new.get(ns)
+                    if bucket is None:
+                        bucket = new[ns] = self._new_bucket()
+                    before = len(bucket)
+                    bucket.update((name, rec) for _, name, rec in run)
+                    count += len(bucket) - before
+                del keyed_all
+                if not continue_:
+                    break
+        finally:
+            if fetch is not None:
+                fetch.cancel()
+                # Its error, if it ended with one before the cancel, is not news.
+                fetch.add_done_callback(lambda f: f.cancelled() or f.exception())
         old = self.store
         self.store = new
         self.problems = problems
@@ -208,8 +277,16 @@ class Informer(Generic[R]):
         now = time.monotonic()
         if self.synced.is_set():
             for ns in old.keys() | new.keys():
-                if old.get(ns) != new.get(ns):
+                was, now_ = old.get(ns), new.get(ns)
+                if was != now_:
                     self._on_change(self.kind, ns, now)
+                elif (
+                    self._on_status is not None
+                    and was is not None
+                    and now_ is not None
+                    and _status_differs(was, now_)
+                ):
+                    self._on_status(self.kind, ns)
         self.synced.set()
         self._backoff.reset()
         self._state()
@@ -287,6 +364,8 @@ class Informer(Generic[R]):
             metrics.OBJECTS_CACHED.labels(self.kind.name).inc()
         if old != rec:
             self._on_change(self.kind, ns, now)
+        elif self._on_status is not None and _status_key(old) != _status_key(rec):
+            self._on_status(self.kind, ns)
 
     def _remove(self, ns: str, name: str, now: float) -> None:
         bucket = self.store.get(ns)

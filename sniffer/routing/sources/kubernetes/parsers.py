@@ -57,7 +57,7 @@ from sniffer.routing.sources.kubernetes.signatures import (
 )
 
 
-def _port_ref(value: object) -> PortRef:
+def port_ref(value: object) -> PortRef:
     if isinstance(value, bool):
         raise MalformedObject("port must be a number or a name")
     if isinstance(value, int):
@@ -143,7 +143,7 @@ def _ingress_backend(backend: object) -> tuple[str | None, PortRef | None, str |
     ref = port.get("number") if port.get("number") is not None else port.get("name")
     if ref is None:
         return interned(name), None, "backend.service.port missing"
-    return interned(name), _port_ref(ref), None
+    return interned(name), port_ref(ref), None
 
 
 def parse_ingress(obj: JSON) -> IngressRec:
@@ -213,7 +213,7 @@ def parse_service(obj: JSON, http_port_annotation: str, keep_cluster_ip: bool = 
                 ServicePort(
                     interned(p.get("name") or ""),
                     number,
-                    number if target is None else _port_ref(target),
+                    number if target is None else port_ref(target),
                     interned(p.get("protocol") or "TCP"),
                 )
             )
@@ -225,7 +225,7 @@ def parse_service(obj: JSON, http_port_annotation: str, keep_cluster_ip: bool = 
         cluster_ip if keep_cluster_ip else None,
         opt_interned(spec.get("externalName")) if stype == "ExternalName" else None,
         shared(tuple(ports)),
-        _port_ref(http.strip()) if isinstance(http, str) and http.strip() else None,
+        port_ref(http.strip()) if isinstance(http, str) and http.strip() else None,
         limit_annotations(
             (k, v) for k, v in ann.items() if isinstance(k, str) and isinstance(v, str)
         ),

@@ -15,7 +15,7 @@ refuses the characters the encoding reserves) or be used for another kind.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 
 from sniffer.routing.sources.kubernetes.fields import shared
 from sniffer.routing.sources.kubernetes.records import EndpointSliceRec, SliceTarget
@@ -111,6 +111,29 @@ class SliceBucket(MutableMapping[str, EndpointSliceRec]):
             self._text[""] = self._text.get("", "") + line
         else:
             self._add(service, name, line)
+
+    def update(  # type: ignore[override]
+        self, pairs: Mapping[str, EndpointSliceRec] | Iterable[tuple[str, EndpointSliceRec]] = ()
+    ) -> None:
+        """Set every (name, record) of `pairs` in turn (the last of a name wins), at once:
+        a list page's run of one namespace into an empty bucket becomes its text in one
+        join instead of a search and a copy of the growing text per slice."""
+        if isinstance(pairs, Mapping):
+            pairs = pairs.items()
+        if self._len or self._text:
+            for name, rec in pairs:
+                self[name] = rec
+            return
+        latest = dict(pairs)
+        if len(latest) > INDEX_AT:
+            for name, rec in latest.items():
+                self[name] = rec
+            return
+        if latest:
+            self._text[""] = "".join(
+                _encode(name, rec.target.service or "", rec) for name, rec in latest.items()
+            )
+            self._len = len(latest)
 
     def _add(self, service: str, name: str, line: str) -> None:
         assert self._where is not None

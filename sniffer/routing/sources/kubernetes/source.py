@@ -5,7 +5,9 @@ serves), one informer per kind (one watch set per process), the dirty-namespace
 bookkeeping (an event dirties its namespace and the namespaces that read it; a Namespace
 object dirties the namespace it describes; other cluster-wide kinds dirty all), the
 debouncer (quiet period, maximum delay), the per-namespace result cache that makes a
-rebuild touch only what changed, publishing, health, and the one-shot `compute_spec`.
+rebuild touch only what changed, publishing, handing the status writer each result with
+the namespaces re-translated since (and status-only changes, which need no rebuild),
+health, and the one-shot `compute_spec`.
 It must never build a `RouteTable` for the data plane, touch the controller's metrics
 (rebuilds, lag), or drop its last view because the API went away.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import socket
 import time
@@ -36,7 +39,12 @@ from sniffer.routing.sources.kubernetes.limits import report_limit_problems
 from sniffer.routing.sources.kubernetes.outcomes import NamespaceResult
 from sniffer.routing.sources.kubernetes.settings import KubernetesSettings
 from sniffer.routing.sources.kubernetes.status import StatusWriter
-from sniffer.routing.sources.kubernetes.translate import assemble, translate_namespace
+from sniffer.routing.sources.kubernetes.translate import (
+    AssemblyMemo,
+    assemble,
+    keep_unchanged,
+    translate_namespace,
+)
 from sniffer.routing.sources.kubernetes.view import ClusterView
 from sniffer.routing.sources.kubernetes.watches import Watches, discover
 from sniffer.routing.table import Listener, TableSpec
@@ -47,16 +55,23 @@ log = logging.getLogger("sniffer.kubernetes")
 _GLOBAL_KINDS = frozenset({INGRESS_CLASS.name, GATEWAY_CLASS.name, GATEWAY.name})
 
 
-def _return_free_memory() -> None:
-    """Give the kernel back the pages the initial list used and freed.
+def _settle_heap() -> None:
+    """After the initial list: give the kernel back the pages it freed, and take the
+    caches out of the garbage collector's full scans.
 
     Decoding the list's pages allocates and frees hundreds of MB in passing; glibc keeps
     the freed pages in the process (a few MiB at 2,000 tenants, of a 64 MiB budget)
-    unless asked. Where malloc is not glibc's, nothing happens."""
+    unless asked (where malloc is not glibc's, nothing happens). The caches themselves
+    are ~140,000 tracked objects at 2,000 tenants, which every full collection walked:
+    150 ms with the event loop held, every few route changes under churn, which was the
+    tail of the route update lag. `gc.freeze()` moves what is alive now (after a
+    collection) out of the collector's reach; a cached object replaced later is still
+    freed by its reference count (the records hold no cycles). `run` unfreezes when the
+    source stops."""
     import ctypes
-    import gc
 
     gc.collect()
+    gc.freeze()
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None).malloc_trim(0)
 
@@ -128,6 +143,10 @@ class KubernetesSource:
         self._readers: dict[str, set[str]] = {}
         self._dirty: set[str] = set()
         self._all_dirty = True
+        self._status_dirty: set[str] = set()
+        """Namespaces re-translated since the status writer last got a result."""
+        self._status_all_dirty = True
+        self._assembly = AssemblyMemo()
         self._debouncer = Debouncer(
             settings.debounce_quiet, settings.debounce_max_delay, settings.debounce_burst
         )
@@ -145,6 +164,8 @@ class KubernetesSource:
         """Set on every publish and informer state change (tests and benchmarks wait on it)."""
         self._phase = "starting"
         self._last_error: str | None = None
+        self._collector_paused = False
+        """The garbage collector is paused for the initial list (see `_run`)."""
 
     # -- RouteSource ----------------------------------------------------------------------
 
@@ -194,6 +215,7 @@ class KubernetesSource:
         try:
             await self._run(api, publish)
         finally:
+            gc.unfreeze()
             if own_api:
                 await api.close()
 
@@ -210,7 +232,14 @@ class KubernetesSource:
                 await api.back_off(backoff)
         for p in self._discovery_problems:
             log.warning("%s", p)
-        watches = Watches(api, self.settings, self._versions, self._on_change, self._state_changed)
+        watches = Watches(
+            api,
+            self.settings,
+            self._versions,
+            self._on_change,
+            self._state_changed,
+            self._on_status,
+        )
         self._informers, self.view = watches.by_kind, watches.view
         async with asyncio.TaskGroup() as tg:
             for inf in watches.all():
@@ -218,14 +247,24 @@ class KubernetesSource:
             if self.settings.write_status and self._versions.get(TLS_ROUTE.name):
                 self._start_status(api, tg)
             self._phase = "initial-list"
-            for inf in watches.all():
-                await inf.synced.wait()
+            # The first list makes hundreds of thousands of records and no garbage cycle:
+            # the collector would only walk the growing cache again and again (a tenth of
+            # the sync). Paused until synced, or until an informer backs off (a retry
+            # loop may make cycles, and an outage may last); `_settle_heap`
+            # collects once at the end.
+            self._collector_paused = gc.isenabled()
+            gc.disable()
+            try:
+                for inf in watches.all():
+                    await inf.synced.wait()
+            finally:
+                self._resume_collector()
             self._phase = "watching"
             self._all_dirty = True
             self._rebuild()
             self._publish(publish, None)
             self._synced = True
-            _return_free_memory()
+            _settle_heap()
             log.info(
                 "kubernetes: synced %d routes from %d namespaces",
                 len(self.spec.routes),
@@ -269,14 +308,24 @@ class KubernetesSource:
                 self._dirty.update(readers)
         self._debouncer.poke(at)
 
+    def _on_status(self, kind: Kind, namespace: str) -> None:
+        """Only an object's status or generation changed: routing is the same, so no
+        rebuild; the status writer plans its namespace again (restoring what another
+        controller wiped, confirming our own write)."""
+        if self._status is not None:
+            self._status.touch(kind, namespace)
+
     def _rebuild(self) -> bool:
         """Re-translate dirty namespaces; True when the routing view changed."""
         self.rebuilds += 1
         targets = self.view.namespaces() | set(self._results) if self._all_dirty else self._dirty
+        if self._all_dirty:
+            self._status_all_dirty = True
+        else:
+            self._status_dirty.update(targets)
         self._all_dirty = False
         self._dirty = set()
         changed = False
-        status_changed = False
         for ns in targets:
             new = translate_namespace(self.view, self.settings, self.listeners, ns)
             self.namespaces_translated += 1
@@ -303,34 +352,43 @@ class KubernetesSource:
                 if old is not None:
                     del self._results[ns]
                     changed = True
-                    status_changed = True
                 continue
+            if old is not None:
+                new = keep_unchanged(new, old)
             self._results[ns] = new
             if old is None or not new.same_routing(old):
                 changed = True
-            if (
-                old is None
-                or old.route_status != new.route_status
-                or old.attachments != new.attachments
-            ):
-                status_changed = True
-        if not changed and status_changed:
+        if not changed and targets:
+            # No new table, but a re-translated namespace's objects changed (a TLSRoute's
+            # generation, a parent this controller does not serve): its status may have.
             self._submit_status()
         return changed
 
     def _publish(self, publish: Publish, oldest: float | None) -> None:
-        self.spec = assemble(self.listeners, self._results)
+        self.spec = assemble(self.listeners, self._results, self._assembly)
         self._conflicts = publish(Update(self.spec, oldest_event=oldest)) or ()
         self.publishes += 1
         self._submit_status()
         self.changed.set()
 
     def _state_changed(self) -> None:
+        if self._collector_paused and any(
+            inf.state == "backoff" for infs in self._informers.values() for inf in infs
+        ):
+            self._resume_collector()
         self.changed.set()
 
+    def _resume_collector(self) -> None:
+        if self._collector_paused:
+            self._collector_paused = False
+            gc.enable()
+
     def _submit_status(self) -> None:
+        dirty = None if self._status_all_dirty else frozenset(self._status_dirty)
+        self._status_dirty = set()
+        self._status_all_dirty = False
         if self._status is not None:
-            self._status.submit(self.view, dict(self._results), self._conflicts)
+            self._status.submit(self.view, dict(self._results), self._conflicts, dirty)
 
     async def status_idle(self) -> None:
         """Wait until every wished-for status has been written (for tests)."""

@@ -4,7 +4,7 @@ This module owns the task that writes the status of TLSRoutes (one entry per par
 Gateway of sniffer's class with `Accepted` and `ResolvedRefs`, shaped in `desired`; the
 hostnames lost come from the conflicts of the table the controller built, never from a
 table of its own), Gateways (listener status with attached routes) and sniffer's
-GatewayClass, following the API conventions: a round first plans every write from the
+GatewayClass, following the API conventions: a round first plans its writes from the
 informers' caches without awaiting (so no live cache is iterated across an `await`),
 then writes only what differs
 from the object (compared by signature, ignoring timestamps, against the informer's copy
@@ -12,8 +12,15 @@ and again against a fresh read), keeps each condition's `lastTransitionTime` unl
 `status` changes, sets `observedGeneration` from the object's generation, and patches
 with the read's resourceVersion as a precondition (409: read again and retry; 429/5xx:
 back off), so other controllers' parent entries survive. A failed round is retried after
-a backoff. Only the holder of the status Lease writes (`may_write`). It must never block
-or delay a table publish, and never write anything but the status subresource.
+a backoff. Only the holder of the status Lease writes (`may_write`).
+
+A round plans the TLSRoutes of the namespaces that can have changed since the last
+round that planned them (the source's re-translated ones, those whose objects' status
+or generation changed under us, those whose lost hostnames changed, those with a write
+whose echo never came within the write memory) and every Gateway and the GatewayClass
+(few); a failed round, an exception or a leadership change plans everything again. What
+it plans equals what a plan of everything would. It must never block or delay a table
+publish, and never write anything but the status subresource.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import asyncio
 import copy
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,6 +76,23 @@ Key = tuple[str, str, str]
 Latest = tuple[ClusterView, Mapping[str, NamespaceResult], Sequence[model.Conflict]]
 """The newest view, per-namespace results and the conflicts of the table built from them."""
 
+Lost = dict[str, list[tuple[str, str]]]
+"""Loser source ("TLSRoute ns/name") -> [(host, winner source)], see `hostnames_lost`."""
+
+AttachKey = tuple[str, str, str]
+"""(gateway namespace, gateway name, listener name)."""
+
+_ROUTE_SOURCE = "TLSRoute "
+
+
+def _loser_namespaces(before: Lost, after: Lost) -> set[str]:
+    """Namespaces of the TLSRoutes whose lost hostnames (or their winners) differ."""
+    out: set[str] = set()
+    for source in before.keys() | after.keys():
+        if before.get(source) != after.get(source) and source.startswith(_ROUTE_SOURCE):
+            out.add(source[len(_ROUTE_SOURCE) :].split("/", 1)[0])
+    return out
+
 
 def _entries(status: object, key: str) -> list[Any]:
     value = status.get(key) if isinstance(status, Mapping) else None
@@ -111,6 +135,15 @@ class StatusWriter:
         self._latest: Latest | None = None
         self._pending = False
         self._written: dict[Key, tuple[int, float]] = {}
+        """Writes not yet seen echoed in the cache: key -> (signature, when), oldest first."""
+        # what the next round plans: TLSRoutes of these namespaces (or of all)
+        self._dirty: set[str] = set()
+        self._all_dirty = True
+        # what the last planned round used, to plan the next one from the difference
+        self._lost: Lost = {}
+        self._attached: dict[AttachKey, int] = {}
+        self._attached_of: dict[str, Mapping[AttachKey, int]] = {}
+        """Namespace -> the attachments of its result counted in `_attached`."""
         self._counters: dict[tuple[str, str], Any] = {}
         self.writes = 0
         self.failures = 0
@@ -124,21 +157,47 @@ class StatusWriter:
         view: ClusterView,
         results: Mapping[str, NamespaceResult],
         conflicts: Sequence[model.Conflict],
+        dirty: Collection[str] | None = None,
     ) -> None:
         """Remember the newest view and the conflicts of the table the controller built
-        from it; cheap, called on the publish path."""
+        from it, and the namespaces re-translated since the last submit (None: all);
+        cheap, called on the publish path."""
         self._latest = (view, results, conflicts)
+        if dirty is None:
+            self._all_dirty, self._dirty = True, set()
+        elif not self._all_dirty:  # (a standby, planning nothing, keeps no growing set)
+            self._dirty.update(dirty)
         self._pending = True
         self.idle.clear()
         self._wake.set()
 
+    def touch(self, kind: Kind, namespace: str) -> None:
+        """An object's status or generation changed in the cache (our write's echo, another
+        controller's edit): plan it again (Gateways and the GatewayClass always are)."""
+        if kind is TLS_ROUTE and not self._all_dirty:
+            self._dirty.add(namespace)
+        if self._latest is not None:
+            self._pending = True
+            self.idle.clear()
+            self._wake.set()
+
     def leadership(self, leading: bool) -> None:
         """The Lease was won (write what differs, trusting no earlier memory) or lost."""
         self._written.clear()
+        self._all_dirty, self._dirty = True, set()
         if leading and self._latest is not None:
             self._pending = True
             self.idle.clear()
         self._wake.set()
+
+    def unwritten(self) -> list[PlannedWrite]:
+        """What a plan of everything, trusting no memory of writes, calls for against the
+        newest view: empty once every status it calls for is written and seen in the
+        caches (tests check incremental rounds by it)."""
+        if self._latest is None:
+            return []
+        scratch = StatusWriter(self._api, self._settings, self._versions, self._listeners)
+        return scratch.plan(*self._latest)
 
     def health(self) -> dict[str, object]:
         return {
@@ -152,14 +211,20 @@ class StatusWriter:
     async def run(self) -> None:
         backoff = Backoff(self._settings.backoff_initial, self._settings.backoff_max)
         while True:
-            await self._wake.wait()
+            try:
+                async with asyncio.timeout(self._until_forgotten()):
+                    await self._wake.wait()
+            except TimeoutError:
+                self._forget_expired()
             self._wake.clear()
             if not self._pending or self._latest is None or not self._may_write():
                 self.idle.set()  # nothing to do here: a standby writes nothing
                 continue
             self._pending = False
+            dirty, self._dirty = (None if self._all_dirty else self._dirty), set()
+            self._all_dirty = False
             try:
-                ok = await self._round(*self._latest)
+                ok = await self._round(*self._latest, dirty)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a status bug must never stop routing
@@ -172,12 +237,36 @@ class StatusWriter:
                     self.last_error = None
                     self.idle.set()
                 continue
-            # Retry the round (with the newest view by then) after a backoff that ends
-            # early when the API server answers again after an outage.
+            # Retry the round (with the newest view by then, planning everything: nothing
+            # it planned is lost) after a backoff that ends early when the API server
+            # answers again after an outage.
+            self._all_dirty = True
             self.rounds_failed += 1
             self._pending = True
             await self._api.back_off(backoff)
             self._wake.set()
+
+    def _until_forgotten(self) -> float | None:
+        """Seconds until the oldest remembered write expires (None: none is held)."""
+        for _, at in self._written.values():  # oldest first
+            return max(0.0, at + _WRITE_MEMORY_SECONDS - time.monotonic())
+        return None
+
+    def _forget_expired(self) -> None:
+        """Writes whose echo never came (another write raced ours, a watch missed it):
+        forget them and plan their objects again, so that a needed write is not lost."""
+        now = time.monotonic()
+        while self._written:
+            key, (_, at) = next(iter(self._written.items()))
+            if now - at < _WRITE_MEMORY_SECONDS:
+                break
+            del self._written[key]
+            if key[0] == TLS_ROUTE.name:
+                self._dirty.add(key[1])
+            if self._latest is not None:
+                self._pending = True
+                self.idle.clear()
+                self._wake.set()
 
     def _fresh(self, key: Key, sig: int, current: int) -> bool:
         """True when the object already carries (or we just wrote) this signature."""
@@ -196,15 +285,23 @@ class StatusWriter:
         view: ClusterView,
         results: Mapping[str, NamespaceResult],
         conflicts: Sequence[model.Conflict],
+        dirty: Collection[str] | None = None,
     ) -> list[PlannedWrite]:
-        """Every write the view calls for; synchronous, so the caches cannot change under it."""
+        """Every write the view calls for, looking at the TLSRoutes of the `dirty`
+        namespaces only (None: of all), which must include every namespace whose result
+        changed since the last plan; synchronous, so the caches cannot change under it."""
         controller = self._settings.controller_name
         stamp = now_stamp()
         lost = hostnames_lost(conflicts)
-        attached: dict[tuple[str, str, str], int] = {}
-        for res in results.values():
-            for k, n in res.attachments.items():
-                attached[k] = attached.get(k, 0) + n
+        namespaces: Collection[str]
+        if dirty is None:
+            namespaces = view.namespaces()
+            self._count_attached(results, None)
+        else:
+            namespaces = set(dirty) | _loser_namespaces(self._lost, lost)
+            self._count_attached(results, namespaces)
+        self._lost = lost
+        attached = self._attached
         out: list[PlannedWrite] = []
 
         def want(kind: Kind, ns: str, name: str, sig: int, current: int, body: Any) -> None:
@@ -236,7 +333,7 @@ class StatusWriter:
                 want(GATEWAY, gw.namespace, gw.name, sig, gw.status_sig, status)
 
         # TLSRoutes: every route in the cache, so parents we no longer serve are cleared.
-        for ns in sorted(view.namespaces()):
+        for ns in sorted(namespaces):
             ns_res = results.get(ns)
             for rt in list(view.tls_routes(ns).values()):
                 outcomes = ns_res.route_status.get(rt.name, ()) if ns_res is not None else ()
@@ -251,17 +348,49 @@ class StatusWriter:
                 want(TLS_ROUTE, ns, rt.name, sig, rt.status_sig, {"parents": entries})
         return out
 
+    def _count_attached(
+        self, results: Mapping[str, NamespaceResult], namespaces: Collection[str] | None
+    ) -> None:
+        """Routes attached per Gateway listener, summed anew (None) or updated for the
+        results of `namespaces` only (the others are the ones counted before)."""
+        if namespaces is None:
+            self._attached, self._attached_of = {}, {}
+            namespaces = results.keys()
+        attached, counted = self._attached, self._attached_of
+        for ns in namespaces:
+            res = results.get(ns)
+            now: Mapping[AttachKey, int] = res.attachments if res is not None else {}
+            was = counted.get(ns)
+            if was is now:
+                continue
+            for k, n in (was or {}).items():
+                left = attached[k] - n
+                if left:
+                    attached[k] = left
+                else:
+                    del attached[k]
+            for k, n in now.items():
+                attached[k] = attached.get(k, 0) + n
+            if now:
+                counted[ns] = now
+            else:
+                counted.pop(ns, None)
+
     async def _round(
         self,
         view: ClusterView,
         results: Mapping[str, NamespaceResult],
         conflicts: Sequence[model.Conflict],
+        dirty: Collection[str] | None = None,
     ) -> bool:
         """Plan, then write; True when every planned write landed (or was not needed)."""
         ok = True
-        for w in self.plan(view, results, conflicts):
+        for w in self.plan(view, results, conflicts, dirty):
             if not self._may_write():
-                return True  # leadership lost: the new leader writes from its own view
+                # Leadership lost: the new leader writes from its own view; should this
+                # process lead again, it plans everything.
+                self._all_dirty = True
+                return True
             ok = await self._write(w) and ok
         return ok
 
@@ -355,6 +484,7 @@ class StatusWriter:
                 self._count(w.kind, "error")
                 self._failed(w.key, exc)
                 return False
+            self._written.pop(w.key, None)  # re-inserted last: the dict stays oldest first
             self._written[w.key] = (w.sig, time.monotonic())
             return True
         self._failed(w.key, last or ApiError(0, "Retries", "gave up"))

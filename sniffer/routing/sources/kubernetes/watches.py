@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from sniffer.routing.sources.kubernetes.api import KubeApi, NotFound
 from sniffer.routing.sources.kubernetes.fields import JSON
-from sniffer.routing.sources.kubernetes.informer import Informer, OnChange
+from sniffer.routing.sources.kubernetes.informer import Informer, OnChange, OnStatus
 from sniffer.routing.sources.kubernetes.kinds import (
     ALL_KINDS,
     ENDPOINT_SLICE,
@@ -29,6 +29,7 @@ from sniffer.routing.sources.kubernetes.kinds import (
     TLS_ROUTE,
     Kind,
 )
+from sniffer.routing.sources.kubernetes.pages import PageDecoder, service_pages, slice_pages
 from sniffer.routing.sources.kubernetes.parsers import (
     parse_endpoint_slice,
     parse_gateway,
@@ -45,6 +46,8 @@ from sniffer.routing.sources.kubernetes.slices import SliceBucket
 from sniffer.routing.sources.kubernetes.view import ClusterView
 
 R = TypeVar("R")
+
+_STATUS_KINDS = frozenset({GATEWAY_CLASS.name, GATEWAY.name, TLS_ROUTE.name})
 
 
 async def discover(api: KubeApi) -> tuple[dict[str, str | None], list[str]]:
@@ -116,6 +119,7 @@ class Watches:
         versions: Mapping[str, str | None],
         on_change: OnChange,
         on_state: Callable[[], None] | None = None,
+        on_status: OnStatus | None = None,
     ) -> None:
         self.by_kind: dict[str, list[Informer[Any]]] = {}
         """Kind name -> its informers, for the kinds the cluster serves."""
@@ -124,6 +128,7 @@ class Watches:
             kind: Kind,
             parse: Callable[[JSON], R],
             bucket: Callable[[], MutableMapping[str, R]] = dict,
+            pages: PageDecoder[R] | None = None,
         ) -> list[Informer[R]]:
             version = versions.get(kind.name)
             if version is None:
@@ -133,8 +138,22 @@ class Watches:
                 if kind.namespaced and settings.namespaces is not None
                 else (None,)
             )
+            # Only the kinds sniffer writes the status of tell status-only changes.
+            status = on_status if kind.name in _STATUS_KINDS else None
             infs = [
-                Informer(api, kind, version, parse, settings, on_change, ns, on_state, bucket)
+                Informer(
+                    api,
+                    kind,
+                    version,
+                    parse,
+                    settings,
+                    on_change,
+                    ns,
+                    on_state,
+                    bucket,
+                    status,
+                    pages,
+                )
                 for ns in scopes
             ]
             self.by_kind[kind.name] = list(infs)
@@ -147,8 +166,17 @@ class Watches:
         self.view = ClusterView(
             ingress_classes=KindStore(watch(INGRESS_CLASS, parse_ingress_class)),
             ingresses=KindStore(watch(INGRESS, parse_ingress)),
-            services=KindStore(watch(SERVICE, lambda o: parse_service(o, annotation, clusterip))),
-            slices=KindStore(watch(ENDPOINT_SLICE, parse_endpoint_slice, SliceBucket)),
+            # The numerous kinds' list pages are decoded typed (see `pages`).
+            services=KindStore(
+                watch(
+                    SERVICE,
+                    lambda o: parse_service(o, annotation, clusterip),
+                    pages=service_pages(annotation, clusterip),
+                )
+            ),
+            slices=KindStore(
+                watch(ENDPOINT_SLICE, parse_endpoint_slice, SliceBucket, slice_pages())
+            ),
             gateway_classes=KindStore(watch(GATEWAY_CLASS, parse_gateway_class)),
             gateways=KindStore(watch(GATEWAY, parse_gateway)),
             tls_routes=KindStore(watch(TLS_ROUTE, lambda o: parse_tls_route(o, controller))),
