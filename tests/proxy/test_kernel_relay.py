@@ -24,6 +24,7 @@ import pytest
 
 import sniffer.proxy.kernel.relay as relay_module
 from sniffer.proxy.kernel.asm import Asm
+from sniffer.proxy.kernel.btf import VMLINUX
 from sniffer.proxy.kernel.relay import KernelRelay, Unavailable
 from sniffer.proxy.server import DataPlane, ProxySettings
 from sniffer.routing.model import TableSpec
@@ -512,6 +513,7 @@ def _keep_only_bpf_and_net_admin() -> None:
             raise OSError(ctypes.get_errno(), f"prctl(PR_CAPBSET_DROP, {cap})")
 
 
+@pytest.mark.skipif(not Path(VMLINUX).exists(), reason="no kernel BTF: the refill is never tried")
 def test_without_perfmon_the_fallback_verdict_loads_and_says_why() -> None:
     """CAP_BPF + CAP_NET_ADMIN only: `bpf_skc_to_tcp_sock` (and reading kernel memory
     through BTF) needs CAP_PERFMON, so the refilling verdict is refused, the fallback one
