@@ -251,9 +251,13 @@ LAYOUT: tuple[Row | Panel, ...] = (
         "Workers relaying in the kernel",
         "Data-plane processes whose routed pairs go to the BPF sockmap relay "
         "(--kernel-relay auto|on where the kernel and capabilities allow it; 0 = every "
-        "pair in user space, the default).",
+        "pair in user space, the default); refilling: those whose verdict refills its "
+        "budget in the kernel (0: the fallback verdict, e.g. without CAP_PERFMON).",
         "short",
-        (q("sum by (instance) (sniffer_kernel_relay_enabled)", "{{instance}}"),),
+        (
+            q("sum by (instance) (sniffer_kernel_relay_enabled)", "{{instance}}"),
+            q("sum by (instance) (sniffer_kernel_relay_refill)", "{{instance}} refilling"),
+        ),
         width=8,
     ),
     Panel(

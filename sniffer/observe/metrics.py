@@ -192,6 +192,12 @@ _FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "Worker processes relaying routed pairs in the kernel (BPF sockmap)",
         (),
     ),
+    "sniffer_kernel_relay_refill": (
+        "gauge",
+        "Worker processes whose kernel relay refills its per-connection budget in the kernel"
+        " (the verdict reads the destination's acknowledged bytes); 0: refilled from user space",
+        (),
+    ),
     "sniffer_kernel_relay_connections": (
         "counter",
         "Pairs handed to the kernel relay",

@@ -140,6 +140,7 @@ class KernelTally(Protocol):
 
     handed: int
     fallbacks: dict[str, int]
+    refill: bool
 
     @property
     def carried(self) -> int: ...
@@ -288,6 +289,7 @@ class DataPlaneStats:
             c[("sniffer_access_log_dropped", ())] = self.access_log.dropped
         kernel = self.kernel
         g[("sniffer_kernel_relay_enabled", ())] = 0 if kernel is None else 1
+        g[("sniffer_kernel_relay_refill", ())] = 1 if kernel is not None and kernel.refill else 0
         if kernel is not None:
             c[("sniffer_kernel_relay_connections", ())] = kernel.handed
             c[("sniffer_kernel_relay_bytes", ())] = kernel.carried

@@ -66,7 +66,7 @@ def open_kernel_relay(mode: str, capacity: int) -> KernelRelay | None:
             raise
         log.warning("kernel relay unavailable (%s): %s; relaying in user space", exc.reason, exc)
         return None
-    log.info("kernel relay on: pairs are handed to the kernel after routing")
+    log.info("kernel relay on: pairs are handed to the kernel after routing; %s", relay.verdict)
     return relay
 
 

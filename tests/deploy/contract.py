@@ -53,6 +53,7 @@ METRICS: dict[str, tuple[str, frozenset[str]]] = {
         ("sniffer_event_loop_lag_seconds", HISTOGRAM, ("worker",)),
         ("sniffer_annotation_errors_total", COUNTER, ("kind",)),
         ("sniffer_kernel_relay_enabled", GAUGE, ()),
+        ("sniffer_kernel_relay_refill", GAUGE, ()),
         ("sniffer_kernel_relay_connections_total", COUNTER, ()),
         ("sniffer_kernel_relay_bytes_total", COUNTER, ()),
         ("sniffer_kernel_relay_fallbacks_total", COUNTER, ("reason",)),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import hashlib
+import logging
 import random
 import socket
 import struct
@@ -23,6 +24,7 @@ import pytest
 
 import sniffer.proxy.kernel.relay as relay_module
 from sniffer.proxy.kernel.asm import Asm
+from sniffer.proxy.kernel.btf import VMLINUX
 from sniffer.proxy.kernel.relay import KernelRelay, Unavailable
 from sniffer.proxy.server import DataPlane, ProxySettings
 from sniffer.routing.model import TableSpec
@@ -162,6 +164,7 @@ async def test_many_streams_of_random_sizes_exact_with_half_closes_both_orders(
     snap = plane.stats.snapshot()
     assert snap.counters[("sniffer_kernel_relay_connections", ())] == n
     assert snap.gauges[("sniffer_kernel_relay_enabled", ())] == 1
+    assert snap.gauges[("sniffer_kernel_relay_refill", ())] == int(plane.kernel.refill)
     up = sum(v[0] for v in sizes.values())
     down = sum(v[1] for v in sizes.values())
     assert snap.counters[("sniffer_bytes", ("k", "tenant-k", "client_to_backend"))] == up
@@ -249,7 +252,7 @@ async def test_a_never_reading_peer_is_bounded_then_served_exact(
         tls_spec({"k": [backend.port]}, {"app.k.example": "k"}), kernel_relay_after=0
     )
     stalled_at, held = await stall_then_resume(plane, backend, stalled, 64 * MiB)
-    # The budget (2 MiB) plus socket buffers; the user-space relay: 12-18 MiB.
+    # The budget (4 MiB) plus socket buffers; the user-space relay: 12-18 MiB.
     assert stalled_at < 32 * MiB, stalled_at
     assert held < 40 * MiB, held
 
@@ -353,6 +356,7 @@ def _refused_program(monkeypatch: pytest.MonkeyPatch) -> None:
     bad = Asm()
     bad.exit()  # r0 never set
     monkeypatch.setattr(relay_module, "CODE", bad.assemble())
+    monkeypatch.setattr(relay_module, "refill_code", lambda offset: bad.assemble())
 
 
 async def test_a_refused_program_means_user_space_in_auto_and_no_start_in_on(
@@ -368,6 +372,7 @@ async def test_a_refused_program_means_user_space_in_auto_and_no_start_in_on(
     )
     assert plane.kernel is None
     assert plane.stats.snapshot().gauges[("sniffer_kernel_relay_enabled", ())] == 0
+    assert plane.stats.snapshot().gauges[("sniffer_kernel_relay_refill", ())] == 0
     client, hello = await connect(plane.bound_ports()["main"], "app.k.example")
     server = await asyncio.wait_for(backend.accepted.get(), 10)
     assert await read_exactly(server, len(hello)) == hello
@@ -497,3 +502,52 @@ async def test_a_short_connection_never_reaches_the_kernel(
     (record,) = await records_after(plane, 1)
     assert record["bytes_in"] == len(hello)
     assert plane.kernel is not None and plane.kernel.handed == 0
+
+
+def _keep_only_bpf_and_net_admin() -> None:
+    """In the child: CAP_SYS_ADMIN and CAP_PERFMON out of the bounding set, CAP_BPF and
+    CAP_NET_ADMIN kept (the manifests' least-privilege component)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (_CAP_SYS_ADMIN, _CAP_PERFMON):
+        if libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), f"prctl(PR_CAPBSET_DROP, {cap})")
+
+
+@pytest.mark.skipif(not Path(VMLINUX).exists(), reason="no kernel BTF: the refill is never tried")
+def test_without_perfmon_the_fallback_verdict_loads_and_says_why() -> None:
+    """CAP_BPF + CAP_NET_ADMIN only: `bpf_skc_to_tcp_sock` (and reading kernel memory
+    through BTF) needs CAP_PERFMON, so the refilling verdict is refused, the fallback one
+    is loaded, and the relay says why."""
+    code = (
+        "from sniffer.proxy.kernel.relay import KernelRelay\n"
+        "r = KernelRelay(capacity=1)\n"
+        "print(r.refill)\n"
+        "print(r.verdict)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        preexec_fn=_keep_only_bpf_and_net_admin,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    refill, why = out.stdout.split("\n", 1)
+    assert refill == "False"
+    assert "the budget refills from user space" in why
+    assert "cannot use helper bpf_skc_to_tcp_sock" in why
+
+
+def test_the_start_up_line_says_which_verdict_is_loaded(caplog: pytest.LogCaptureFixture) -> None:
+    from sniffer.proxy.server import open_kernel_relay
+
+    with caplog.at_level(logging.INFO, logger="sniffer.proxy"):
+        relay = open_kernel_relay("on", 4)
+    assert relay is not None
+    try:
+        assert relay.verdict in caplog.text
+        which = "in the kernel" if relay.refill else "from user space"
+        assert f"the budget refills {which}" in caplog.text
+    finally:
+        relay.close()

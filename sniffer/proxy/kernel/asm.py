@@ -95,6 +95,10 @@ class Asm:
     def jump_if_imm(self, dst: int, op: str, imm: int, label: str) -> None:
         self.insns.append(Insn(_JMP | _JUMPS[op] | _K, dst, 0, 0, imm, label=label))
 
+    def jump(self, label: str) -> None:
+        """goto label."""
+        self.insns.append(Insn(_JMP | _JA, label=label))
+
     def call(self, helper: int) -> None:
         self.insns.append(Insn(_JMP | _CALL, imm=helper))
 
