@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Mapping
-from itertools import chain
+from itertools import chain, compress, repeat
+from operator import attrgetter, is_not
 
 from sniffer.routing.sources.kubernetes.gateway import translate_tls_routes
 from sniffer.routing.sources.kubernetes.ingress import translate_ingresses
@@ -21,7 +22,7 @@ from sniffer.routing.sources.kubernetes.outcomes import NamespaceResult, Work
 from sniffer.routing.sources.kubernetes.services import Backends
 from sniffer.routing.sources.kubernetes.settings import KubernetesSettings
 from sniffer.routing.sources.kubernetes.view import ClusterView
-from sniffer.routing.table import NO_LIMITS, Backend, Limits, Listener, TableSpec
+from sniffer.routing.table import NO_LIMITS, Limits, Listener, TableSpec
 
 
 def translate_namespace(
@@ -75,6 +76,12 @@ def keep_unchanged(new: NamespaceResult, old: NamespaceResult) -> NamespaceResul
     return new
 
 
+_BACKENDS = attrgetter("backends")
+_DEFAULTS = attrgetter("defaults")
+_ROUTES = attrgetter("routes")
+_LIMITS = attrgetter("tenant_limits")
+
+
 class AssemblyMemo:
     """What `assemble` can keep between calls: the sorted namespaces and backend names,
     sorted again only when the set of them changed (at 2,000 tenants sorting both took
@@ -102,40 +109,37 @@ def assemble(
 ) -> TableSpec:
     """Concatenate the namespaces' results (in namespace order) into one spec; on a
     backend name two namespaces produce the first namespace's wins; the oldest Ingress
-    default wins. Every loop over all namespaces here runs in C (`chain`, `dict.update`)."""
+    default wins. Every walk over all namespaces here runs in C (`map`, `chain`,
+    `compress`): at 10,000 tenants the Python loops it had were most of a publish."""
     memo = memo or AssemblyMemo()
     order = memo.namespaces = _sorted(results, memo.namespaces)
-    ordered = [results[ns] for ns in order]
-    backends: dict[str, Backend] = {}
-    for res in reversed(ordered):  # the first namespace's backend written last wins
-        backends.update(res.backends)
+    ordered = list(map(results.__getitem__, order))
+    # The first namespace's backend, written last, wins.
+    backends = dict(chain.from_iterable(map(dict.items, map(_BACKENDS, reversed(ordered)))))
     names = memo.backend_names = _sorted(backends, memo.backend_names)
     best: dict[str, tuple[tuple[float, str], str]] = {}
-    for res in ordered:
-        for cand in res.defaults:
-            for proto, b_name in (
-                ("tls", cand.tls_backend),
-                ("http", cand.http_backend),
-                ("quic", cand.quic_backend),
-            ):
-                if b_name is None:
-                    continue
-                held = best.get(proto)
-                if held is None or cand.precedence < held[0]:
-                    best[proto] = (cand.precedence, b_name)
+    for cand in chain.from_iterable(map(_DEFAULTS, ordered)):
+        for proto, b_name in (
+            ("tls", cand.tls_backend),
+            ("http", cand.http_backend),
+            ("quic", cand.quic_backend),
+        ):
+            if b_name is None:
+                continue
+            held = best.get(proto)
+            if held is None or cand.precedence < held[0]:
+                best[proto] = (cand.precedence, b_name)
     out_listeners = tuple(
         lis
         if lis.default_backend is not None or lis.protocol not in best
         else dataclasses.replace(lis, default_backend=best[lis.protocol][1])
         for lis in listeners
     )
+    limits = list(map(_LIMITS, ordered))
+    held_limits = compress(zip(order, limits, strict=True), map(is_not, limits, repeat(NO_LIMITS)))
     return TableSpec(
         listeners=out_listeners,
         backends=tuple(map(backends.__getitem__, names)),
-        routes=tuple(chain.from_iterable(res.routes for res in ordered)),
-        tenant_limits=tuple(
-            (ns, res.tenant_limits)
-            for ns, res in zip(order, ordered, strict=True)
-            if res.tenant_limits is not NO_LIMITS and not res.tenant_limits.is_empty()
-        ),
+        routes=tuple(chain.from_iterable(map(_ROUTES, ordered))),
+        tenant_limits=tuple((ns, lim) for ns, lim in held_limits if not lim.is_empty()),
     )
