@@ -72,11 +72,14 @@ class ProxySettings:
     )
 
     kernel_relay: str = setting(
-        "auto",
+        "off",
         "Relay routed pairs in the kernel (BPF sockmap): auto (where the kernel and the"
         " capabilities allow it, else user space, saying why), on (refuse to start"
-        " without it), off.",
+        " without it), off (the default until a stream repeated by the kernel path is"
+        " explained: see the README).",
     )
+    """`off` by default: about one 1 GiB TLS download in 15-40 relayed by the kernel at
+    once came out with 64-128 KiB repeated (the README's kernel relay section)."""
 
     kernel_relay_after: float = setting(
         1.0,
