@@ -97,6 +97,8 @@ chunk the pair would stay in user space for good. Instead user space copies all 
 is queued (MSG_PEEK: the bytes stay queued and charged to src, so its window does not
 grow meanwhile), writes it into dst, raises `MOVED` over it and only then consumes
 it: whatever arrived after it goes by the kernel again."""
+_COUNT_TRIES: Final = 8
+"""Reads of (acknowledged, queued) before `tcp_counts` gives up for now."""
 _EOF_WAIT_MAX: Final = 5.0
 """Seconds an EOF may wait for passed bytes still on their way to the queue."""
 
@@ -114,13 +116,33 @@ def cookie_of(sock: socket.socket) -> int:
     return value
 
 
-def tcp_counts(sock: socket.socket) -> tuple[int, int]:
-    """(bytes of `sock` its peer acknowledged, bytes still queued in it, sent or not)."""
+def _acked(sock: socket.socket) -> int:
     info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_LEN)
-    acked: int = _BYTES_ACKED.unpack_from(info, _ACKED_AT)[0]
-    fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, _IOCTL_OUT)
-    outq: int = _INT.unpack_from(_IOCTL_OUT)[0]
-    return acked, outq
+    value: int = _BYTES_ACKED.unpack_from(info, _ACKED_AT)[0]
+    return value
+
+
+def tcp_counts(sock: socket.socket) -> tuple[int, int]:
+    """(bytes of `sock` its peer acknowledged, bytes still queued in it, sent or not),
+    both at one instant; raises `BlockingIOError` when acknowledgements kept arriving
+    between the two reads (`_COUNT_TRIES` times).
+
+    Two syscalls read them (`TCP_INFO`, then `SIOCOUTQ`): an ACK processed between them
+    moves bytes from the queue to the acknowledged total after the first read, so their
+    sum would come out short by what it acknowledged (on loopback, typically two full
+    segments: 130966 bytes). A base measured short lets user space write passed bytes
+    while the kernel still holds that many redirected ones: a corrupt stream (seen in
+    pairs moved to the kernel in the middle of a download, ACKs flowing). So the
+    acknowledged total is read again after the queue, and the pair of reads is kept
+    only when it did not move (it never goes back)."""
+    fd = sock.fileno()
+    for _ in range(_COUNT_TRIES):
+        acked = _acked(sock)
+        fcntl.ioctl(fd, termios.TIOCOUTQ, _IOCTL_OUT)
+        outq: int = _INT.unpack_from(_IOCTL_OUT)[0]
+        if _acked(sock) == acked:
+            return acked, outq
+    raise BlockingIOError(errno.EAGAIN, "acknowledgements kept arriving")
 
 
 def received_total(sock: socket.socket) -> int:
@@ -131,7 +153,8 @@ def received_total(sock: socket.socket) -> int:
 
 def written_total(sock: socket.socket) -> int:
     """Bytes ever written into `sock` that the kernel holds or delivered: acknowledged
-    plus still queued (sent or not)."""
+    plus still queued (sent or not), at one instant (`tcp_counts`; may raise
+    `BlockingIOError`)."""
     acked, outq = tcp_counts(sock)
     return acked + outq
 
@@ -525,6 +548,8 @@ class KernelPair:
         if redirected > d.confirmed:  # (only ever after a grant: `base` is known)
             try:
                 held = written_total(d.dst)
+            except BlockingIOError:
+                held = -1  # (no stable reading now: look again shortly)
             except OSError as exc:
                 self._reset(d, exc)
                 return
